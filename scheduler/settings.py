@@ -1,0 +1,96 @@
+"""Runtime settings, read from the environment with the ``SCHEDULER_`` prefix.
+
+Every duration is in seconds and its name ends in ``_s``. Example::
+
+    SCHEDULER_DATABASE_URL=postgresql://app@db/app SCHEDULER_CONCURRENCY=20 scheduler run ...
+
+When ``SCHEDULER_DATABASE_URL`` is unset, ``scheduler run`` starts an embedded PostgreSQL with
+its data under ``SCHEDULER_EMBEDDED_DIR`` (default ``./.scheduler``).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+
+
+class Settings(BaseSettings):
+    """Service settings (pydantic-settings, env prefix ``SCHEDULER_``).
+
+    Raises ``pydantic.ValidationError`` when a value is out of range or ``schema`` is not a
+    plain lower-case SQL identifier (it is interpolated as an identifier, never as text).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SCHEDULER_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="libpq URL or key=value DSN; unset = embedded PostgreSQL"
+    )
+    schema_name: str = Field(
+        default="scheduler",
+        validation_alias="SCHEDULER_SCHEMA",
+        description="PostgreSQL schema holding the tables",
+    )
+    embedded_dir: str = Field(default=".scheduler", description="data dir of the embedded server")
+
+    # workers
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default"], description="queues this replica works (comma-separated)"
+    )
+    concurrency: int = Field(default=10, ge=1, le=1000, description="jobs run at once per replica")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="safety poll when no NOTIFY arrives"
+    )
+    lease_s: float = Field(default=60.0, gt=0, description="lease given to a claimed job")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
+
+    # leader
+    leader_retry_s: float = Field(default=0.5, gt=0, description="how often followers try the lock")
+    heartbeat_s: float = Field(default=1.0, gt=0, description="leader heartbeat period")
+    leader_session_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="idle_session_timeout of the lock session: a hung leader's lock is freed "
+        "after this long",
+    )
+    max_catch_up: int = Field(
+        default=100, ge=1, description="most fire times materialised for one schedule in one tick"
+    )
+
+    # retry defaults (a task or schedule may override them)
+    max_attempts: int = Field(default=20, ge=1)
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=3600.0, gt=0)
+    backoff_jitter: float = Field(default=0.1, ge=0, le=1)
+
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = Field(default="info")
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema_is_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                f"schema {value!r} must be a lower-case SQL identifier "
+                "(letters, digits, underscore; at most 48 characters)"
+            )
+        return value
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,184 @@
+-- Every SQL statement of scheduler, loaded by name (see scheduler/store.py).
+-- {schema} is the configured schema, composed as a quoted identifier; %(name)s are parameters.
+-- "Now" is always the database clock (now()), never a replica's clock.
+
+-- name: migrations_lock
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0));
+
+-- name: migrations_table
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_applied
+SELECT version, name, applied_at FROM {schema}.migrations ORDER BY version;
+
+-- name: migration_record
+INSERT INTO {schema}.migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: insert_job
+INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
+                           backoff_base_s, backoff_max_s, backoff_jitter, idempotency_key)
+VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
+        coalesce(%(run_at)s::timestamptz, now()), coalesce(%(run_at)s::timestamptz, now()),
+        %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
+        %(idempotency_key)s)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL AND state IN ('pending', 'running')
+DO NOTHING
+RETURNING id;
+
+-- name: live_job_by_idempotency_key
+SELECT id FROM {schema}.jobs
+WHERE idempotency_key = %(idempotency_key)s AND state IN ('pending', 'running');
+
+-- name: claim_jobs
+-- One short statement that commits: the handler never runs inside this transaction.
+WITH due AS (
+    SELECT id
+    FROM {schema}.jobs
+    WHERE state = 'pending' AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running',
+    attempt = j.attempt + 1,
+    locked_by = %(worker_id)s,
+    locked_at = now(),
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+    updated_at = now()
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
+          j.backoff_base_s, j.backoff_max_s, j.backoff_jitter,
+          j.schedule_name, j.scheduled_for, j.run_at;
+
+-- name: complete_jobs
+-- Fenced batch completion: a row changes only if it is still running this attempt of this
+-- worker, so a stale worker cannot overwrite a newer attempt. One job_runs row per change.
+WITH outcome AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
+                %(delays_s)s::double precision[], %(outcomes)s::text[], %(errors)s::text[],
+                %(tracebacks)s::text[])
+         AS o(id, attempt, state, delay_s, outcome, error, traceback)
+), changed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = o.state,
+        run_at = CASE WHEN o.state = 'pending'
+                      THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
+        finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END,
+        lease_expires_at = NULL,
+        last_error = o.error,
+        updated_at = now()
+    FROM outcome AS o
+    WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = %(worker_id)s
+      AND j.attempt = o.attempt
+    RETURNING j.id, j.attempt, j.locked_at
+)
+INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome,
+                               error, traceback)
+SELECT c.id, c.attempt, %(worker_id)s, c.locked_at, now(), o.outcome, o.error, o.traceback
+FROM changed AS c JOIN outcome AS o ON o.id = c.id
+RETURNING job_id;
+
+-- name: session_settings
+SELECT set_config('idle_session_timeout', %(idle_session_timeout_ms)s, false),
+       set_config('application_name', %(application_name)s, false);
+
+-- name: leader_try_lock
+SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0)) AS locked;
+
+-- name: leader_unlock
+SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0)) AS unlocked;
+
+-- name: leader_elect
+-- A new term on every election; the row is audit and liveness, the lock is the authority.
+INSERT INTO {schema}.leader AS l (id, holder, term, elected_at, heartbeat_at, config_hash)
+VALUES (true, %(holder)s, 1, now(), now(), %(config_hash)s)
+ON CONFLICT (id) DO UPDATE
+SET holder = EXCLUDED.holder, term = l.term + 1, elected_at = now(), heartbeat_at = now(),
+    config_hash = EXCLUDED.config_hash
+RETURNING term;
+
+-- name: leader_fence
+-- Heartbeat and fence in one: matches only while this session still holds the advisory lock
+-- and the term is current. Returns the database clock for the caller's tick.
+UPDATE {schema}.leader
+SET heartbeat_at = now()
+WHERE holder = %(holder)s AND term = %(term)s
+  AND EXISTS (
+      SELECT 1 FROM pg_locks
+      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+        AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
+RETURNING now() AS now;
+
+-- name: leader_current
+SELECT holder, term, elected_at, heartbeat_at, config_hash FROM {schema}.leader;
+
+-- name: schedules_for_reconcile
+SELECT name, cron, timezone, definition_hash, next_run_at, enabled, source
+FROM {schema}.schedules
+FOR UPDATE;
+
+-- name: schedule_upsert
+INSERT INTO {schema}.schedules AS s
+       (name, cron, timezone, task, args, queue, priority, max_attempts, backoff_base_s,
+        backoff_max_s, backoff_jitter, enabled, source, definition_hash, config_hash, next_run_at)
+VALUES (%(name)s, %(cron)s, %(timezone)s, %(task)s, %(args)s, %(queue)s, %(priority)s,
+        %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
+        %(enabled)s, 'config', %(definition_hash)s, %(config_hash)s, %(next_run_at)s)
+ON CONFLICT (name) DO UPDATE
+SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, task = EXCLUDED.task,
+    args = EXCLUDED.args, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+    max_attempts = EXCLUDED.max_attempts, backoff_base_s = EXCLUDED.backoff_base_s,
+    backoff_max_s = EXCLUDED.backoff_max_s, backoff_jitter = EXCLUDED.backoff_jitter,
+    enabled = EXCLUDED.enabled, source = 'config', definition_hash = EXCLUDED.definition_hash,
+    config_hash = EXCLUDED.config_hash, next_run_at = EXCLUDED.next_run_at, updated_at = now()
+WHERE (s.definition_hash, s.config_hash, s.next_run_at, s.enabled)
+      IS DISTINCT FROM (EXCLUDED.definition_hash, EXCLUDED.config_hash, EXCLUDED.next_run_at,
+                        EXCLUDED.enabled);
+
+-- name: schedules_delete_undeclared
+DELETE FROM {schema}.schedules
+WHERE source = 'config' AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name;
+
+-- name: schedules_due
+SELECT name, cron, timezone, next_run_at
+FROM {schema}.schedules
+WHERE enabled AND next_run_at <= %(now)s
+ORDER BY next_run_at
+FOR UPDATE;
+
+-- name: materialise_fire_times
+-- One job per (schedule, fire time); a fire time already materialised (by this or an older
+-- leader) is skipped by the unique constraint.
+INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
+                           backoff_base_s, backoff_max_s, backoff_jitter, schedule_name,
+                           scheduled_for, term)
+SELECT s.queue, s.task, s.args, s.priority, f.fire_time, f.fire_time, s.max_attempts,
+       s.backoff_base_s, s.backoff_max_s, s.backoff_jitter, s.name, f.fire_time, %(term)s
+FROM unnest(%(names)s::text[], %(fire_times)s::timestamptz[]) AS f(name, fire_time)
+JOIN {schema}.schedules AS s ON s.name = f.name
+ORDER BY f.fire_time
+ON CONFLICT (schedule_name, scheduled_for) DO NOTHING
+RETURNING id;
+
+-- name: schedules_advance
+UPDATE {schema}.schedules AS s
+SET next_run_at = a.next_run_at, last_fire_at = coalesce(a.last_fire_at, s.last_fire_at),
+    updated_at = now()
+FROM unnest(%(names)s::text[], %(next_run_ats)s::timestamptz[], %(last_fire_ats)s::timestamptz[])
+     AS a(name, next_run_at, last_fire_at)
+WHERE s.name = a.name;
+
+-- name: schedules_next_due
+SELECT min(next_run_at) AS next_run_at FROM {schema}.schedules WHERE enabled;
+
+-- name: database_now
+SELECT now() AS now;

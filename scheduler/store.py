@@ -1,0 +1,282 @@
+"""The only module that talks to PostgreSQL.
+
+Statements live in ``sql/queries.sql`` (one ``-- name: x`` block each) and migrations in
+``sql/migrations/NNNN_name.sql``. Both use ``{schema}`` for the configured schema, composed as a
+quoted identifier with :mod:`psycopg.sql` (never string formatting of user input); values are
+always bound parameters.
+
+Connections: the service keeps an :class:`psycopg_pool.AsyncConnectionPool` for claims and
+completions, and dedicated connections (outside the pool) for the leader lock session and for
+LISTEN. ``schedule_at()`` may use the caller's connection, sync or async, so that its INSERT
+is part of the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+_BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+def _read(name: str) -> str:
+    return resources.files("scheduler").joinpath("sql", name).read_text(encoding="utf-8")
+
+
+def _compose(text: str, schema: str) -> sql.Composed:
+    # {schema} is the only placeholder: other braces (jsonb '{}' literals) are escaped first.
+    escaped = text.replace("{", "{{").replace("}", "}}").replace("{{schema}}", "{schema}")
+    return sql.SQL(escaped).format(schema=sql.Identifier(schema))
+
+
+@cache
+def _raw_queries() -> dict[str, str]:
+    text = _read("queries.sql")
+    parts = _BLOCK.split(text)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+
+
+@cache
+def queries(schema: str) -> dict[str, sql.Composed]:
+    """Every named statement of ``sql/queries.sql``, composed for ``schema``."""
+    return {name: _compose(text, schema) for name, text in _raw_queries().items()}
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A forward-only migration file ``NNNN_name.sql`` shipped in the package."""
+
+    version: int
+    name: str
+    text: str
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """The shipped migrations, ordered by version."""
+    found = []
+    for entry in resources.files("scheduler").joinpath("sql", "migrations").iterdir():
+        m = _MIGRATION.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    return tuple(sorted(found, key=lambda m: m.version))
+
+
+def leader_lock_key(schema: str) -> str:
+    """Text hashed (``hashtextextended``) into the leader's advisory-lock key for ``schema``."""
+    return f"scheduler.leader:{schema}"
+
+
+def _migrations_lock_key(schema: str) -> str:
+    return f"scheduler.migrate:{schema}"
+
+
+class Store:
+    """Named statements for one schema, run on connections the caller provides.
+
+    Every method takes an async psycopg connection (``psycopg.AsyncConnection``) unless it
+    says otherwise; methods that need a transaction open one with ``conn.transaction()``,
+    which nests as a savepoint inside a caller's transaction.
+    """
+
+    def __init__(self, schema: str):
+        self.schema = schema
+        self.q = queries(schema)
+        self.leader_key = leader_lock_key(schema)
+        self.notify_channel = f"{schema}.jobs"
+
+    # ---- migrations -------------------------------------------------------------------------
+
+    async def migrate(self, conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
+        """Apply the shipped migrations not yet applied, each in its own transaction, under a
+        transaction-level advisory lock (so concurrent ``migrate`` calls serialise). Idempotent.
+
+        Returns the migrations applied by this call (empty when the schema is current).
+        """
+        applied_now: list[Migration] = []
+        for migration in migrations():
+            async with conn.transaction():
+                await conn.execute(self.q["migrations_lock"], {"key": _migrations_lock_key(self.schema)})
+                await conn.execute(self.q["migrations_table"])
+                cur = await conn.execute(self.q["migrations_applied"])
+                done = {row[0] for row in await cur.fetchall()}
+                if migration.version in done:
+                    continue
+                await conn.execute(_compose(migration.text, self.schema))
+                await conn.execute(
+                    self.q["migration_record"],
+                    {"version": migration.version, "name": migration.name},
+                )
+                applied_now.append(migration)
+        return applied_now
+
+    async def pending_migrations(self, conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
+        """Shipped migrations that the database has not applied yet."""
+        cur = await conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", [f"{self.schema}.migrations"]
+        )
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            return list(migrations())
+        cur = await conn.execute(self.q["migrations_applied"])
+        done = {r[0] for r in await cur.fetchall()}
+        return [m for m in migrations() if m.version not in done]
+
+    # ---- enqueue (sync and async: the caller's connection may be either) -----------------------
+
+    def insert_job_sync(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> int:
+        """Insert one job on a sync connection, inside its current transaction if any.
+
+        With an ``idempotency_key`` that a live (pending/running) job already holds, returns
+        that job's id instead of inserting.
+        """
+        with conn.cursor() as cur:
+            for _ in range(3):
+                cur.execute(self.q["insert_job"], params)
+                row = cur.fetchone()
+                if row:
+                    return int(row[0])
+                cur.execute(self.q["live_job_by_idempotency_key"], params)
+                row = cur.fetchone()
+                if row:
+                    return int(row[0])
+        raise RuntimeError("idempotency key kept changing hands; giving up after 3 tries")
+
+    async def insert_job(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> int:
+        """Async twin of :meth:`insert_job_sync`."""
+        async with conn.cursor() as cur:
+            for _ in range(3):
+                await cur.execute(self.q["insert_job"], params)
+                row = await cur.fetchone()
+                if row:
+                    return int(row[0])
+                await cur.execute(self.q["live_job_by_idempotency_key"], params)
+                row = await cur.fetchone()
+                if row:
+                    return int(row[0])
+        raise RuntimeError("idempotency key kept changing hands; giving up after 3 tries")
+
+    # ---- workers ------------------------------------------------------------------------------
+
+    async def claim_jobs(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        *,
+        queues: list[str],
+        limit: int,
+        worker_id: str,
+        lease_s: float,
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` due pending jobs (``FOR UPDATE SKIP LOCKED``) and commit.
+
+        Returns the claimed rows as dicts (``id, queue, task, args, attempt, max_attempts,
+        backoff_*, schedule_name, scheduled_for, run_at``); ``attempt`` is already incremented.
+        """
+        async with conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                self.q["claim_jobs"],
+                {"queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": lease_s},
+            )
+            return await cur.fetchall()
+
+    async def complete_jobs(
+        self, conn: psycopg.AsyncConnection[Any], worker_id: str, outcomes: list[dict[str, Any]]
+    ) -> set[int]:
+        """Record a batch of attempt outcomes in one fenced statement.
+
+        Each outcome dict has ``id, attempt, state`` (``succeeded``, ``pending`` for a retry,
+        ``dead``), ``delay_s`` (retry delay in seconds, ignored otherwise), ``outcome``
+        (``succeeded``, ``failed``, ``timeout``, ...), ``error`` and ``traceback``.
+        Returns the ids that changed; a missing id was fenced off (the job moved on).
+        """
+        if not outcomes:
+            return set()
+        params = {
+            "worker_id": worker_id,
+            "ids": [o["id"] for o in outcomes],
+            "attempts": [o["attempt"] for o in outcomes],
+            "states": [o["state"] for o in outcomes],
+            "delays_s": [float(o.get("delay_s") or 0.0) for o in outcomes],
+            "outcomes": [o["outcome"] for o in outcomes],
+            "errors": [o.get("error") for o in outcomes],
+            "tracebacks": [o.get("traceback") for o in outcomes],
+        }
+        async with conn.transaction():
+            cur = await conn.execute(self.q["complete_jobs"], params)
+            return {row[0] for row in await cur.fetchall()}
+
+    # ---- leader ------------------------------------------------------------------------------
+
+    async def setup_session(
+        self, conn: psycopg.AsyncConnection[Any], *, idle_session_timeout_s: float, name: str
+    ) -> None:
+        """Set ``idle_session_timeout`` (so a hung session frees its locks) and a name."""
+        await conn.execute(
+            self.q["session_settings"],
+            {
+                "idle_session_timeout_ms": str(int(idle_session_timeout_s * 1000)),
+                "application_name": name[:63],
+            },
+        )
+
+    async def try_lock_leader(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """``pg_try_advisory_lock`` on the schema's leader key (session level, autocommit)."""
+        cur = await conn.execute(self.q["leader_try_lock"], {"key": self.leader_key})
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def unlock_leader(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(self.q["leader_unlock"], {"key": self.leader_key})
+
+    async def elect(
+        self, conn: psycopg.AsyncConnection[Any], holder: str, config_hash: str | None
+    ) -> int:
+        """Record a new term in the ``leader`` row; returns the term."""
+        async with conn.transaction():
+            cur = await conn.execute(
+                self.q["leader_elect"], {"holder": holder, "config_hash": config_hash}
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    async def fence(self, conn: psycopg.AsyncConnection[Any], holder: str, term: int) -> datetime | None:
+        """Heartbeat, inside the caller's transaction when there is one.
+
+        Returns the database ``now()`` when this session still holds the lock and ``term`` is
+        current, else ``None`` (the caller must not commit anything as leader).
+        """
+        cur = await conn.execute(
+            self.q["leader_fence"], {"holder": holder, "term": term, "key": self.leader_key}
+        )
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def current_leader(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(self.q["leader_current"])
+        return await cur.fetchone()
+
+    async def database_now(self, conn: psycopg.AsyncConnection[Any]) -> datetime:
+        cur = await conn.execute(self.q["database_now"])
+        row = await cur.fetchone()
+        assert row is not None
+        return row[0]
+
+    async def fetch(
+        self, conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run the named statement and return its rows as dicts."""
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(self.q[name], params or {})
+        return await cur.fetchall() if cur.description else []

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real PostgreSQL server for the whole session, one fresh database per test.
+
+The server is the embedded one (``scheduler.embedded``, the same mechanism as ``scheduler run``)
+unless ``SCHEDULER_TEST_DSN`` names an existing server (its user must be allowed to CREATE
+DATABASE). Each test gets a database cloned from a migrated template, so tests are isolated and
+fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from scheduler import embedded
+from scheduler.store import Store
+
+TEMPLATE = "scheduler_test_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """libpq URL of the session's PostgreSQL server (admin database)."""
+    dsn = os.environ.get("SCHEDULER_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    with tempfile.TemporaryDirectory(prefix="scheduler-test-pg-") as tmp:
+        yield embedded.start(tmp)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> str:
+    """Name of a template database with every migration applied."""
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+
+    async def migrate() -> None:
+        url = make_conninfo(pg_server_url, dbname=TEMPLATE)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await Store("scheduler").migrate(conn)
+
+    asyncio.run(migrate())
+    return TEMPLATE
+
+
+@pytest.fixture
+def fresh_db_url(pg_server_url: str) -> Callable[..., str]:
+    """Factory: a new database (empty, or cloned from ``template``) and its URL."""
+    created: list[str] = []
+
+    def make(template: str | None = None) -> str:
+        name = f"scheduler_test_{os.getpid()}_{next(_counter)}"
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            tmpl = f' TEMPLATE "{template}"' if template else ""
+            admin.execute(f'CREATE DATABASE "{name}"{tmpl}')
+        created.append(name)
+        return make_conninfo(pg_server_url, dbname=name)
+
+    yield make
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        for name in created:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(fresh_db_url: Callable[..., str], template_db: str) -> str:
+    """URL of a fresh, migrated database for this test."""
+    return fresh_db_url(template_db)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit sync connection to the test's database, for setup and assertions."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate.__doc__ or predicate}")
+        time.sleep(interval)
