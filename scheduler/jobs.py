@@ -1,0 +1,248 @@
+"""Jobs: their states, and the calls that enqueue them (``schedule_at``, ``enqueue``).
+
+State machine (enforced by ``WHERE state = ...`` in every transition, see sql/queries.sql)::
+
+    schedule_at/enqueue/materialiser
+                │
+                ▼            claim (FOR UPDATE SKIP LOCKED)
+            pending ─────────────────────────────▶ running
+               ▲  │                                 │ │ │
+               │  └─ cancel ─▶ cancelled            │ │ └─ success ─────────▶ succeeded
+               │                                    │ └─── attempt == max ──▶ dead (dead letter)
+               └──── failure, attempt < max ────────┘      or unknown task
+                     (run_at = now() + backoff)
+
+A job runs **at least once**: a handler may run again after a crash, so handlers should be
+idempotent (or use an idempotency key for the side effects they cause).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from .errors import DatabaseNotConfiguredError
+from .settings import Settings, get_settings
+from .store import Store
+from .tasks import Task, get_task, task_name
+
+
+class JobState(str, enum.Enum):
+    """Values of ``jobs.state``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+class RunOutcome(str, enum.Enum):
+    """Values of ``job_runs.outcome`` (one row per attempt)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+
+def _strict_dumps(value: Any) -> str:
+    # jsonb rejects NaN/Infinity (json.dumps emits them by default) and \u0000.
+    text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    if "\\u0000" in text:
+        raise ValueError("args contain a NUL character (\\u0000), which jsonb cannot store")
+    return text
+
+
+def to_jsonb(args: Mapping[str, Any] | None) -> Jsonb:
+    """Validate job arguments and wrap them for a jsonb parameter.
+
+    Raises:
+        TypeError: ``args`` is not a mapping with string keys, or holds a value JSON cannot
+            represent (datetime, set, bytes, ...).
+        ValueError: a float is NaN or infinite, or a string contains ``\\u0000``.
+    """
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
+        raise TypeError(f"args must be a mapping of keyword arguments (str keys), not {args!r}")
+    try:
+        _strict_dumps(dict(args))
+    except ValueError as exc:
+        raise ValueError(f"args cannot be stored as JSON: {exc}") from None
+    except TypeError as exc:
+        raise TypeError(f"args cannot be stored as JSON: {exc}") from None
+    return Jsonb(dict(args), dumps=_strict_dumps)
+
+
+# ---- the default connection (when the caller passes none) ------------------------------------
+
+_pool_lock = threading.Lock()
+_pools: dict[str, ConnectionPool] = {}
+_default_url: str | None = None
+
+
+def set_default_database_url(url: str | None) -> None:
+    """Make ``url`` the database of ``schedule_at(connection=None)`` in this process.
+
+    The service calls this when it starts (so handlers can enqueue follow-up jobs even with
+    the embedded server); otherwise ``SCHEDULER_DATABASE_URL`` is used.
+    """
+    global _default_url
+    _default_url = url
+
+
+def _default_pool(settings: Settings) -> ConnectionPool:
+    url = _default_url or settings.database_url
+    if not url:
+        raise DatabaseNotConfiguredError(
+            "no connection was passed and SCHEDULER_DATABASE_URL is not set; pass "
+            "connection=<psycopg connection> or set SCHEDULER_DATABASE_URL"
+        )
+    with _pool_lock:
+        pool = _pools.get(url)
+        if pool is None:
+            pool = ConnectionPool(url, min_size=1, max_size=4, open=True, name="scheduler-enqueue")
+            _pools[url] = pool
+        return pool
+
+
+def close_default_pools() -> None:
+    """Close the connection pools opened for ``schedule_at(connection=None)``."""
+    with _pool_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+
+
+# ---- schedule_at / enqueue -------------------------------------------------------------------
+
+
+def _job_params(
+    task: Task | Callable[..., Any] | str,
+    run_at: datetime | None,
+    args: Mapping[str, Any] | None,
+    queue: str | None,
+    priority: int | None,
+    max_attempts: int | None,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise TypeError(f"run_at must be a datetime, not {type(run_at).__name__}")
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise ValueError(
+                f"run_at={run_at.isoformat()} is naive: pass a timezone-aware datetime, e.g. "
+                "datetime.now(timezone.utc) + timedelta(minutes=5)"
+            )
+    name = task_name(task)
+    try:
+        registered: Task | None = task if isinstance(task, Task) else get_task(name)
+    except LookupError:
+        registered = None  # enqueuing for a task that only workers elsewhere know is allowed
+
+    def pick(value: Any, attr: str, fallback: Any) -> Any:
+        if value is not None:
+            return value
+        task_value = getattr(registered, attr, None) if registered else None
+        return task_value if task_value is not None else fallback
+
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, not {max_attempts}")
+    return {
+        "task": name,
+        "run_at": run_at,
+        "args": to_jsonb(args),
+        "queue": pick(queue, "queue", "default"),
+        "priority": pick(priority, "priority", 0),
+        "max_attempts": pick(max_attempts, "max_attempts", settings.max_attempts),
+        "backoff_base_s": pick(None, "backoff_base_s", settings.backoff_base_s),
+        "backoff_max_s": pick(None, "backoff_max_s", settings.backoff_max_s),
+        "backoff_jitter": pick(None, "backoff_jitter", settings.backoff_jitter),
+        "idempotency_key": idempotency_key,
+    }
+
+
+def schedule_at(
+    task: Task | Callable[..., Any] | str,
+    run_at: datetime | None,
+    *,
+    args: Mapping[str, Any] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
+) -> int | Awaitable[int]:
+    """Enqueue a one-off job that becomes due at ``run_at``.
+
+    Args:
+        task: a ``@task`` function, its :class:`Task`, or a task name.
+        run_at: timezone-aware instant (any zone; stored in UTC). A past instant runs at once;
+            ``None`` means now (the database clock).
+        args: keyword arguments for the handler; JSON values only.
+        queue: queue name; default the task's queue, else ``"default"``.
+        priority: lower runs first among due jobs; default the task's, else 0.
+        max_attempts: attempts before the job is dead-lettered; default the task's, else the
+            ``SCHEDULER_MAX_ATTEMPTS`` setting (20).
+        idempotency_key: while a pending or running job holds this key, a second call returns
+            that job's id and inserts nothing.
+        connection: the caller's psycopg connection. The INSERT joins its current transaction
+            (a rollback leaves no job: the transactional outbox pattern) and is not committed
+            here. With a ``psycopg.AsyncConnection`` this function returns an awaitable:
+            ``job_id = await schedule_at(..., connection=aconn)``. ``None`` uses a small pool
+            on ``SCHEDULER_DATABASE_URL`` and commits at once.
+
+    Returns:
+        The job id (``jobs.id``), or an awaitable of it for an async connection.
+
+    Raises:
+        ValueError: ``run_at`` is naive, ``max_attempts`` < 1, or args hold NaN/\\u0000.
+        TypeError: ``args`` is not a JSON-representable mapping.
+        UnknownTaskError: ``task`` is a function that was never registered with ``@task``.
+        DatabaseNotConfiguredError: no connection and no ``SCHEDULER_DATABASE_URL``.
+    """
+    settings = get_settings()
+    params = _job_params(
+        task, run_at, args, queue, priority, max_attempts, idempotency_key, settings
+    )
+    store = Store(settings.schema_name)
+    if isinstance(connection, psycopg.AsyncConnection):
+        return store.insert_job(connection, params)
+    if connection is not None:
+        return store.insert_job_sync(connection, params)
+    with _default_pool(settings).connection() as conn:
+        return store.insert_job_sync(conn, params)
+
+
+def enqueue(
+    task: Task | Callable[..., Any] | str,
+    *,
+    args: Mapping[str, Any] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
+) -> int | Awaitable[int]:
+    """Enqueue a job to run now: ``schedule_at(task, None, ...)``; same arguments and errors."""
+    return schedule_at(
+        task,
+        None,
+        args=args,
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        connection=connection,
+    )

@@ -1,0 +1,151 @@
+"""Leader election with a session-level PostgreSQL advisory lock.
+
+Every replica runs one :class:`LeaderElector`. States and timings (defaults in seconds, from
+:class:`scheduler.settings.Settings`)::
+
+              connect (dedicated connection, outside the pool)
+                  │
+                  ▼
+    ┌────────▶ follower ── every leader_retry_s (0.5): pg_try_advisory_lock(key) ──┐
+    │             ▲                                                             │ got it
+    │             │ lock not granted                                            ▼
+    │             └──────────────────────────────────────────────────────── candidate
+    │                                                                           │ INSERT ... term+1
+    │                                                                           ▼
+    │                                                              leader (term N): reconcile once,
+    │                                                              then tick: fence + materialise,
+    │                                                              at least every heartbeat_s (1)
+    │                                                                           │
+    │  fence fails (lock not held by this session, term moved on),              │
+    │  connection error, or stop requested                                      ▼
+    └──────────────── backoff (0.5 → 5) ◀────────────────────────────── stepping down:
+                                                                      unlock + close the session
+
+* The key is ``hashtextextended('scheduler.leader:<schema>', 0)``: one leader per schema.
+* The lock session sets ``idle_session_timeout`` = ``leader_session_timeout_s`` (10): a leader
+  that hangs (SIGSTOP, blocked loop) goes idle, PostgreSQL ends its session and frees the lock,
+  and a follower takes over within about that time plus ``leader_retry_s``. The leader's own
+  ticks keep its session busy every ``heartbeat_s``.
+* TCP keepalives on the lock connection (idle 5, interval 1, count 3) free the lock after a
+  network partition.
+* Materialisation runs on the lock session itself, so when the session dies its transaction
+  dies with it; each transaction first runs ``leader_fence`` (lock still held by this backend,
+  term current). ``UNIQUE (schedule_name, scheduled_for)`` is the last guard.
+* ``leader`` row: holder, term, elected_at, heartbeat_at: audit and liveness, not the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from .errors import LeadershipLostError
+from .log import get_logger
+from .settings import Settings
+from .store import Store
+
+log = get_logger("scheduler.leader")
+
+OnElected = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[None]]
+Tick = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[float]]
+
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3}
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+
+
+class LeaderElector:
+    """Campaigns for leadership and, while leader, calls ``on_elected`` once then ``tick``.
+
+    Args:
+        url: libpq URL of a direct (session-mode) connection.
+        store: statements for the schema.
+        settings: timings (``leader_retry_s``, ``heartbeat_s``, ``leader_session_timeout_s``).
+        holder: this replica's id, recorded in the ``leader`` row.
+        config_hash: hash of this replica's schedules file, recorded when elected.
+        on_elected: ``await on_elected(conn, term)`` once per term, before the first tick,
+            inside a fenced transaction opened by the elector.
+        tick: ``await tick(conn, term)`` returns the seconds to sleep before the next tick
+            (capped at ``heartbeat_s``); it raises :class:`LeadershipLostError` to step down.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        store: Store,
+        settings: Settings,
+        *,
+        holder: str,
+        config_hash: str | None,
+        on_elected: OnElected,
+        tick: Tick,
+    ):
+        self.url = url
+        self.store = store
+        self.settings = settings
+        self.holder = holder
+        self.config_hash = config_hash
+        self.on_elected = on_elected
+        self.tick = tick
+        self.term: int | None = None
+        self.is_leader = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Campaign until ``stop`` is set; on stop, release the lock if held."""
+        backoff = self.settings.leader_retry_s
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                backoff = self.settings.leader_retry_s
+            except (psycopg.Error, LeadershipLostError, OSError) as exc:
+                was_leader = self.term is not None
+                self._step_down()
+                log.warning(
+                    "leader_stepped_down" if was_leader else "leader_connection_lost",
+                    error=str(exc).strip()[:300],
+                    retry_in_s=round(backoff, 2),
+                )
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _step_down(self) -> None:
+        self.term = None
+        self.is_leader.clear()
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **KEEPALIVES)
+        try:
+            await self.store.setup_session(
+                conn,
+                idle_session_timeout_s=self.settings.leader_session_timeout_s,
+                name=f"scheduler leader {self.holder}",
+            )
+            while not stop.is_set():
+                if await self.store.try_lock_leader(conn):
+                    break
+                await _sleep_or_stop(stop, self.settings.leader_retry_s)
+            else:
+                return
+            self.term = await self.store.elect(conn, self.holder, self.config_hash)
+            log.info("leader_elected", holder=self.holder, term=self.term)
+            self.is_leader.set()
+            async with conn.transaction():
+                if await self.store.fence(conn, self.holder, self.term) is None:
+                    raise LeadershipLostError("lost the lock right after the election")
+                await self.on_elected(conn, self.term)
+            while not stop.is_set():
+                sleep_s = await self.tick(conn, self.term)
+                await _sleep_or_stop(stop, min(sleep_s, self.settings.heartbeat_s))
+            # Graceful stop: release the lock at once so a follower leads within leader_retry_s.
+            await self.store.unlock_leader(conn)
+            log.info("leader_released", holder=self.holder, term=self.term)
+            self._step_down()
+        finally:
+            await conn.close()

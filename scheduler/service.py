@@ -1,0 +1,153 @@
+"""Composition root: one replica = a leader candidate + a worker, sharing one event loop.
+
+``run_replica()`` wires the pieces (pool, leader elector, materialiser, worker), installs the
+signal handlers (SIGTERM/SIGINT: graceful stop; a second signal: exit at once) and returns when
+everything has stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from . import materialiser
+from .config import SchedulesConfig
+from .jobs import set_default_database_url
+from .leader import KEEPALIVES, LeaderElector
+from .log import get_logger
+from .schedules import reconcile
+from .settings import Settings
+from .store import Store
+from .worker import Worker
+
+log = get_logger("scheduler.service")
+
+
+def replica_id() -> str:
+    """``host:pid:random`` — unique per process start."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _seconds_until(target: datetime | None, now: datetime, cap: float) -> float:
+    if target is None:
+        return cap
+    return min(cap, max(0.0, (target - now).total_seconds()))
+
+
+class Replica:
+    """One replica's loops. Build it, then ``await replica.run(stop)``.
+
+    Args:
+        url: libpq URL of the database.
+        settings: service settings.
+        config: the validated schedules file, or ``None`` for a worker-only replica whose
+            leader keeps the schedules table as it is.
+    """
+
+    def __init__(self, url: str, settings: Settings, config: SchedulesConfig | None):
+        self.url = url
+        self.settings = settings
+        self.config = config
+        self.id = replica_id()
+        self.store = Store(settings.schema_name)
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            name="scheduler",
+            kwargs={"autocommit": True, **KEEPALIVES},
+        )
+        config_hash = config.config_hash() if config else None
+        self.elector = LeaderElector(
+            url,
+            self.store,
+            settings,
+            holder=self.id,
+            config_hash=config_hash,
+            on_elected=self._on_elected,
+            tick=self._tick,
+        )
+        self.worker = Worker(self.pool, url, self.store, settings, self.id)
+
+    async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
+        if self.config is None:
+            return
+        now = await self.store.database_now(conn)
+        result = await reconcile(
+            conn,
+            self.store,
+            self.config.schedules,
+            now=now,
+            settings=self.settings,
+            config_hash=self.config.config_hash(),
+        )
+        log.info(
+            "schedules_reconciled",
+            term=term,
+            added=result.added,
+            rescheduled=result.rescheduled,
+            updated=result.updated,
+            removed=result.removed,
+        )
+
+    async def _tick(self, conn: psycopg.AsyncConnection[Any], term: int) -> float:
+        result = await materialiser.tick(
+            conn,
+            self.store,
+            holder=self.id,
+            term=term,
+            max_catch_up=self.settings.max_catch_up,
+        )
+        return _seconds_until(result.next_due, result.now, self.settings.heartbeat_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; returns after a graceful shutdown."""
+        set_default_database_url(self.url)
+        await self.pool.open(wait=True, timeout=30)
+        log.info(
+            "replica_started",
+            replica=self.id,
+            queues=self.settings.queues,
+            concurrency=self.settings.concurrency,
+        )
+        try:
+            await asyncio.gather(self.elector.run(stop), self.worker.run(stop))
+        finally:
+            await self.pool.close()
+            log.info("replica_stopped", replica=self.id)
+
+
+async def migrate(url: str, settings: Settings) -> list[str]:
+    """Apply pending migrations; returns the names applied."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        applied = await Store(settings.schema_name).migrate(conn)
+    return [f"{m.version:04d}_{m.name}" for m in applied]
+
+
+async def run_replica(url: str, settings: Settings, config: SchedulesConfig | None) -> None:
+    """Migrate, then run one replica until SIGTERM or SIGINT (a second signal exits at once)."""
+    applied = await migrate(url, settings)
+    if applied:
+        log.info("migrations_applied", migrations=applied)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await Replica(url, settings, config).run(stop)

@@ -1,0 +1,270 @@
+"""Workers: claim due jobs, run their handlers, record each attempt.
+
+Loop of one replica (``concurrency`` slots)::
+
+    wake (NOTIFY on insert | a slot frees | safety poll every poll_interval_s)
+      └─▶ claim up to <free slots> due jobs: one short statement, FOR UPDATE SKIP LOCKED,
+          committed before any handler starts (no claimed job sits in an open transaction)
+            └─▶ run each handler: async ones on the event loop, sync ones in a thread pool
+                of ``concurrency`` threads, with the job's ``args`` as keyword arguments
+                  └─▶ outcome → completion queue → one fenced statement per batch:
+                        success              → succeeded
+                        failure, attempt < max → pending, run_at = now() + backoff
+                        failure, attempt = max → dead (dead letter)
+                        task not registered  → dead at once, with that reason
+
+Completion is fenced: the UPDATE matches ``id, state = 'running', locked_by, attempt``, so a
+worker that lost its job (lease rescued by the leader) cannot overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import UnknownTaskError
+from .jobs import JobState, RunOutcome
+from .leader import KEEPALIVES
+from .log import get_logger
+from .retry import Backoff
+from .settings import Settings
+from .store import Store
+from .tasks import get_task
+
+log = get_logger("scheduler.worker")
+
+TRACEBACK_LIMIT = 16_000  # characters kept of a traceback (the end, where the error is)
+ERROR_LIMIT = 2_000
+
+
+@dataclass
+class _Completion:
+    outcome: dict[str, Any]
+    done: asyncio.Future[bool] = field(repr=False)
+
+
+class Worker:
+    """Runs jobs of ``settings.queues`` with ``settings.concurrency`` slots.
+
+    Args:
+        pool: async pool for claims and completions.
+        listen_url: URL of a direct connection for LISTEN (not through a transaction pooler).
+        store: statements for the schema.
+        settings: ``queues``, ``concurrency``, ``poll_interval_s``, ``lease_s``,
+            ``shutdown_grace_s``.
+        worker_id: recorded in ``jobs.locked_by`` and ``job_runs.worker_id``.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        listen_url: str,
+        store: Store,
+        settings: Settings,
+        worker_id: str,
+    ):
+        self.pool = pool
+        self.listen_url = listen_url
+        self.store = store
+        self.settings = settings
+        self.worker_id = worker_id
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._completions: asyncio.Queue[_Completion] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix="scheduler-job"
+        )
+        self.listening = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until ``stop`` is set, then let running jobs finish within
+        ``shutdown_grace_s`` and write their outcomes."""
+        listener = asyncio.create_task(self._listen(stop), name="scheduler-listen")
+        flusher = asyncio.create_task(self._flush_completions(), name="scheduler-complete")
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            backoff = 0.1
+            while not stop.is_set():
+                self._wake.clear()
+                free = self.settings.concurrency - len(self._running)
+                claimed = 0
+                if free > 0:
+                    try:
+                        claimed = await self._claim(free)
+                        backoff = 0.1
+                    except psycopg.Error as exc:
+                        log.warning("claim_failed", error=str(exc).strip()[:300])
+                        await self._wait(stopper, backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                if claimed and claimed == free:
+                    continue  # maybe more due: claim again as soon as a slot frees
+                await self._wait(stopper, self.settings.poll_interval_s)
+        finally:
+            stopper.cancel()
+            await self._drain()
+            listener.cancel()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _wait(self, stopper: asyncio.Task[Any], timeout: float) -> None:
+        waker = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({waker, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+
+    async def _claim(self, limit: int) -> int:
+        async with self.pool.connection() as conn:
+            jobs = await self.store.claim_jobs(
+                conn,
+                queues=self.settings.queues,
+                limit=limit,
+                worker_id=self.worker_id,
+                lease_s=self.settings.lease_s,
+            )
+        for job in jobs:
+            log.debug("job_claimed", job_id=job["id"], task=job["task"], attempt=job["attempt"])
+            t = asyncio.create_task(self._execute(job), name=f"scheduler-job-{job['id']}")
+            self._running.add(t)
+            t.add_done_callback(self._job_done)
+        return len(jobs)
+
+    def _job_done(self, t: asyncio.Task[None]) -> None:
+        self._running.discard(t)
+        self._wake.set()
+
+    async def _execute(self, job: dict[str, Any]) -> None:
+        fields = {
+            "job_id": job["id"],
+            "task": job["task"],
+            "attempt": job["attempt"],
+            "schedule": job["schedule_name"],
+        }
+        args = job["args"] or {}
+        try:
+            registered = get_task(job["task"])
+        except UnknownTaskError as exc:
+            log.error("job_dead", reason="unknown_task", **fields)
+            await self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=str(exc))
+            return
+        try:
+            if registered.is_async:
+                await registered.func(**args)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, lambda: registered.func(**args))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a handler's failure is data, not a crash of the worker
+            error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
+            tb = traceback.format_exc()[-TRACEBACK_LIMIT:]
+            if job["attempt"] >= job["max_attempts"]:
+                log.error("job_dead", reason="max_attempts", error=error, **fields)
+                await self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=error, tb=tb)
+            else:
+                delay_s = Backoff(
+                    job["backoff_base_s"], job["backoff_max_s"], job["backoff_jitter"]
+                ).delay_s(job["attempt"])
+                log.warning("job_failed", error=error, retry_in_s=round(delay_s, 3), **fields)
+                await self._complete(
+                    job, JobState.PENDING, RunOutcome.FAILED, error=error, tb=tb, delay_s=delay_s
+                )
+            return
+        log.info("job_succeeded", **fields)
+        await self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
+
+    async def _complete(
+        self,
+        job: dict[str, Any],
+        state: JobState,
+        outcome: RunOutcome,
+        *,
+        error: str | None = None,
+        tb: str | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._completions.put(
+            _Completion(
+                {
+                    "id": job["id"],
+                    "attempt": job["attempt"],
+                    "state": state.value,
+                    "outcome": outcome.value,
+                    "error": error,
+                    "traceback": tb,
+                    "delay_s": delay_s,
+                },
+                done,
+            )
+        )
+        if not await done:
+            log.warning("job_completion_fenced", job_id=job["id"], attempt=job["attempt"])
+
+    async def _flush_completions(self) -> None:
+        """Write completions in batches: whatever is queued when the previous write ends."""
+        while True:
+            batch = [await self._completions.get()]
+            while not self._completions.empty():
+                batch.append(self._completions.get_nowait())
+            backoff = 0.1
+            while True:
+                try:
+                    async with self.pool.connection() as conn:
+                        changed = await self.store.complete_jobs(
+                            conn, self.worker_id, [c.outcome for c in batch]
+                        )
+                    break
+                except psycopg.Error as exc:
+                    log.warning("complete_failed", error=str(exc).strip()[:300], jobs=len(batch))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            for c in batch:
+                if not c.done.done():
+                    c.done.set_result(c.outcome["id"] in changed)
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        log.info("worker_draining", running=len(self._running), grace_s=self.settings.shutdown_grace_s)
+        _, pending = await asyncio.wait(self._running, timeout=self.settings.shutdown_grace_s)
+        for t in pending:
+            t.cancel()
+        if pending:
+            log.warning("worker_drain_timeout", unfinished=len(pending))
+            await asyncio.wait(pending, timeout=1.0)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for inserted jobs; reconnect with backoff (polling covers the gap)."""
+        channel = sql.Identifier(self.store.notify_channel)
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.listen_url, autocommit=True, **KEEPALIVES
+                ) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(channel))
+                    self.listening.set()
+                    self._wake.set()  # jobs may have arrived while we were not listening
+                    backoff = 0.5
+                    async for notify in conn.notifies():
+                        if notify.payload in self.settings.queues:
+                            self._wake.set()
+            except psycopg.Error as exc:
+                self.listening.clear()
+                log.warning("listen_connection_lost", error=str(exc).strip()[:300], retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,19 @@
+"""Tasks used by the acceptance tests (imported by the replicas through the YAML `imports`)."""
+
+from scheduler import task
+
+
+@task(name="acceptance.tick")
+def tick() -> None:
+    pass
+
+
+@task(name="acceptance.always_fails", max_attempts=3, backoff_base_s=0.05, backoff_max_s=0.1)
+def always_fails() -> None:
+    raise ValueError("this task always fails")
+
+
+@task(name="acceptance.echo")
+async def echo(message: str) -> None:
+    if not message:
+        raise ValueError("empty message")

@@ -1,0 +1,148 @@
+"""The real CLI in subprocesses against a real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+
+from scheduler import enqueue, schedule_at
+from tests.conftest import wait_until
+
+SCHEDULES = """\
+timezone: UTC
+imports: [tests.acceptance.app_tasks]
+schedules:
+  - name: every_second
+    cron: "* * * * * *"
+    task: acceptance.tick
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "schedules.yaml"
+    path.write_text(text)
+    return path
+
+
+def _leader_pid(db: psycopg.Connection) -> int | None:
+    row = db.execute("SELECT holder FROM scheduler.leader").fetchone()
+    return int(row[0].split(":")[1]) if row else None
+
+
+def test_check_reports_valid_and_invalid_files(tmp_path, run_cli):
+    good = _write(tmp_path, SCHEDULES)
+    result = run_cli("check", str(good))
+    assert result.returncode == 0, result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "imports: [tests.acceptance.app_tasks]\n"
+        "schedules:\n"
+        "  - name: a\n"
+        "    cron: '0 0 30 2 *'\n"
+        "    task: acceptance.tick\n"
+        "  - name: b\n"
+        "    cron: '* * * * *'\n"
+        "    task: acceptance.tick\n"
+        "    timezone: Europe/Berln\n"
+    )
+    result = run_cli("check", str(bad))
+    assert result.returncode != 0
+    assert f"{bad}:4: schedule 'a': field 'cron'" in result.stderr
+    assert f"{bad}:9: schedule 'b': field 'timezone'" in result.stderr
+
+
+def test_migrate_is_idempotent(run_cli):
+    first = run_cli("migrate")
+    assert first.returncode == 0, first.stderr
+    assert "up to date" in first.stdout  # the test database is already migrated
+
+
+def test_two_replicas_one_job_per_fire_time_no_gaps_through_handover(tmp_path, db, start_replica):
+    config = str(_write(tmp_path, SCHEDULES))
+    a = start_replica("run", "--config", config)
+    b = start_replica("run", "--config", config)
+    wait_until(lambda: _leader_pid(db), timeout=30)
+
+    def fired(n: int):
+        def check() -> bool:
+            return db.execute(
+                "SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'every_second'"
+            ).fetchone()[0] >= n
+
+        return check
+
+    wait_until(fired(5), timeout=30)
+    # graceful handover: stop whichever replica leads; the other must continue without a gap
+    leader = a if _leader_pid(db) == a.pid else b
+    follower = b if leader is a else a
+    assert leader.stop() == 0, leader.output()
+    wait_until(lambda: _leader_pid(db) == follower.pid, timeout=10)
+    wait_until(fired(12), timeout=30)
+    wait_until(
+        lambda: db.execute(
+            "SELECT count(*) = 0 FROM scheduler.jobs WHERE state IN ('pending', 'running') AND run_at < now() - interval '2 seconds'"
+        ).fetchone()[0],
+        timeout=10,
+    )
+    assert follower.stop() == 0, follower.output()
+
+    rows = db.execute(
+        "SELECT scheduled_for, state, attempt, term FROM scheduler.jobs "
+        "WHERE schedule_name = 'every_second' ORDER BY scheduled_for"
+    ).fetchall()
+    fire_times = [r[0] for r in rows]
+    assert len(fire_times) >= 12
+    gaps = [(x, y) for x, y in zip(fire_times, fire_times[1:]) if y - x != timedelta(seconds=1)]
+    assert gaps == [], f"missing fire times between {gaps}"
+    assert {r[3] for r in rows} == {1, 2}, "both terms should have materialised fire times"
+    runs = db.execute(
+        "SELECT job_id, count(*) FROM scheduler.job_runs GROUP BY job_id HAVING count(*) > 1"
+    ).fetchall()
+    assert runs == [], "a fire time ran twice"
+    finished = [r for r in rows if r[1] == "succeeded"]
+    assert len(finished) >= len(rows) - 2  # the last fire times may still be pending at stop
+
+
+def test_failing_task_ends_dead_with_max_attempts_runs(db, db_url, start_replica):
+    r = start_replica("run")
+    with psycopg.connect(db_url) as conn:
+        job_id = enqueue("acceptance.always_fails", connection=conn)
+        conn.commit()
+    wait_until(
+        lambda: db.execute("SELECT state = 'dead' FROM scheduler.jobs WHERE id = %s", [job_id]).fetchone()[0],
+        timeout=30,
+    )
+    assert r.stop() == 0, r.output()
+    runs = db.execute(
+        "SELECT attempt, outcome, error FROM scheduler.job_runs WHERE job_id = %s ORDER BY attempt", [job_id]
+    ).fetchall()
+    assert runs == [(i, "failed", "ValueError: this task always fails") for i in (1, 2, 3)]
+
+
+def test_schedule_at_jobs_run_and_rollback_leaves_none(db, db_url, start_replica):
+    r = start_replica("run", "--concurrency", "4")
+    soon = datetime.now(timezone.utc) + timedelta(seconds=2)
+    with psycopg.connect(db_url) as conn:
+        kept = [
+            schedule_at("acceptance.echo", soon, args={"message": f"m{i}"}, connection=conn)
+            for i in range(5)
+        ]
+        conn.commit()
+        schedule_at("acceptance.echo", soon, args={"message": "rolled back"}, connection=conn)
+        conn.rollback()
+    wait_until(
+        lambda: db.execute(
+            "SELECT count(*) = 5 FROM scheduler.jobs WHERE state = 'succeeded'"
+        ).fetchone()[0],
+        timeout=30,
+    )
+    assert r.stop() == 0, r.output()
+    rows = db.execute("SELECT id, args->>'message', state FROM scheduler.jobs ORDER BY id").fetchall()
+    assert [row[0] for row in rows] == kept
+    assert all(row[1] != "rolled back" for row in rows)
+    started = db.execute(
+        "SELECT min(started_at) FROM scheduler.job_runs"
+    ).fetchone()[0]
+    assert started >= soon, "a delayed job started before its run_at"

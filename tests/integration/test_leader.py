@@ -1,0 +1,200 @@
+"""Leader election, fencing and materialisation against a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+from scheduler import materialiser
+from scheduler.errors import LeadershipLostError
+from scheduler.leader import LeaderElector
+from scheduler.settings import Settings
+from scheduler.store import Store
+
+STORE = Store("scheduler")
+FAST = Settings(leader_retry_s=0.05, heartbeat_s=0.05, leader_session_timeout_s=5)
+
+
+def _elector(db_url: str, holder: str, ticks: list[tuple[str, int]]) -> LeaderElector:
+    async def on_elected(conn: psycopg.AsyncConnection[Any], term: int) -> None:
+        ticks.append((f"elected:{holder}", term))
+
+    async def tick(conn: psycopg.AsyncConnection[Any], term: int) -> float:
+        if await STORE.fence(conn, holder, term) is None:
+            raise LeadershipLostError("fenced")
+        ticks.append((holder, term))
+        return 0.05
+
+    return LeaderElector(
+        db_url, STORE, FAST, holder=holder, config_hash=None, on_elected=on_elected, tick=tick
+    )
+
+
+def test_one_leader_at_a_time_and_graceful_handover(db, db_url):
+    async def scenario() -> list[tuple[str, int]]:
+        ticks: list[tuple[str, int]] = []
+        a, b = _elector(db_url, "a", ticks), _elector(db_url, "b", ticks)
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        run_a = asyncio.create_task(a.run(stop_a))
+        await asyncio.wait_for(a.is_leader.wait(), 10)
+        run_b = asyncio.create_task(b.run(stop_b))
+        await asyncio.sleep(0.5)  # b campaigns (10 tries) and must not win while a leads
+        assert not b.is_leader.is_set() and a.term == 1
+        stop_a.set()
+        await run_a
+        await asyncio.wait_for(b.is_leader.wait(), 2)
+        assert b.term == 2
+        async with asyncio.timeout(5):
+            while ("b", 2) not in ticks:
+                await asyncio.sleep(0.01)
+        stop_b.set()
+        await run_b
+        return ticks
+
+    ticks = asyncio.run(scenario())
+    holders = [h for h, _ in ticks]
+    last_a = max(i for i, h in enumerate(holders) if h == "a")
+    first_b = holders.index("elected:b")
+    assert last_a < first_b, "b ticked while a was still leader"
+    assert {t for h, t in ticks if h == "a"} == {1} and {t for h, t in ticks if h == "b"} == {2}
+    holder, term = db.execute("SELECT holder, term FROM scheduler.leader").fetchone()
+    assert (holder, term) == ("b", 2)
+
+
+def test_killed_lock_session_steps_down_and_follower_takes_over(db, db_url):
+    async def scenario() -> None:
+        ticks: list[tuple[str, int]] = []
+        a, b = _elector(db_url, "a", ticks), _elector(db_url, "b", ticks)
+        stop = asyncio.Event()
+        run_a = asyncio.create_task(a.run(stop))
+        await asyncio.wait_for(a.is_leader.wait(), 10)
+        run_b = asyncio.create_task(b.run(stop))
+        await asyncio.sleep(0.2)
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'scheduler leader a'"
+        )
+        await asyncio.wait_for(b.is_leader.wait(), 5)
+        assert b.term == 2
+        # a comes back as a follower: it never leads again while b holds the lock
+        await asyncio.sleep(0.5)
+        assert not a.is_leader.is_set()
+        stop.set()
+        await asyncio.gather(run_a, run_b)
+
+    asyncio.run(scenario())
+
+
+async def _lead(db_url: str, holder: str = "me") -> tuple[psycopg.AsyncConnection, int]:
+    conn = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    assert await STORE.try_lock_leader(conn)
+    term = await STORE.elect(conn, holder, None)
+    return conn, term
+
+
+def _add_schedule(db, name: str, cron: str, next_run_at: datetime, tz: str = "UTC") -> None:
+    db.execute(
+        """INSERT INTO scheduler.schedules (name, cron, timezone, task, max_attempts, backoff_base_s,
+               backoff_max_s, backoff_jitter, definition_hash, next_run_at)
+           VALUES (%s, %s, %s, 'noop', 3, 1, 10, 0, 'h', %s)""",
+        [name, cron, tz, next_run_at],
+    )
+
+
+def test_tick_materialises_each_due_fire_time_once_and_advances(db, db_url):
+    now = db.execute("SELECT date_trunc('second', now())").fetchone()[0]
+    _add_schedule(db, "every_second", "* * * * * *", now - timedelta(seconds=4))
+    _add_schedule(db, "future", "0 0 1 1 *", now + timedelta(days=30))
+
+    async def scenario() -> tuple[materialiser.TickResult, materialiser.TickResult]:
+        conn, term = await _lead(db_url)
+        async with conn:
+            first = await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=100)
+            second = await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=100)
+            return first, second
+
+    first, second = asyncio.run(scenario())
+    rows = db.execute(
+        "SELECT scheduled_for, run_at, term, task, max_attempts FROM scheduler.jobs "
+        "WHERE schedule_name = 'every_second' ORDER BY scheduled_for"
+    ).fetchall()
+    fire_times = [r[0] for r in rows]
+    assert fire_times[0] == now - timedelta(seconds=4)
+    assert all(b - a == timedelta(seconds=1) for a, b in zip(fire_times, fire_times[1:]))
+    assert all(r[1] == r[0] and r[2] == 1 and r[3] == "noop" and r[4] == 3 for r in rows)
+    assert first.inserted >= 5
+    next_run_at, last_fire_at = db.execute(
+        "SELECT next_run_at, last_fire_at FROM scheduler.schedules WHERE name = 'every_second'"
+    ).fetchone()
+    assert last_fire_at == fire_times[-1] and next_run_at == last_fire_at + timedelta(seconds=1)
+    assert db.execute(
+        "SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'future'"
+    ).fetchone()[0] == 0
+    assert second.next_due is not None
+
+
+def test_deposed_leader_commits_nothing(db, db_url):
+    now = db.execute("SELECT now()").fetchone()[0]
+    _add_schedule(db, "s", "* * * * *", now - timedelta(minutes=3))
+
+    async def scenario() -> None:
+        conn, term = await _lead(db_url, "old")
+        async with conn:
+            # another replica is elected (term moves on) while "old" still holds its session
+            db.execute("UPDATE scheduler.leader SET holder = 'new', term = term + 1")
+            with pytest.raises(LeadershipLostError):
+                await materialiser.tick(conn, STORE, holder="old", term=term, max_catch_up=100)
+
+    asyncio.run(scenario())
+    assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 0
+
+
+def test_session_without_the_lock_cannot_materialise(db, db_url):
+    """A row that claims leadership is not enough: the lock must be held by this session."""
+    now = db.execute("SELECT now()").fetchone()[0]
+    _add_schedule(db, "s", "* * * * *", now - timedelta(minutes=1))
+
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            term = await STORE.elect(conn, "impostor", None)
+            with pytest.raises(LeadershipLostError):
+                await materialiser.tick(conn, STORE, holder="impostor", term=term, max_catch_up=100)
+
+    asyncio.run(scenario())
+    assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 0
+
+
+def test_unique_fire_time_guards_against_two_writers(db, db_url):
+    """Even if two sessions materialise the same fire time, only one job exists."""
+    now = db.execute("SELECT date_trunc('minute', now())").fetchone()[0]
+    params = {"names": ["s", "s"], "fire_times": [now, now], "term": 1}
+    _add_schedule(db, "s", "* * * * *", now + timedelta(minutes=1))
+
+    async def insert() -> int:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            return len(await STORE.fetch(conn, "materialise_fire_times", params))
+
+    async def both() -> list[int]:
+        return await asyncio.gather(insert(), insert())
+
+    assert sum(asyncio.run(both())) == 1
+    assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 1
+
+
+def test_catch_up_is_capped_and_skips_to_the_future(db, db_url):
+    now = db.execute("SELECT date_trunc('minute', now())").fetchone()[0]
+    _add_schedule(db, "s", "* * * * *", now - timedelta(minutes=30))
+
+    async def scenario() -> None:
+        conn, term = await _lead(db_url)
+        async with conn:
+            await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=5)
+
+    asyncio.run(scenario())
+    assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 5
+    next_run_at = db.execute("SELECT next_run_at FROM scheduler.schedules").fetchone()[0]
+    assert next_run_at > datetime.now(timezone.utc) - timedelta(seconds=5)

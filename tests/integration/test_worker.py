@@ -1,0 +1,221 @@
+"""The worker against a real database: claim, run, complete, retry, dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from scheduler import enqueue, task
+from scheduler.settings import Settings
+from scheduler.store import Store
+from scheduler.worker import Worker
+
+CALLS: list[tuple[str, Any]] = []
+THREADS: set[str] = set()
+
+
+@task(name="test_worker.ok")
+def ok(n: int) -> None:
+    CALLS.append(("ok", n))
+    THREADS.add(threading.current_thread().name)
+
+
+@task(name="test_worker.async_ok")
+async def async_ok(n: int) -> None:
+    await asyncio.sleep(0)
+    CALLS.append(("async_ok", n))
+
+
+@task(name="test_worker.boom", max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
+def boom() -> None:
+    raise RuntimeError("boom")
+
+
+def _settings(**kw: Any) -> Settings:
+    return Settings(database_url=None, concurrency=kw.pop("concurrency", 4), poll_interval_s=0.2, **kw)
+
+
+async def _run_worker_until(
+    db_url: str, done: Callable[[psycopg.AsyncConnection], Awaitable[bool]], timeout: float = 20, **kw: Any
+) -> Worker:
+    settings = _settings(**kw)
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
+    await pool.open()
+    worker = Worker(pool, db_url, Store("scheduler"), settings, "test-worker")
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as check:
+            async with asyncio.timeout(timeout):
+                while not await done(check):
+                    await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await runner
+        await pool.close()
+    return worker
+
+
+async def _count(conn: psycopg.AsyncConnection, where: str) -> int:
+    cur = await conn.execute(f"SELECT count(*) FROM scheduler.jobs WHERE {where}")
+    return (await cur.fetchone())[0]
+
+
+def test_runs_sync_and_async_handlers_and_records_runs(db, db_url):
+    CALLS.clear()
+    with psycopg.connect(db_url) as conn:
+        for i in range(5):
+            enqueue(ok, args={"n": i}, connection=conn)
+            enqueue(async_ok, args={"n": i}, connection=conn)
+        conn.commit()
+
+    async def all_done(c):
+        return await _count(c, "state = 'succeeded'") == 10
+
+    asyncio.run(_run_worker_until(db_url, all_done))
+    assert sorted(CALLS) == sorted([("ok", i) for i in range(5)] + [("async_ok", i) for i in range(5)])
+    assert all(name.startswith("scheduler-job") for name in THREADS)
+    runs = db.execute(
+        "SELECT outcome, attempt, worker_id, finished_at >= started_at FROM scheduler.job_runs"
+    ).fetchall()
+    assert len(runs) == 10 and set(runs) == {("succeeded", 1, "test-worker", True)}
+    assert db.execute(
+        "SELECT count(*) FROM scheduler.jobs WHERE finished_at IS NULL OR lease_expires_at IS NOT NULL"
+    ).fetchone()[0] == 0
+
+
+def test_failing_job_retries_with_backoff_then_dead_letters(db, db_url):
+    with psycopg.connect(db_url) as conn:
+        job_id = enqueue(boom, connection=conn)
+        conn.commit()
+
+    async def dead(c):
+        return await _count(c, "state = 'dead'") == 1
+
+    asyncio.run(_run_worker_until(db_url, dead))
+    runs = db.execute(
+        "SELECT attempt, outcome, error, traceback FROM scheduler.job_runs WHERE job_id = %s ORDER BY attempt",
+        [job_id],
+    ).fetchall()
+    assert [(r[0], r[1]) for r in runs] == [(1, "failed"), (2, "failed"), (3, "failed")]
+    assert all(r[2] == "RuntimeError: boom" for r in runs)
+    assert all('raise RuntimeError("boom")' in r[3] for r in runs)
+    state, attempt, last_error = db.execute(
+        "SELECT state, attempt, last_error FROM scheduler.jobs WHERE id = %s", [job_id]
+    ).fetchone()
+    assert (state, attempt, last_error) == ("dead", 3, "RuntimeError: boom")
+    history = db.execute(
+        "SELECT count(*) FROM scheduler.run_history WHERE job_id = %s AND job_state = 'dead'", [job_id]
+    ).fetchone()[0]
+    assert history == 3
+
+
+def test_unknown_task_is_dead_lettered_with_reason(db, db_url):
+    with psycopg.connect(db_url) as conn:
+        job_id = enqueue("no.such.task", max_attempts=5, connection=conn)
+        conn.commit()
+
+    async def dead(c):
+        return await _count(c, "state = 'dead'") == 1
+
+    asyncio.run(_run_worker_until(db_url, dead))
+    attempt, error = db.execute(
+        "SELECT attempt, error FROM scheduler.job_runs WHERE job_id = %s", [job_id]
+    ).fetchone()
+    assert attempt == 1 and "no task named 'no.such.task'" in error
+
+
+def test_future_jobs_wait_and_other_queues_are_left_alone(db, db_url):
+    with psycopg.connect(db_url) as conn:
+        enqueue(ok, args={"n": 1}, queue="other", connection=conn)
+        conn.execute(
+            "INSERT INTO scheduler.jobs (task, args, run_at) VALUES ('test_worker.ok', '{\"n\": 2}', now() + interval '1 hour')"
+        )
+        enqueue(ok, args={"n": 3}, connection=conn)
+        conn.commit()
+
+    async def one_done(c):
+        return await _count(c, "state = 'succeeded'") == 1
+
+    asyncio.run(_run_worker_until(db_url, one_done))
+    states = dict(db.execute("SELECT args->>'n', state FROM scheduler.jobs").fetchall())
+    assert states == {"1": "pending", "2": "pending", "3": "succeeded"}
+
+
+def test_notify_wakes_worker_without_waiting_for_poll(db_url):
+    """With a 30 s safety poll, only NOTIFY can start the job within the timeout."""
+
+    async def scenario() -> None:
+        settings = Settings(concurrency=2, poll_interval_s=30)
+        pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+        await pool.open()
+        worker = Worker(pool, db_url, Store("scheduler"), settings, "w")
+        stop = asyncio.Event()
+        runner = asyncio.create_task(worker.run(stop))
+        try:
+            await asyncio.wait_for(worker.listening.wait(), 10)
+            await asyncio.sleep(0.3)  # let the first (empty) claim finish and the loop park
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+                await enqueue(ok, args={"n": 9}, connection=c)
+                async with asyncio.timeout(5):
+                    while await _count(c, "state = 'succeeded'") != 1:
+                        await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await runner
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_workers_never_run_a_job_twice(db, db_url):
+    with psycopg.connect(db_url) as conn:
+        for i in range(200):
+            enqueue(ok, args={"n": i}, connection=conn)
+        conn.commit()
+    CALLS.clear()
+
+    async def two_workers() -> None:
+        async def done(c):
+            return await _count(c, "state = 'succeeded'") == 200
+
+        await asyncio.gather(
+            _run_worker_until(db_url, done, concurrency=3),
+            _run_worker_until(db_url, done, concurrency=5),
+        )
+
+    asyncio.run(two_workers())
+    assert sorted(n for _, n in CALLS) == list(range(200))
+    assert db.execute("SELECT count(*) FROM scheduler.job_runs").fetchone()[0] == 200
+
+
+@pytest.mark.parametrize("stale", [True])
+def test_fenced_completion_cannot_overwrite_newer_attempt(db, db_url, stale):
+    store = Store("scheduler")
+    with psycopg.connect(db_url) as conn:
+        job_id = enqueue(ok, args={"n": 1}, connection=conn)
+        conn.commit()
+
+    async def scenario() -> tuple[set[int], set[int]]:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+            (first,) = await store.claim_jobs(c, queues=["default"], limit=1, worker_id="old", lease_s=30)
+            # the job is rescued and claimed again by another worker (attempt 2)
+            await c.execute("UPDATE scheduler.jobs SET state = 'pending' WHERE id = %s", [job_id])
+            (second,) = await store.claim_jobs(c, queues=["default"], limit=1, worker_id="new", lease_s=30)
+            late = await store.complete_jobs(
+                c, "old", [{"id": job_id, "attempt": first["attempt"], "state": "succeeded", "outcome": "succeeded"}]
+            )
+            current = await store.complete_jobs(
+                c, "new", [{"id": job_id, "attempt": second["attempt"], "state": "succeeded", "outcome": "succeeded"}]
+            )
+            return late, current
+
+    late, current = asyncio.run(scenario())
+    assert late == set() and current == {job_id}
+    assert db.execute("SELECT worker_id, attempt FROM scheduler.job_runs").fetchall() == [("new", 2)]
