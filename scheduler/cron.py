@@ -1,0 +1,489 @@
+"""Pure fire-time maths: when does a cron schedule fire, in which zone, across DST.
+
+Nothing here reads a clock or a database: every instant is an argument, every result is an
+aware ``datetime`` in UTC (``datetime.timezone.utc``).
+
+Grammar
+-------
+* Five fields ``minute hour day-of-month month day-of-week`` (ranges 0-59, 0-23, 1-31, 1-12,
+  0-7 with 0 and 7 both Sunday), or six fields with the **seconds field first** (0-59), as in
+  Quartz, Spring and node-cron: ``*/5 * * * * *`` fires every 5 seconds, ``30 0 9 * * *`` at
+  09:00:30. Four or fewer fields, or seven or more, are errors.
+* Each field is a comma-separated list of ``*``, ``*/step``, ``n``, ``a-b``, ``a-b/step`` or
+  ``a/step``. Month names ``JAN``..``DEC`` and day names ``SUN``..``SAT`` (any case) are
+  allowed in their fields. A range must not run backwards (``FRI-MON`` is an error, as in
+  cronie); a step must be between 1 and the number of values in the field.
+* ``a/step`` means ``a-<field maximum>/step``. So ``59/15`` in the minute field is minute 59
+  only (once an hour at :59), which is what croniter 7.0.0 computes (older croniter releases
+  read it as :00/:15/:30/:45; cronie's parser, src/entry.c ``get_range``, rejects it).
+  Likewise ``10/15`` is :10, :25, :40, :55.
+* Macros: ``@yearly`` = ``@annually`` = ``0 0 1 1 *``, ``@monthly`` = ``0 0 1 * *``,
+  ``@weekly`` = ``0 0 * * 0``, ``@daily`` = ``@midnight`` = ``0 0 * * *``, ``@hourly`` =
+  ``0 * * * *`` (any case). ``@reboot`` and the Quartz/Jenkins extensions ``L``, ``W``, ``#``, ``?`` and
+  ``H`` are not supported.
+* An expression that can never fire (``0 0 30 2 *``, ``0 0 31 4 *``) is rejected: validity is
+  checked by computing a fire time (croniter's 50-year bounded search), not with
+  ``croniter.is_valid``, which accepts them.
+
+Fields are parsed here and handed to croniter (pinned to 7.0.x) as explicit value lists, so
+croniter quirks such as ``5-5`` meaning "every minute" do not leak through.
+
+Day of month and day of week (Vixie cron, crontab(5))
+------------------------------------------------------
+When both fields are restricted the day matches if **either** matches (``0 0 1,15 * MON``: the
+1st, the 15th and every Monday). When either field starts with ``*`` (``*``, ``*/2``) the two
+are **ANDed**: ``0 0 */2 * 1`` fires on odd days of the month that are Mondays. This is the
+``DOM_STAR``/``DOW_STAR`` test of Vixie cron / cronie ``find_jobs()``; croniter's default
+would OR ``*/2`` with Monday, so we pass it ``day_or=False`` in that case.
+
+Time zones and DST (cron(8) of cronie, "Daylight Saving Time and other time changes")
+-----------------------------------------------------------------------------------------
+Fields are matched against the local wall clock of the schedule's IANA zone. Instants are
+always converted to that ``ZoneInfo`` first (never iterated from a fixed UTC offset, which
+drifts by the DST difference). A job is **fixed-time** when neither its minute nor its hour
+field starts with ``*`` (cronie's ``MIN_STAR | HR_STAR`` flags; ``@hourly`` counts as ``*``
+hours, ``@daily`` as fixed; a seconds field does not matter); otherwise it is an **interval**
+job.
+
+* Interval jobs run in real time. Wall times skipped by a spring-forward jump do not occur
+  and do not fire; wall times repeated by a fall-back fire at both instants. So ``0 * * * *``
+  fires 23 times on the spring-forward day and 25 times on the fall-back day, and ``*/30``
+  stays 30 real minutes apart through the repeated hour.
+* Fixed-time jobs whose wall time falls in a spring-forward gap fire **once, at the moment of
+  the jump** (cronie src/cron.c, "case 2 ... run any fixed-time jobs that would otherwise be
+  skipped"); several gap times of one job collapse into that one instant. Fixed-time jobs
+  whose wall time occurs twice in a fall-back fire **once, at the first occurrence**
+  ("case 3 ... The fixed-time jobs probably have already run, and should not be repeated").
+  croniter 7 fires them twice; we do not.
+* As in cronie, an offset change of more than three hours is treated as a correction of the
+  clock, not DST: every job then runs in real time (gap times are skipped, repeated ones fire).
+
+Known differences, left for a later refinement: cron(8) also gives the special treatment to
+jobs "with a granularity greater than one hour" (``0 */2 * * *``), but cronie's code tests only
+the ``*`` flags, as we do; and cronie would start a job once per skipped gap minute, where we
+fire once because a schedule has one job per fire instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+from .errors import CronError
+
+__all__ = ["UTC", "Cron", "validate_timezone"]
+
+# Entries of the zoneinfo directory that are not zones a schedule may name.
+_NOT_ZONES = {
+    "localtime": "it is the host's configured zone, which differs between replicas",
+    "posixrules": "it is the template for POSIX TZ strings, not a place",
+    "Factory": "it is the placeholder zone of unconfigured systems ('-00')",
+}
+
+_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
+_DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
+
+_ELEMENT = re.compile(r"^(?:(\*)|([0-9A-Za-z]+)(?:-([0-9A-Za-z]+))?)(?:/([0-9]+))?$")
+_EXTENSION = re.compile(r"[#?]|^(?:[LlWwHh]|[Ll][Ww]|\d+[Ww]|[Ll]-?\d*|[Hh]\(.*)$")
+
+_PROBE = timedelta(hours=6)  # offsets are sampled this often when looking for a transition
+_MICRO = timedelta(microseconds=1)
+_SECOND = timedelta(seconds=1)
+_FOLD_LOOKBACK = timedelta(days=1)
+_MEDIUM_JUMP = timedelta(hours=3)  # cronie: larger offset changes are clock corrections
+_MAX_TRANSITIONS = 1000  # transitions crossed in one search before we give up
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones()) - set(_NOT_ZONES)
+
+
+@lru_cache(maxsize=1)
+def _zones_by_lower_name() -> dict[str, str]:
+    return {z.lower(): z for z in _known_zones()}
+
+
+def validate_timezone(name: str) -> ZoneInfo:
+    """Return the ``ZoneInfo`` for an IANA time zone name, or raise :class:`CronError`.
+
+    The name must be listed by ``zoneinfo.available_timezones()`` (case-sensitive, so
+    ``europe/berlin`` is rejected with a "did you mean 'Europe/Berlin'" hint). ``UTC`` is valid.
+    Rejected: unknown names (with close matches suggested), paths (``../../etc/passwd``,
+    ``/usr/share/zoneinfo/UTC``) and the non-zones ``localtime``, ``posixrules`` and
+    ``Factory``.
+
+    Raises:
+        CronError: the name is not a usable IANA zone; the message says why.
+    """
+    if not isinstance(name, str):
+        raise CronError(f"time zone must be a string, not {type(name).__name__}")
+    if not name:
+        raise CronError("time zone is empty; use an IANA name such as 'Europe/Berlin' or 'UTC'")
+    if name in _NOT_ZONES:
+        raise CronError(
+            f"time zone {name!r} is not allowed: {_NOT_ZONES[name]}; "
+            "use an IANA name such as 'Europe/Berlin' or 'UTC'"
+        )
+    if name.startswith("/") or ".." in name or "\\" in name or "\x00" in name:
+        raise CronError(
+            f"time zone {name!r} looks like a file path; "
+            "use an IANA name such as 'Europe/Berlin' or 'UTC'"
+        )
+    if name not in _known_zones():
+        same_but_case = _zones_by_lower_name().get(name.lower())
+        if same_but_case is not None:
+            raise CronError(
+                f"unknown time zone {name!r}: IANA names are case-sensitive, "
+                f"did you mean {same_but_case!r}?"
+            )
+        close = difflib.get_close_matches(name, sorted(_known_zones()), n=3, cutoff=0.75)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise CronError(f"unknown time zone {name!r} (not an IANA time zone name){hint}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # pragma: no cover - tzdata race
+        raise CronError(f"time zone {name!r} cannot be loaded: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    low: int
+    high: int  # highest value accepted in the text (7 for day-of-week)
+    top: int  # highest distinct value (6 for day-of-week); '*' and 'a/step' stop here
+    names: dict[str, int] | None = None
+    kind: str = ""
+
+    @property
+    def size(self) -> int:
+        return self.top - self.low + 1
+
+
+_SECONDS = _Spec("second", 0, 59, 59)
+_MINUTES = _Spec("minute", 0, 59, 59)
+_HOURS = _Spec("hour", 0, 23, 23)
+_DOM = _Spec("day-of-month", 1, 31, 31)
+_MONTH = _Spec("month", 1, 12, 12, _MONTHS, "month")
+_DOW = _Spec("day-of-week", 0, 7, 6, _DAYS, "day")
+
+
+def _extension_hint(element: str) -> str:
+    if _EXTENSION.search(element):
+        return " (the Quartz/Jenkins extensions L, W, #, ? and H are not supported)"
+    return ""
+
+
+def _value(token: str, spec: _Spec, element: str) -> int:
+    if token.isdigit():
+        value = int(token)
+    elif spec.names is not None and token.lower() in spec.names:
+        return spec.names[token.lower()]
+    else:
+        what = (
+            f"a number or a {spec.kind} name (e.g. {next(iter(spec.names)).upper()})"
+            if spec.names
+            else "a number"
+        )
+        raise CronError(f"{spec.name} field: {token!r} is not {what}{_extension_hint(element)}")
+    if not spec.low <= value <= spec.high:
+        raise CronError(f"{spec.name} field: value {value} is out of range {spec.low}-{spec.high}")
+    return value
+
+
+def _parse_field(text: str, spec: _Spec) -> frozenset[int]:
+    values: set[int] = set()
+    for element in text.split(","):
+        match = _ELEMENT.match(element)
+        if match is None:
+            if not element:
+                raise CronError(f"{spec.name} field {text!r} has an empty list element")
+            raise CronError(
+                f"{spec.name} field: {element!r} is not a value, range or "
+                f"step{_extension_hint(element)}"
+            )
+        star, first, last, step_text = match.groups()
+        step = 1
+        if step_text is not None:
+            step = int(step_text)
+            if not 1 <= step <= spec.size:
+                raise CronError(
+                    f"{spec.name} field: step {step} in {element!r} must be between "
+                    f"1 and {spec.size}"
+                )
+        if star:
+            start, end = spec.low, spec.top
+        else:
+            start = _value(first, spec, element)
+            if last is not None:
+                end = _value(last, spec, element)
+                if start > end:
+                    raise CronError(
+                        f"{spec.name} field: range {element!r} runs backwards "
+                        f"({start} > {end}); split it into a list"
+                    )
+            elif step_text is not None:
+                start = start % 7 if spec is _DOW else start
+                end = spec.top
+            else:
+                end = start
+        values.update(v % 7 if spec is _DOW else v for v in range(start, end + 1, step))
+    return frozenset(values)
+
+
+def _render(values: frozenset[int], spec: _Spec, starred: bool) -> str:
+    if starred and len(values) == spec.size:
+        return "*"
+    return ",".join(str(v) for v in sorted(values))
+
+
+def _naive(aware: datetime) -> datetime:
+    return aware.replace(tzinfo=None)
+
+
+def _offset(zone: ZoneInfo, instant: datetime) -> timedelta:
+    offset = instant.astimezone(zone).utcoffset()
+    assert offset is not None
+    return offset
+
+
+def _first_transition(zone: ZoneInfo, after: datetime, until: datetime) -> datetime | None:
+    """First instant T, after < T <= until, whose UTC offset differs from the offset at
+    ``after`` (sampled every 6 h, then bisected to the microsecond); None if there is none."""
+    base = _offset(zone, after)
+    lo = after
+    while lo < until:
+        hi = min(lo + _PROBE, until)
+        if _offset(zone, hi) != base:
+            while hi - lo > _MICRO:
+                mid = lo + (hi - lo) / 2
+                if _offset(zone, mid) == base:
+                    lo = mid
+                else:
+                    hi = mid
+            return hi
+        lo = hi
+    return None
+
+
+class Cron:
+    """A validated cron expression bound to an IANA time zone.
+
+    Args:
+        expression: 5 fields, 6 fields (seconds first) or a macro; see the module docstring.
+        timezone: IANA zone name the fields are read in; default ``"UTC"``.
+
+    Attributes:
+        expression: the expression as given, stripped of surrounding whitespace.
+        timezone: the schedule's ``ZoneInfo``.
+        has_seconds: True for the 6-field form (fire times can fall on any second).
+        fixed_time: True when neither the minute nor the hour field starts with ``*``
+            (the DST rules of the module docstring depend on it).
+
+    Raises:
+        CronError: invalid syntax, out-of-range value (naming the field and its range), wrong
+            field count, an expression that never fires, or an invalid time zone.
+    """
+
+    __slots__ = ("_iter", "_lock", "expression", "fixed_time", "has_seconds", "timezone")
+
+    def __init__(self, expression: str, timezone: str = "UTC"):
+        if not isinstance(expression, str):
+            raise CronError(f"cron expression must be a string, not {type(expression).__name__}")
+        self.expression = expression.strip()
+        self.timezone = validate_timezone(timezone)
+        try:
+            normalized, day_or = self._parse()
+        except CronError as exc:
+            raise CronError(f"invalid cron expression {self.expression!r}: {exc}") from None
+        self._lock = threading.Lock()
+        try:
+            self._iter = croniter(
+                normalized,
+                datetime(2000, 1, 1),
+                ret_type=datetime,
+                day_or=day_or,
+                second_at_beginning=self.has_seconds,
+            )
+            self._iter.get_next(datetime)  # 50-year bounded search
+        except CroniterBadDateError:
+            raise CronError(
+                f"cron expression {self.expression!r} never fires: no date matches "
+                "its day-of-month, month and day-of-week fields"
+            ) from None
+        except CroniterError as exc:  # pragma: no cover - our parser should reject these first
+            raise CronError(f"invalid cron expression {self.expression!r}: {exc}") from None
+
+    def _parse(self) -> tuple[str, bool]:
+        text = self.expression
+        if not text:
+            raise CronError("the expression is empty")
+        if text.startswith("@"):
+            macro = _MACROS.get(text.lower())
+            if macro is None:
+                raise CronError(f"unknown macro; supported: {', '.join(_MACROS)}")
+            text = macro
+        if any(ch.isspace() and ch not in " \t" for ch in text):
+            raise CronError("fields must be separated by spaces or tabs only")
+        fields = text.split()
+        if len(fields) not in (5, 6):
+            raise CronError(
+                f"expected 5 fields (minute hour day-of-month month day-of-week) or "
+                f"6 with seconds first, got {len(fields)}"
+            )
+        self.has_seconds = len(fields) == 6
+        specs = ([_SECONDS] if self.has_seconds else []) + [_MINUTES, _HOURS, _DOM, _MONTH, _DOW]
+        errors: list[str] = []
+        rendered: list[str] = []
+        for field, spec in zip(fields, specs, strict=True):
+            try:
+                rendered.append(_render(_parse_field(field, spec), spec, field.startswith("*")))
+            except CronError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise CronError("; ".join(errors))
+        minute, hour, dom, dow = fields[-5], fields[-4], fields[-3], fields[-1]
+        self.fixed_time = not (minute.startswith("*") or hour.startswith("*"))
+        day_or = not (dom.startswith("*") or dow.startswith("*"))
+        return " ".join(rendered), day_or
+
+    def __repr__(self) -> str:
+        return f"Cron({self.expression!r}, {self.timezone.key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cron):
+            return NotImplemented
+        return (self.expression, self.timezone.key) == (other.expression, other.timezone.key)
+
+    def __hash__(self) -> int:
+        return hash((self.expression, self.timezone.key))
+
+    # -- public API -------------------------------------------------------------------------
+
+    def next_after(self, instant: datetime) -> datetime:
+        """The first fire time strictly after ``instant``.
+
+        Args:
+            instant: an aware datetime in any zone (a fixed-offset value read back from a
+                ``timestamptz`` is fine: it is converted to the schedule's zone first).
+
+        Returns:
+            An aware datetime in UTC, computed with the DST rules of the module docstring.
+
+        Raises:
+            ValueError: ``instant`` is naive.
+            TypeError: ``instant`` is not a datetime.
+            CronError: no fire time was found within the bounded search (cannot happen for
+                an expression that passed validation, short of a zone that skips every one of
+                its wall times).
+        """
+        return self._next(_as_utc(instant, "instant"))
+
+    def fire_times(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
+        """Fire times ``t`` with ``after < t <= until``, ascending, at most ``limit`` of them.
+
+        Args:
+            after, until: aware datetimes in any zone (exclusive and inclusive bounds).
+            limit: maximum number of fire times returned, >= 0.
+
+        Returns:
+            A list of aware UTC datetimes (empty when ``until <= after``).
+
+        Raises:
+            ValueError: a naive datetime or a negative ``limit``.
+        """
+        start, end = _as_utc(after, "after"), _as_utc(until, "until")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        times: list[datetime] = []
+        while len(times) < limit:
+            start = self._next(start)
+            if start > end:
+                break
+            times.append(start)
+        return times
+
+    # -- implementation ---------------------------------------------------------------------
+
+    def _wall_after(self, wall: datetime, inclusive: bool) -> datetime:
+        """First naive local wall time matching the fields after ``wall`` (or at it)."""
+        start = wall.replace(microsecond=0)
+        if inclusive and start == wall:
+            start -= _SECOND
+        with self._lock:
+            return self._iter.get_next(datetime, start_time=start)
+
+    def _fold_floor(self, instant: datetime) -> datetime | None:
+        """For fixed-time jobs: if ``instant`` lies in the repeated part of a fall-back, the
+        wall time at which the repeat ends (earlier wall times have already been seen)."""
+        floor = None
+        cursor = instant - _FOLD_LOOKBACK
+        while (moment := _first_transition(self.timezone, cursor, instant)) is not None:
+            before = _offset(self.timezone, moment - _MICRO)
+            after = _offset(self.timezone, moment)
+            if after < before and before - after <= _MEDIUM_JUMP:
+                end = _naive(moment + before)
+                floor = end if floor is None else max(floor, end)
+            cursor = moment
+        return floor
+
+    def _next(self, start: datetime) -> datetime:
+        zone = self.timezone
+        cursor = start
+        offset = _offset(zone, cursor)
+        wall, inclusive = _naive(cursor + offset), False
+        if self.fixed_time:
+            floor = self._fold_floor(cursor)
+            if floor is not None and floor > wall:
+                wall, inclusive = floor, True
+        for _ in range(_MAX_TRANSITIONS):
+            candidate_wall = self._wall_after(wall, inclusive)
+            candidate = (candidate_wall - offset).replace(tzinfo=UTC)
+            moment = _first_transition(zone, cursor, candidate)
+            if moment is None:
+                return candidate  # same offset all the way: the wall time maps to this instant
+            new_offset = _offset(zone, moment)
+            dst_like = abs(new_offset - offset) <= _MEDIUM_JUMP
+            if new_offset > offset:  # spring forward: walls [moment+offset, moment+new) skipped
+                wall = _naive(moment + new_offset)
+                if self.fixed_time and dst_like and candidate_wall < wall:
+                    return moment  # fixed-time job in the gap: once, at the jump
+            elif self.fixed_time and dst_like:  # fall back, fixed-time: first occurrence only
+                wall = _naive(moment + offset)
+            else:  # fall back, interval job: real time, the repeated walls fire again
+                wall = _naive(moment + new_offset)
+            inclusive, cursor, offset = True, moment, new_offset
+        raise CronError(
+            f"cron expression {self.expression!r} found no fire time in "
+            f"{zone.key} within {_MAX_TRANSITIONS} UTC offset changes"
+        )
+
+
+def _as_utc(value: datetime, name: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(UTC)

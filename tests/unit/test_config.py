@@ -1,0 +1,451 @@
+"""scheduler.config: YAML schedules → validated models, every problem at once (pure)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from scheduler import tasks
+from scheduler.config import ScheduleConfig, SchedulesConfig, load_config, load_config_text
+from scheduler.cron import Cron
+from scheduler.errors import ConfigError, ConfigIssue
+
+SAMPLE = "tests.unit.sample_tasks"
+ROOT = Path(__file__).resolve().parents[2]
+
+VALID = """\
+timezone: Europe/Berlin
+imports: [tests.unit.sample_tasks]
+schedules:
+  - name: weekly_digest
+    cron: "0 9 * * MON"
+    task: sample.digest
+    args: {edition: weekly, to: [a@example.com]}
+  - name: ping:fast
+    cron: "*/5 * * * * *"
+    task: sample.ping
+    timezone: UTC
+    queue: urgent
+    priority: -5
+    max_attempts: 3
+    backoff_base_s: 2
+    backoff_max_s: 600
+    backoff_jitter: 0.25
+    enabled: false
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_registry() -> Iterator[None]:
+    """Tests import tests.unit.sample_tasks; forget its tasks and the module afterwards."""
+    before = dict(tasks._REGISTRY)
+    yield
+    tasks._REGISTRY.clear()
+    tasks._REGISTRY.update(before)
+    sys.modules.pop(SAMPLE, None)
+
+
+def issues_of(text: str, **kwargs: bool) -> list[ConfigIssue]:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(textwrap.dedent(text), "schedules.yaml", **kwargs)
+    return info.value.issues
+
+
+def where(issues: list[ConfigIssue]) -> list[tuple[int, str | None, str | None]]:
+    return [(i.line, i.schedule, i.field) for i in issues]
+
+
+# -- a valid file ----------------------------------------------------------------------------------
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "schedules.yaml"
+    path.write_text(VALID, encoding="utf-8")
+    config = load_config(path)
+    assert isinstance(config, SchedulesConfig)
+    assert (config.path, config.timezone, config.imports) == (str(path), "Europe/Berlin", [SAMPLE])
+    digest, ping = config.schedules
+    assert digest == ScheduleConfig(
+        name="weekly_digest",
+        cron="0 9 * * MON",
+        task="sample.digest",
+        args={"edition": "weekly", "to": ["a@example.com"]},
+        timezone="Europe/Berlin",
+    )
+    assert type(digest.args) is dict and type(digest.args["to"]) is list  # plain JSON values
+    assert (digest.queue, digest.priority, digest.max_attempts) == (None, None, None)
+    assert (digest.backoff_base_s, digest.backoff_max_s, digest.backoff_jitter) == (
+        None,
+        None,
+        None,
+    )
+    assert digest.enabled is True
+    assert (ping.name, ping.timezone, ping.queue, ping.priority, ping.max_attempts) == (
+        "ping:fast",
+        "UTC",
+        "urgent",
+        -5,
+        3,
+    )
+    assert (ping.backoff_base_s, ping.backoff_max_s, ping.backoff_jitter, ping.enabled) == (
+        2.0,
+        600.0,
+        0.25,
+        False,
+    )
+    assert digest.cron_obj() == Cron("0 9 * * MON", "Europe/Berlin")
+    assert ping.cron_obj().has_seconds
+
+
+def test_zone_defaults_to_utc_without_a_file_default() -> None:
+    config = load_config_text(
+        'schedules:\n  - {name: a, cron: "@daily", task: t}\n', import_tasks=False
+    )
+    assert config.timezone == "UTC" and config.schedules[0].timezone == "UTC"
+
+
+def test_models_are_frozen() -> None:
+    config = load_config_text(VALID)
+    with pytest.raises(pydantic.ValidationError):
+        config.schedules[0].cron = "* * * * *"  # type: ignore[misc]
+
+
+def test_empty_schedule_list_is_valid() -> None:
+    assert load_config_text("schedules: []\n").schedules == []
+
+
+def test_definition_hash_is_stable_and_sensitive() -> None:
+    digest = load_config_text(VALID).schedules[0]
+    assert digest.definition_hash() == load_config_text(VALID).schedules[0].definition_hash()
+    assert len(digest.definition_hash()) == 64
+    for change in (
+        {"cron": "0 10 * * MON"},
+        {"enabled": False},
+        {"args": {"edition": "daily"}},
+        {"timezone": "UTC"},
+        {"priority": 0},
+    ):
+        changed = digest.model_copy(update=change)
+        assert changed.definition_hash() != digest.definition_hash(), change
+
+
+def test_definition_hash_is_the_same_in_another_process() -> None:
+    here = load_config_text(VALID, import_tasks=False)
+    code = (
+        "import sys; from scheduler.config import load_config_text as l; "
+        "c = l(sys.stdin.read(), import_tasks=False); "
+        "print(c.schedules[0].definition_hash(), c.config_hash())"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            input=VALID,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.split()
+        assert out == [here.schedules[0].definition_hash(), here.config_hash()]
+
+
+def test_config_hash_ignores_order_but_not_content() -> None:
+    config = load_config_text(VALID)
+    reordered = config.model_copy(update={"schedules": list(reversed(config.schedules))})
+    assert reordered.config_hash() == config.config_hash()
+    changed = load_config_text(VALID.replace('"0 9 * * MON"', '"0 8 * * MON"'))
+    assert changed.config_hash() != config.config_hash()
+    fewer = config.model_copy(update={"schedules": config.schedules[:1]})
+    assert fewer.config_hash() != config.config_hash()
+
+
+def test_direct_construction_validates_too() -> None:
+    with pytest.raises(pydantic.ValidationError, match="never fires"):
+        ScheduleConfig(name="a", cron="0 0 30 2 *", task="t")
+    with pytest.raises(pydantic.ValidationError, match="not valid JSON"):
+        ScheduleConfig(name="a", cron="@daily", task="t", args={"x": float("nan")})
+    one = ScheduleConfig(name="a", cron="@daily", task="t")
+    with pytest.raises(pydantic.ValidationError, match="duplicate schedule names: a"):
+        SchedulesConfig(path="x", schedules=[one, one])
+
+
+# -- many problems at once ---------------------------------------------------------------------
+
+
+def test_every_problem_is_reported_with_line_schedule_and_field() -> None:
+    issues = issues_of("""\
+        timezone: Europe/Berln
+        imports: [tests.unit.sample_tasks, tests.unit.no_such_module]
+        schedules:
+          - name: digest
+            cron: "0 9 * * MONX"
+            task: sample.digest
+            priority: high
+            colour: blue
+          - name: digest
+            cron: "0 0 30 2 *"
+            task: sample.nope
+            timezone: europe/berlin
+          - cron: "*/5 * * * *"
+            task: sample.ping
+            args: {when: 2025-01-01, ratio: .nan}
+            max_attempts: 0
+            enabled: true
+            enabled: false
+        """)
+    assert where(issues) == [
+        (1, None, "timezone"),
+        (2, None, "imports"),
+        (5, "digest", "cron"),
+        (7, "digest", "priority"),
+        (8, "digest", "colour"),
+        (9, "digest", "name"),
+        (10, "digest", "cron"),
+        (11, "digest", "task"),
+        (12, "digest", "timezone"),
+        (13, "schedules[2]", "name"),
+        (15, "schedules[2]", "args.when"),
+        (15, "schedules[2]", "args.ratio"),
+        (16, "schedules[2]", "max_attempts"),
+        (18, "schedules[2]", "enabled"),
+    ]
+    reasons = [i.reason for i in issues]
+    expected = [
+        "unknown time zone 'Europe/Berln'",
+        "tests.unit.no_such_module",
+        "MONX",
+        "valid integer",
+        "unknown key 'colour'",
+        "duplicate schedule name 'digest'",
+        "never fires",
+        "'sample.nope' is not registered",
+        "case-sensitive",
+        "required field is missing",
+        "date",
+        "NaN",
+        "greater than or equal to 1",
+        "duplicate key 'enabled'",
+    ]
+    for reason, fragment in zip(reasons, expected, strict=True):
+        assert fragment in reason
+    assert all(i.file == "schedules.yaml" for i in issues)
+
+
+def test_error_message_lists_every_issue_with_file_and_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(
+            'schedules:\n  - {name: a, cron: "61 * * * *", task: t}\n'
+            '  - {name: a, cron: "@daily", task: t}\n',
+            "f.yaml",
+            import_tasks=False,
+        )
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("f.yaml:2: schedule 'a': field 'cron': invalid cron expression")
+    assert lines[1].startswith("f.yaml:3: schedule 'a': field 'name': duplicate schedule name")
+
+
+def test_duplicate_schedule_names() -> None:
+    issues = issues_of(
+        """\
+        schedules:
+          - {name: a, cron: "@daily", task: t}
+          - {name: b, cron: "@daily", task: t}
+          - {name: a, cron: "@hourly", task: t}
+        """,
+        import_tasks=False,
+    )
+    assert where(issues) == [(4, "a", "name")]
+    assert "first defined at line 2" in issues[0].reason
+
+
+def test_duplicate_keys_at_every_level() -> None:
+    issues = issues_of(
+        """\
+        timezone: UTC
+        schedules:
+          - name: a
+            cron: "@daily"
+            task: t
+            args:
+              edition: weekly
+              edition: daily
+            cron: "@hourly"
+        timezone: Europe/Berlin
+        """,
+        import_tasks=False,
+    )
+    assert where(issues) == [(8, "a", "args.edition"), (9, "a", "cron"), (10, None, "timezone")]
+    assert "first at line 4" in issues[1].reason
+
+
+def test_merge_keys_are_not_duplicates() -> None:
+    config = load_config_text(
+        """\
+schedules:
+  - &base
+    name: a
+    cron: "0 9 * * *"
+    task: t
+    queue: q
+  - <<: *base
+    name: b
+    queue: other
+""",
+        import_tasks=False,
+    )
+    assert [(s.name, s.cron, s.queue) for s in config.schedules] == [
+        ("a", "0 9 * * *", "q"),
+        ("b", "0 9 * * *", "other"),
+    ]
+
+
+def test_unknown_task_lists_the_registered_ones() -> None:
+    issues = issues_of("""\
+        imports: [tests.unit.sample_tasks]
+        schedules:
+          - {name: a, cron: "@daily", task: sample.digets}
+        """)
+    assert where(issues) == [(3, "a", "task")]
+    assert "'sample.digets' is not registered" in issues[0].reason
+    assert "sample.anything, sample.digest, sample.ping" in issues[0].reason
+
+
+def test_without_import_tasks_nothing_is_imported_or_checked() -> None:
+    config = load_config_text(
+        """\
+        imports: [tests.unit.sample_tasks]
+        schedules:
+          - {name: a, cron: "@daily", task: not.registered}
+        """,
+        import_tasks=False,
+    )
+    assert config.schedules[0].task == "not.registered"
+    assert SAMPLE not in sys.modules
+
+
+def test_import_errors_name_the_module() -> None:
+    issues = issues_of(
+        "imports:\n  - tests.unit.sample_tasks\n  - nope_missing_module\nschedules: []\n"
+    )
+    assert where(issues) == [(3, None, "imports")]
+    assert "nope_missing_module" in issues[0].reason and "ModuleNotFoundError" in issues[0].reason
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "fragment"),
+    [
+        ("{d: 2025-01-01}", "args.d", "as a date"),
+        ("{t: 2025-01-01 10:00:00}", "args.t", "as a datetime"),
+        ("{s: !!set {a, b}}", "args.s", "a set is not JSON"),
+        ("{x: .nan}", "args.x", "jsonb rejects NaN and Infinity"),
+        ("{x: .inf}", "args.x", "jsonb rejects NaN and Infinity"),
+        ("{x: -.inf}", "args.x", "jsonb rejects NaN and Infinity"),
+        ('{x: "a\\0b"}', "args.x", "\\u0000"),
+        ('{"k\\0": 1}', "args.k\x00", "key contains \\u0000"),
+        ("{1: one}", "args.1", "keys must be strings"),
+        ("{items: [1, 2024-02-03]}", "args.items[1]", "as a date"),
+        ("{b: !!binary aGVsbG8=}", "args.b", "bytes is not JSON"),
+    ],
+)
+def test_args_must_be_json(args: str, field: str, fragment: str) -> None:
+    issues = issues_of(
+        f'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    args: {args}\n',
+        import_tasks=False,
+    )
+    assert where(issues) == [(5, "a", field)]
+    assert fragment in issues[0].reason
+
+
+def test_args_must_be_a_mapping() -> None:
+    issues = issues_of(
+        'schedules:\n  - {name: a, cron: "@daily", task: t, args: [1, 2]}\n', import_tasks=False
+    )
+    assert where(issues) == [(2, "a", "args")]
+    assert "mapping of keyword arguments" in issues[0].reason
+
+
+def test_args_must_fit_the_task_signature() -> None:
+    issues = issues_of("""\
+        imports: [tests.unit.sample_tasks]
+        schedules:
+          - {name: a, cron: "@daily", task: sample.digest, args: {edition: x, colour: red}}
+          - {name: b, cron: "@daily", task: sample.anything, args: {colour: red}}
+        """)
+    assert where(issues) == [(3, "a", "args")]
+    assert "colour" in issues[0].reason
+
+
+def test_yaml_syntax_error_reports_its_line() -> None:
+    issues = issues_of("""\
+        schedules:
+          - name: a
+            cron: "@daily"
+           task: t
+        """)
+    assert len(issues) == 1 and issues[0].line == 4 and issues[0].field is None
+    assert issues[0].reason.startswith("YAML syntax error")
+
+
+def test_unquoted_star_gets_a_hint() -> None:
+    issues = issues_of("schedules:\n  - name: a\n    cron: */5 * * * *\n    task: t\n")
+    assert issues[0].line == 3 and "must be quoted" in issues[0].reason
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "the file is empty"),
+        ("- a\n- b\n", "the top level is a list"),
+        ("timezone: UTC\n", "'schedules'"),
+        ("schedules: {a: 1}\n", "must be a list"),
+        ("schedules: []\nschedule: []\n", "did you mean 'schedules'"),
+        ("imports: tests.unit.sample_tasks\nschedules: []\n", "list of module names"),
+        ("imports: ['not a module']\nschedules: []\n", "not a dotted module name"),
+        ("timezone: 5\nschedules: []\n", "IANA time zone name"),
+    ],
+)
+def test_file_level_problems(text: str, fragment: str) -> None:
+    issues = issues_of(text, import_tasks=False)
+    assert len(issues) == 1 and fragment in issues[0].reason and issues[0].schedule is None
+
+
+@pytest.mark.parametrize(
+    ("item", "field", "fragment"),
+    [
+        ("{name: 'bad name!', cron: '@daily', task: t}", "name", "letters, digits"),
+        ("{name: a, cron: '@daily', task: t, cron_expr: x}", "cron_expr", "did you mean 'cron'"),
+        ("{name: a, cron: '@daily', task: t, enabled: 'yes'}", "enabled", "valid boolean"),
+        ("{name: a, cron: '@daily', task: t, priority: true}", "priority", "valid integer"),
+        ("{name: a, cron: '@daily', task: t, backoff_jitter: 2}", "backoff_jitter", "less than"),
+        ("{name: a, cron: '@daily', task: t, backoff_base_s: 0}", "backoff_base_s", "greater than"),
+        (
+            "{name: a, cron: '@daily', task: t, backoff_base_s: 9, backoff_max_s: 1}",
+            "backoff_max_s",
+            "smaller than backoff_base_s",
+        ),
+        ("{name: a, cron: '0 0 * * * * *', task: t}", "cron", "got 7"),
+        ("{name: 5, cron: '@daily', task: t}", "name", "valid string"),
+    ],
+)
+def test_schedule_field_problems(item: str, field: str, fragment: str) -> None:
+    issues = issues_of(f"schedules:\n  - {item}\n", import_tasks=False)
+    assert [i.field for i in issues] == [field] and issues[0].line == 2
+    assert fragment in issues[0].reason
+
+
+def test_each_schedule_must_be_a_mapping() -> None:
+    issues = issues_of("schedules:\n  - just a string\n", import_tasks=False)
+    assert where(issues) == [(2, "schedules[0]", None)] and "must be a mapping" in issues[0].reason
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.yaml")
+    assert info.value.issues[0].line == 0 and "cannot read file" in info.value.issues[0].reason

@@ -1,0 +1,44 @@
+import pytest
+
+from scheduler import DuplicateTaskError, UnknownTaskError, task
+from scheduler.tasks import get_task, task_name
+
+
+@task
+def plain_task(x: int) -> int:
+    return x * 2
+
+
+@task(name="unit.named", queue="q", max_attempts=2)
+async def named_task() -> None:
+    pass
+
+
+def test_bare_decorator_registers_under_function_name():
+    t = get_task("plain_task")
+    assert t.func(3) == 6 and plain_task(3) == 6 and not t.is_async
+
+
+def test_options_and_async_detection():
+    t = get_task("unit.named")
+    assert (t.queue, t.max_attempts, t.is_async) == ("q", 2, True)
+    assert task_name(named_task) == "unit.named"
+
+
+def test_duplicate_name_for_a_different_function_is_an_error():
+    with pytest.raises(DuplicateTaskError, match="plain_task"):
+
+        @task(name="plain_task")
+        def other() -> None:
+            pass
+
+
+def test_unknown_task_and_unregistered_function():
+    with pytest.raises(UnknownTaskError, match="nope"):
+        get_task("nope")
+
+    def not_registered() -> None:
+        pass
+
+    with pytest.raises(UnknownTaskError, match="not registered"):
+        task_name(not_registered)
