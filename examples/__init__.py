@@ -1,0 +1,1 @@
+"""Runnable examples of the scheduler (``python -m examples.<name>`` from the repo root)."""
