@@ -2,7 +2,7 @@
 
     scheduler migrate
     scheduler check CONFIG
-    scheduler run --config CONFIG [--queues Q1,Q2] [--concurrency N]
+    scheduler run [--config CONFIG] [--import MODULE ...] [--queues Q1,Q2] [--concurrency N]
 
 Database: ``SCHEDULER_DATABASE_URL``; when unset, an embedded PostgreSQL is started with its
 data under ``SCHEDULER_EMBEDDED_DIR`` (default ``./.scheduler``) and its URL is printed.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from . import embedded, log
 from .config import load_config
 from .errors import ConfigError
 from .settings import Settings
+from .tasks import import_modules
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -35,6 +37,8 @@ def _database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
     url = embedded.start(settings.embedded_dir)
+    # Handlers and child processes find the database the usual way.
+    os.environ["SCHEDULER_DATABASE_URL"] = url
     print(f"embedded PostgreSQL: {url}", file=sys.stderr)
     print(f"  psql '{url}'", file=sys.stderr)
     return url
@@ -67,6 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     log.configure(settings.log_format, settings.log_level)
+    try:
+        import_modules(args.imports or [])
+    except ImportError as exc:
+        print(f"cannot import task module: {exc}", file=sys.stderr)
+        return 1
     config = None
     if args.config:
         try:
@@ -96,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML schedules file (omit for a worker-only replica)")
     p.add_argument("--queues", help="comma-separated queues to work (default: default)")
     p.add_argument("--concurrency", type=int, help="jobs run at once (default 10)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE so its @task functions register (repeatable; the config's "
+        "`imports` are imported too)",
+    )
     p.set_defaults(func=cmd_run)
     return parser
 

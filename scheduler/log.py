@@ -50,5 +50,6 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A logger bound with ``logger=name``."""
-    return structlog.get_logger().bind(logger=name)
+    """A lazy logger bound with ``component=name`` (it follows :func:`configure`, even when
+    created at import time, before configuration)."""
+    return structlog.get_logger(component=name)

@@ -47,12 +47,13 @@ class Plan:
     Attributes:
         fire_times: fire times to materialise (UTC, ascending), possibly empty.
         next_run_at: the schedule's new ``next_run_at`` (UTC), always after ``now``.
-        skipped: due fire times not materialised because the catch-up cap cut them.
+        capped: True when more than ``max_catch_up`` fire times were due and the later ones
+            (up to now) were skipped.
     """
 
     fire_times: list[datetime]
     next_run_at: datetime
-    skipped: int
+    capped: bool
 
 
 def plan(cron: Cron, next_run_at: datetime, now: datetime, max_catch_up: int) -> Plan:
@@ -68,15 +69,12 @@ def plan(cron: Cron, next_run_at: datetime, now: datetime, max_catch_up: int) ->
         A :class:`Plan`; ``fire_times`` starts with ``next_run_at`` when it is due.
     """
     if next_run_at > now:
-        return Plan([], next_run_at, 0)
+        return Plan([], next_run_at, False)
     fire_times = [next_run_at, *cron.fire_times(next_run_at, now, max_catch_up)]
     if len(fire_times) <= max_catch_up:
-        return Plan(fire_times, cron.next_after(fire_times[-1]), 0)
+        return Plan(fire_times, cron.next_after(fire_times[-1]), False)
     # Over the cap: keep the first max_catch_up, skip the rest up to now.
-    kept = fire_times[:max_catch_up]
-    upcoming = cron.next_after(now)
-    skipped = len(fire_times) - max_catch_up
-    return Plan(kept, upcoming, skipped)
+    return Plan(fire_times[:max_catch_up], cron.next_after(now), True)
 
 
 @dataclass(frozen=True)
@@ -114,11 +112,11 @@ async def tick(
         advance: dict[str, list[Any]] = {"names": [], "next_run_ats": [], "last_fire_ats": []}
         for row in due:
             p = plan(_cron(row["cron"], row["timezone"]), row["next_run_at"], now, max_catch_up)
-            if p.skipped:
+            if p.capped:
                 log.warning(
                     "fire_times_skipped",
                     schedule=row["name"],
-                    skipped=p.skipped,
+                    skipped_until=now.isoformat(),
                     reason=f"more than max_catch_up={max_catch_up} fire times were due",
                 )
             names.extend([row["name"]] * len(p.fire_times))

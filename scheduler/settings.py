@@ -41,7 +41,8 @@ class Settings(BaseSettings):
 
     # workers
     queues: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["default"], description="queues this replica works (comma-separated)"
+        default_factory=lambda: ["default"],
+        description="queues this replica works (comma-separated)",
     )
     concurrency: int = Field(default=10, ge=1, le=1000, description="jobs run at once per replica")
     poll_interval_s: float = Field(

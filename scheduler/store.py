@@ -105,7 +105,9 @@ class Store:
         applied_now: list[Migration] = []
         for migration in migrations():
             async with conn.transaction():
-                await conn.execute(self.q["migrations_lock"], {"key": _migrations_lock_key(self.schema)})
+                await conn.execute(
+                    self.q["migrations_lock"], {"key": _migrations_lock_key(self.schema)}
+                )
                 await conn.execute(self.q["migrations_table"])
                 cur = await conn.execute(self.q["migrations_applied"])
                 done = {row[0] for row in await cur.fetchall()}
@@ -250,7 +252,9 @@ class Store:
             assert row is not None
             return int(row[0])
 
-    async def fence(self, conn: psycopg.AsyncConnection[Any], holder: str, term: int) -> datetime | None:
+    async def fence(
+        self, conn: psycopg.AsyncConnection[Any], holder: str, term: int
+    ) -> datetime | None:
         """Heartbeat, inside the caller's transaction when there is one.
 
         Returns the database ``now()`` when this session still holds the lock and ``term`` is

@@ -122,7 +122,9 @@ class Worker:
     async def _wait(self, stopper: asyncio.Task[Any], timeout: float) -> None:
         waker = asyncio.create_task(self._wake.wait())
         try:
-            await asyncio.wait({waker, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waker, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             waker.cancel()
 
@@ -168,7 +170,7 @@ class Worker:
                 await loop.run_in_executor(self._executor, lambda: registered.func(**args))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a handler's failure is data, not a crash of the worker
+        except Exception as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
             error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
             tb = traceback.format_exc()[-TRACEBACK_LIMIT:]
             if job["attempt"] >= job["max_attempts"]:
@@ -239,7 +241,9 @@ class Worker:
     async def _drain(self) -> None:
         if not self._running:
             return
-        log.info("worker_draining", running=len(self._running), grace_s=self.settings.shutdown_grace_s)
+        log.info(
+            "worker_draining", running=len(self._running), grace_s=self.settings.shutdown_grace_s
+        )
         _, pending = await asyncio.wait(self._running, timeout=self.settings.shutdown_grace_s)
         for t in pending:
             t.cancel()
@@ -265,6 +269,8 @@ class Worker:
                             self._wake.set()
             except psycopg.Error as exc:
                 self.listening.clear()
-                log.warning("listen_connection_lost", error=str(exc).strip()[:300], retry_in_s=backoff)
+                log.warning(
+                    "listen_connection_lost", error=str(exc).strip()[:300], retry_in_s=backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

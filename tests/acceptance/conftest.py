@@ -19,7 +19,7 @@ class Replica:
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scheduler", *args],
             cwd=ROOT,
@@ -70,7 +70,9 @@ def start_replica(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
     replicas: list[Replica] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> Replica:
-        r = Replica(list(args), {**cli_env, **(env or {})}, tmp_path / f"replica{len(replicas)}.log")
+        r = Replica(
+            list(args), {**cli_env, **(env or {})}, tmp_path / f"replica{len(replicas)}.log"
+        )
         replicas.append(r)
         return r
 
@@ -89,6 +91,7 @@ def run_cli(cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProces
             capture_output=True,
             text=True,
             timeout=timeout,
+            check=False,
         )
 
     return run

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import itertools
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
 from scheduler import enqueue, schedule_at
+from tests.acceptance.app_tasks import always_fails
 from tests.conftest import wait_until
 
 SCHEDULES = """\
@@ -67,9 +69,12 @@ def test_two_replicas_one_job_per_fire_time_no_gaps_through_handover(tmp_path, d
 
     def fired(n: int):
         def check() -> bool:
-            return db.execute(
-                "SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'every_second'"
-            ).fetchone()[0] >= n
+            return (
+                db.execute(
+                    "SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'every_second'"
+                ).fetchone()[0]
+                >= n
+            )
 
         return check
 
@@ -94,7 +99,7 @@ def test_two_replicas_one_job_per_fire_time_no_gaps_through_handover(tmp_path, d
     ).fetchall()
     fire_times = [r[0] for r in rows]
     assert len(fire_times) >= 12
-    gaps = [(x, y) for x, y in zip(fire_times, fire_times[1:]) if y - x != timedelta(seconds=1)]
+    gaps = [(x, y) for x, y in itertools.pairwise(fire_times) if y - x != timedelta(seconds=1)]
     assert gaps == [], f"missing fire times between {gaps}"
     assert {r[3] for r in rows} == {1, 2}, "both terms should have materialised fire times"
     runs = db.execute(
@@ -106,24 +111,27 @@ def test_two_replicas_one_job_per_fire_time_no_gaps_through_handover(tmp_path, d
 
 
 def test_failing_task_ends_dead_with_max_attempts_runs(db, db_url, start_replica):
-    r = start_replica("run")
+    r = start_replica("run", "--import", "tests.acceptance.app_tasks")
     with psycopg.connect(db_url) as conn:
-        job_id = enqueue("acceptance.always_fails", connection=conn)
+        job_id = enqueue(always_fails, connection=conn)
         conn.commit()
     wait_until(
-        lambda: db.execute("SELECT state = 'dead' FROM scheduler.jobs WHERE id = %s", [job_id]).fetchone()[0],
+        lambda: db.execute(
+            "SELECT state = 'dead' FROM scheduler.jobs WHERE id = %s", [job_id]
+        ).fetchone()[0],
         timeout=30,
     )
     assert r.stop() == 0, r.output()
     runs = db.execute(
-        "SELECT attempt, outcome, error FROM scheduler.job_runs WHERE job_id = %s ORDER BY attempt", [job_id]
+        "SELECT attempt, outcome, error FROM scheduler.job_runs WHERE job_id = %s ORDER BY attempt",
+        [job_id],
     ).fetchall()
     assert runs == [(i, "failed", "ValueError: this task always fails") for i in (1, 2, 3)]
 
 
 def test_schedule_at_jobs_run_and_rollback_leaves_none(db, db_url, start_replica):
-    r = start_replica("run", "--concurrency", "4")
-    soon = datetime.now(timezone.utc) + timedelta(seconds=2)
+    r = start_replica("run", "--import", "tests.acceptance.app_tasks", "--concurrency", "4")
+    soon = datetime.now(UTC) + timedelta(seconds=2)
     with psycopg.connect(db_url) as conn:
         kept = [
             schedule_at("acceptance.echo", soon, args={"message": f"m{i}"}, connection=conn)
@@ -139,10 +147,10 @@ def test_schedule_at_jobs_run_and_rollback_leaves_none(db, db_url, start_replica
         timeout=30,
     )
     assert r.stop() == 0, r.output()
-    rows = db.execute("SELECT id, args->>'message', state FROM scheduler.jobs ORDER BY id").fetchall()
+    rows = db.execute(
+        "SELECT id, args->>'message', state FROM scheduler.jobs ORDER BY id"
+    ).fetchall()
     assert [row[0] for row in rows] == kept
     assert all(row[1] != "rolled back" for row in rows)
-    started = db.execute(
-        "SELECT min(started_at) FROM scheduler.job_runs"
-    ).fetchone()[0]
+    started = db.execute("SELECT min(started_at) FROM scheduler.job_runs").fetchone()[0]
     assert started >= soon, "a delayed job started before its run_at"

@@ -1,7 +1,7 @@
 """schedule_at / enqueue against a real database."""
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -24,22 +24,28 @@ def _job(db, job_id):
 
 
 def test_schedule_at_in_callers_transaction_commits_with_it(db, db_url):
-    run_at = datetime.now(timezone.utc) + timedelta(hours=1)
+    run_at = datetime.now(UTC) + timedelta(hours=1)
     with psycopg.connect(db_url) as conn:
         job_id = schedule_at(noop, run_at, args={"to": "a@example.com"}, connection=conn)
         # not visible to others before the caller commits
         assert _job(db, job_id) is None
         conn.commit()
-    task_name, queue, state, args, max_attempts, stored_run_at, first_run_at, _, due = _job(db, job_id)
+    task_name, queue, state, args, max_attempts, stored_run_at, first_run_at, _, due = _job(
+        db, job_id
+    )
     assert (task_name, queue, state, args, max_attempts) == (
-        "test_enqueue.noop", "mail", "pending", {"to": "a@example.com"}, 7,
+        "test_enqueue.noop",
+        "mail",
+        "pending",
+        {"to": "a@example.com"},
+        7,
     )
     assert stored_run_at == run_at and first_run_at == run_at and not due
 
 
 def test_rollback_leaves_no_job(db, db_url):
     with psycopg.connect(db_url) as conn:
-        schedule_at(noop, datetime.now(timezone.utc), connection=conn)
+        schedule_at(noop, datetime.now(UTC), connection=conn)
         conn.rollback()
     assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 0
 
@@ -47,7 +53,7 @@ def test_rollback_leaves_no_job(db, db_url):
 def test_async_connection_returns_awaitable_and_joins_transaction(db, db_url):
     async def run() -> int:
         async with await psycopg.AsyncConnection.connect(db_url) as aconn:
-            job_id = await enqueue(noop, args={"n": 1}, connection=aconn)
+            await enqueue(noop, args={"n": 1}, connection=aconn)
             await aconn.rollback()
             job_id2 = await enqueue(noop, args={"n": 2}, connection=aconn)
             await aconn.commit()
@@ -60,7 +66,7 @@ def test_async_connection_returns_awaitable_and_joins_transaction(db, db_url):
 
 def test_past_run_at_is_due_at_once_and_enqueue_is_now(db, db_url):
     with psycopg.connect(db_url) as conn:
-        past = schedule_at(noop, datetime(2000, 1, 1, tzinfo=timezone.utc), connection=conn)
+        past = schedule_at(noop, datetime(2000, 1, 1, tzinfo=UTC), connection=conn)
         now_job = enqueue("test_enqueue.noop", connection=conn, priority=-5)
         conn.commit()
     assert _job(db, past)[-1] is True

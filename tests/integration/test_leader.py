@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+import itertools
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -124,16 +125,19 @@ def test_tick_materialises_each_due_fire_time_once_and_advances(db, db_url):
     ).fetchall()
     fire_times = [r[0] for r in rows]
     assert fire_times[0] == now - timedelta(seconds=4)
-    assert all(b - a == timedelta(seconds=1) for a, b in zip(fire_times, fire_times[1:]))
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(fire_times))
     assert all(r[1] == r[0] and r[2] == 1 and r[3] == "noop" and r[4] == 3 for r in rows)
     assert first.inserted >= 5
     next_run_at, last_fire_at = db.execute(
         "SELECT next_run_at, last_fire_at FROM scheduler.schedules WHERE name = 'every_second'"
     ).fetchone()
     assert last_fire_at == fire_times[-1] and next_run_at == last_fire_at + timedelta(seconds=1)
-    assert db.execute(
-        "SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'future'"
-    ).fetchone()[0] == 0
+    assert (
+        db.execute("SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'future'").fetchone()[
+            0
+        ]
+        == 0
+    )
     assert second.next_due is not None
 
 
@@ -197,4 +201,4 @@ def test_catch_up_is_capped_and_skips_to_the_future(db, db_url):
     asyncio.run(scenario())
     assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 5
     next_run_at = db.execute("SELECT next_run_at FROM scheduler.schedules").fetchone()[0]
-    assert next_run_at > datetime.now(timezone.utc) - timedelta(seconds=5)
+    assert next_run_at > datetime.now(UTC) - timedelta(seconds=5)

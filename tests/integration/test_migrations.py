@@ -25,7 +25,9 @@ def test_migrate_creates_schema_and_is_idempotent(fresh_db_url):
     assert [m.version for m in first] == [m.version for m in migrations()]
     assert second == []
     with psycopg.connect(url) as conn:
-        assert {"schedules", "jobs", "job_runs", "leader", "migrations", "run_history"} <= _tables(conn)
+        assert {"schedules", "jobs", "job_runs", "leader", "migrations", "run_history"} <= _tables(
+            conn
+        )
         versions = [r[0] for r in conn.execute("SELECT version FROM scheduler.migrations")]
         assert versions == [m.version for m in migrations()]
 

@@ -38,14 +38,21 @@ def boom() -> None:
 
 
 def _settings(**kw: Any) -> Settings:
-    return Settings(database_url=None, concurrency=kw.pop("concurrency", 4), poll_interval_s=0.2, **kw)
+    return Settings(
+        database_url=None, concurrency=kw.pop("concurrency", 4), poll_interval_s=0.2, **kw
+    )
 
 
 async def _run_worker_until(
-    db_url: str, done: Callable[[psycopg.AsyncConnection], Awaitable[bool]], timeout: float = 20, **kw: Any
+    db_url: str,
+    done: Callable[[psycopg.AsyncConnection], Awaitable[bool]],
+    timeout: float = 20,
+    **kw: Any,
 ) -> Worker:
     settings = _settings(**kw)
-    pool = AsyncConnectionPool(db_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
+    pool = AsyncConnectionPool(
+        db_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+    )
     await pool.open()
     worker = Worker(pool, db_url, Store("scheduler"), settings, "test-worker")
     stop = asyncio.Event()
@@ -79,15 +86,20 @@ def test_runs_sync_and_async_handlers_and_records_runs(db, db_url):
         return await _count(c, "state = 'succeeded'") == 10
 
     asyncio.run(_run_worker_until(db_url, all_done))
-    assert sorted(CALLS) == sorted([("ok", i) for i in range(5)] + [("async_ok", i) for i in range(5)])
+    assert sorted(CALLS) == sorted(
+        [("ok", i) for i in range(5)] + [("async_ok", i) for i in range(5)]
+    )
     assert all(name.startswith("scheduler-job") for name in THREADS)
     runs = db.execute(
         "SELECT outcome, attempt, worker_id, finished_at >= started_at FROM scheduler.job_runs"
     ).fetchall()
     assert len(runs) == 10 and set(runs) == {("succeeded", 1, "test-worker", True)}
-    assert db.execute(
-        "SELECT count(*) FROM scheduler.jobs WHERE finished_at IS NULL OR lease_expires_at IS NOT NULL"
-    ).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT count(*) FROM scheduler.jobs WHERE finished_at IS NULL OR lease_expires_at IS NOT NULL"
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_failing_job_retries_with_backoff_then_dead_letters(db, db_url):
@@ -111,7 +123,8 @@ def test_failing_job_retries_with_backoff_then_dead_letters(db, db_url):
     ).fetchone()
     assert (state, attempt, last_error) == ("dead", 3, "RuntimeError: boom")
     history = db.execute(
-        "SELECT count(*) FROM scheduler.run_history WHERE job_id = %s AND job_state = 'dead'", [job_id]
+        "SELECT count(*) FROM scheduler.run_history WHERE job_id = %s AND job_state = 'dead'",
+        [job_id],
     ).fetchone()[0]
     assert history == 3
 
@@ -153,7 +166,9 @@ def test_notify_wakes_worker_without_waiting_for_poll(db_url):
 
     async def scenario() -> None:
         settings = Settings(concurrency=2, poll_interval_s=30)
-        pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+        pool = AsyncConnectionPool(
+            db_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+        )
         await pool.open()
         worker = Worker(pool, db_url, Store("scheduler"), settings, "w")
         stop = asyncio.Event()
@@ -204,18 +219,42 @@ def test_fenced_completion_cannot_overwrite_newer_attempt(db, db_url, stale):
 
     async def scenario() -> tuple[set[int], set[int]]:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-            (first,) = await store.claim_jobs(c, queues=["default"], limit=1, worker_id="old", lease_s=30)
+            (first,) = await store.claim_jobs(
+                c, queues=["default"], limit=1, worker_id="old", lease_s=30
+            )
             # the job is rescued and claimed again by another worker (attempt 2)
             await c.execute("UPDATE scheduler.jobs SET state = 'pending' WHERE id = %s", [job_id])
-            (second,) = await store.claim_jobs(c, queues=["default"], limit=1, worker_id="new", lease_s=30)
+            (second,) = await store.claim_jobs(
+                c, queues=["default"], limit=1, worker_id="new", lease_s=30
+            )
             late = await store.complete_jobs(
-                c, "old", [{"id": job_id, "attempt": first["attempt"], "state": "succeeded", "outcome": "succeeded"}]
+                c,
+                "old",
+                [
+                    {
+                        "id": job_id,
+                        "attempt": first["attempt"],
+                        "state": "succeeded",
+                        "outcome": "succeeded",
+                    }
+                ],
             )
             current = await store.complete_jobs(
-                c, "new", [{"id": job_id, "attempt": second["attempt"], "state": "succeeded", "outcome": "succeeded"}]
+                c,
+                "new",
+                [
+                    {
+                        "id": job_id,
+                        "attempt": second["attempt"],
+                        "state": "succeeded",
+                        "outcome": "succeeded",
+                    }
+                ],
             )
             return late, current
 
     late, current = asyncio.run(scenario())
     assert late == set() and current == {job_id}
-    assert db.execute("SELECT worker_id, attempt FROM scheduler.job_runs").fetchall() == [("new", 2)]
+    assert db.execute("SELECT worker_id, attempt FROM scheduler.job_runs").fetchall() == [
+        ("new", 2)
+    ]
