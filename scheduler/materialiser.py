@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from .cron import Cron
-from .errors import LeadershipLostError
+from .errors import CronError, LeadershipLostError
 from .log import get_logger
 from .store import Store
 
@@ -111,7 +111,17 @@ async def tick(
         fire_times: list[datetime] = []
         advance: dict[str, list[Any]] = {"names": [], "next_run_ats": [], "last_fire_ats": []}
         for row in due:
-            p = plan(_cron(row["cron"], row["timezone"]), row["next_run_at"], now, max_catch_up)
+            try:
+                cron = _cron(row["cron"], row["timezone"])
+            except CronError as exc:
+                # A row written by hand (not through a validated file): stop it, loudly,
+                # rather than failing every tick.
+                log.error("schedule_invalid", schedule=row["name"], error=str(exc))
+                advance["names"].append(row["name"])
+                advance["next_run_ats"].append(None)
+                advance["last_fire_ats"].append(None)
+                continue
+            p = plan(cron, row["next_run_at"], now, max_catch_up)
             if p.capped:
                 log.warning(
                     "fire_times_skipped",

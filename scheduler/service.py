@@ -119,8 +119,20 @@ class Replica:
             queues=self.settings.queues,
             concurrency=self.settings.concurrency,
         )
+        loops = [
+            asyncio.create_task(self.elector.run(stop), name="scheduler-leader"),
+            asyncio.create_task(self.worker.run(stop), name="scheduler-worker"),
+        ]
         try:
-            await asyncio.gather(self.elector.run(stop), self.worker.run(stop))
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+            if failed:
+                # A bug, not a database outage (those are retried inside the loops): stop the
+                # other loop gracefully and let the process exit non-zero.
+                log.error("replica_failed", error=repr(failed[0].exception()))
+                stop.set()
+                await asyncio.wait(loops)
+                raise failed[0].exception()  # type: ignore[misc]
         finally:
             await self.pool.close()
             log.info("replica_stopped", replica=self.id)

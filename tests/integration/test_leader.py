@@ -202,3 +202,22 @@ def test_catch_up_is_capped_and_skips_to_the_future(db, db_url):
     assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 5
     next_run_at = db.execute("SELECT next_run_at FROM scheduler.schedules").fetchone()[0]
     assert next_run_at > datetime.now(UTC) - timedelta(seconds=5)
+
+
+def test_invalid_schedule_row_is_stopped_not_fatal(db, db_url):
+    now = db.execute("SELECT now()").fetchone()[0]
+    _add_schedule(db, "broken", "0 0 30 2 *", now - timedelta(minutes=1))
+    _add_schedule(db, "fine", "* * * * *", now - timedelta(minutes=1))
+
+    async def scenario() -> None:
+        conn, term = await _lead(db_url)
+        async with conn:
+            await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=100)
+
+    asyncio.run(scenario())
+    rows = dict(db.execute("SELECT name, next_run_at IS NULL FROM scheduler.schedules").fetchall())
+    assert rows == {"broken": True, "fine": False}
+    assert (
+        db.execute("SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'fine'").fetchone()[0]
+        >= 1
+    )
