@@ -40,7 +40,7 @@ def _database_url(settings: Settings) -> str:
     # Handlers and child processes find the database the usual way.
     os.environ["SCHEDULER_DATABASE_URL"] = url
     print(f"embedded PostgreSQL: {url}", file=sys.stderr)
-    print(f"  psql '{url}'", file=sys.stderr)
+    print(f"  query it: {embedded.psql_path()} '{url}'", file=sys.stderr)
     return url
 
 
@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Task modules (`imports:`, --import) are found from the working directory, as with
+    # `python -m`, also when started through the `scheduler` console script.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args) or 0)
     except ValidationError as exc:

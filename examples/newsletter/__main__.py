@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,11 @@ from .settings import embedded_dir, mailbox_dir
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "config/schedules.yaml"
 STOP_TIMEOUT_S = 40
+
+
+def _psql() -> str:
+    """``psql`` if installed, else the client that ships with the embedded server."""
+    return "psql" if shutil.which("psql") else embedded.psql_path()
 
 
 class DemoFailed(Exception):
@@ -182,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = database_url()
         print(f"SMTP server on {controller.hostname}:{controller.port}, mailbox {mailbox_dir()}")
-        print(f"database: psql '{url}'")
+        print(f"database: {_psql()} '{url}'")
         replica = start_replica(log_path)
         print(f"replica pid {replica.pid}: python {' '.join(replica.args[1:])}  (log: {log_path})")
         with psycopg.connect(url, autocommit=True) as conn:
             ok = run_demo(conn, replica, args.timeout)
-        print(f"\nQuery the history yourself: psql '{url}'")
+        print(f"\nQuery the history yourself: {_psql()} '{url}'")
         print("  SELECT * FROM scheduler.run_history ORDER BY run_id DESC LIMIT 20;")
         if not args.once:
             print("\nThe replica keeps running the cron schedules; Ctrl-C to stop.")
