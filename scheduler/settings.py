@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     plain lower-case SQL identifier (it is interpolated as an identifier, never as text).
     """
 
-    model_config = SettingsConfigDict(env_prefix="SCHEDULER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SCHEDULER_", extra="ignore", populate_by_name=True
+    )
 
     database_url: str | None = Field(
         default=None, description="libpq URL or key=value DSN; unset = embedded PostgreSQL"
@@ -82,6 +84,16 @@ class Settings(BaseSettings):
                 "(letters, digits, underscore; at most 48 characters)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_session_timeout(self) -> Settings:
+        if self.heartbeat_s * 2 > self.leader_session_timeout_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be at most half of "
+                f"leader_session_timeout_s ({self.leader_session_timeout_s}), or a healthy "
+                "leader's lock session would be ended as idle"
+            )
+        return self
 
     @field_validator("queues", mode="before")
     @classmethod

@@ -42,3 +42,15 @@ def test_unknown_task_and_unregistered_function():
 
     with pytest.raises(UnknownTaskError, match="not registered"):
         task_name(not_registered)
+
+
+def test_settings_reject_heartbeat_slower_than_half_the_session_timeout():
+    from pydantic import ValidationError
+
+    from scheduler.settings import Settings
+
+    with pytest.raises(ValidationError, match="heartbeat_s"):
+        Settings(heartbeat_s=6, leader_session_timeout_s=10)
+    with pytest.raises(ValidationError, match="lower-case SQL identifier"):
+        Settings(schema_name="Robert'); DROP TABLE jobs;--")
+    assert Settings(queues="a, b").queues == ["a", "b"]
