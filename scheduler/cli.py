@@ -3,6 +3,9 @@
     scheduler migrate
     scheduler check CONFIG
     scheduler run [--config CONFIG] [--import MODULE ...] [--queues Q1,Q2] [--concurrency N]
+    scheduler schedules list [--json] | pause NAME | resume NAME | trigger NAME
+    scheduler schedules next (--cron EXPR [--timezone TZ] | NAME --config FILE)
+                             [--after ISO8601] [--count N]
 
 Database: ``SCHEDULER_DATABASE_URL``; when unset, an embedded PostgreSQL is started with its
 data under ``SCHEDULER_EMBEDDED_DIR`` (default ``./.scheduler``) and its URL is printed.
@@ -12,15 +15,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 
-from . import embedded, log
+from . import embedded, log, schedules
 from .config import load_config
+from .cron import Cron
 from .errors import ConfigError
 from .settings import Settings
+from .store import Store
 from .tasks import import_modules
 
 
@@ -88,6 +98,113 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_connection(settings: Settings, action: Callable[..., Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        url = _database_url(settings)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await action(conn, Store(settings.schema_name))
+
+    return asyncio.run(run())
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="seconds")
+    return str(value)
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    action = args.action
+    if action == "next":
+        return _cmd_next(args)
+    if action == "list":
+        rows = _with_connection(settings, schedules.list_schedules)
+        if args.json:
+            print(json.dumps(rows, default=_cell, indent=2))
+        else:
+            for r in rows:
+                r["state"] = (
+                    "paused" if r["paused_at"] else ("enabled" if r["enabled"] else "disabled")
+                )
+            columns = [
+                "name",
+                "cron",
+                "timezone",
+                "task",
+                "state",
+                "next_run_at",
+                "last_fire_at",
+                "misfire_policy",
+                "overlap_policy",
+            ]
+            print(_table(rows, columns))
+        return 0
+    operation = {"pause": schedules.pause, "resume": schedules.resume, "trigger": schedules.trigger}
+    try:
+        result = _with_connection(
+            settings, lambda conn, store: operation[action](conn, store, args.name)
+        )
+    except LookupError as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 1
+    if action == "trigger":
+        if result is None:
+            print(
+                f"{args.name}: not triggered: a job of it is pending or running and its "
+                "overlap_policy is skip",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.name}: job {result} enqueued")
+        return 0
+    if not result:
+        print(f"no schedule named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {action}d")
+    return 0
+
+
+def _cmd_next(args: argparse.Namespace) -> int:
+    try:
+        if args.cron:
+            cron = Cron(args.cron, args.timezone or "UTC")
+        else:
+            if not (args.name and args.config):
+                print("give --cron EXPR, or a schedule NAME with --config FILE", file=sys.stderr)
+                return 2
+            config = load_config(args.config)
+            match = [s for s in config.schedules if s.name == args.name]
+            if not match:
+                print(f"no schedule named {args.name!r} in {args.config}", file=sys.stderr)
+                return 1
+            cron = match[0].cron_obj()
+        after = datetime.now(UTC)
+        if args.after:
+            after = datetime.fromisoformat(args.after)
+            if after.tzinfo is None:  # a wall time in the schedule's zone
+                after = after.replace(tzinfo=cron.timezone)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except ValueError as exc:  # CronError is a ValueError; so is a bad --after
+        print(str(exc), file=sys.stderr)
+        return 1
+    for fire_time in schedules.preview(cron, after, args.count):
+        print(fire_time.isoformat())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scheduler", description="Cron and delayed jobs on a PostgreSQL jobs table."
@@ -114,6 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
         "`imports` are imported too)",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("schedules", help="list, pause, resume, trigger or preview schedules")
+    ssub = p.add_subparsers(dest="action", required=True)
+    q = ssub.add_parser("list", help="every schedule with its state and next fire time (UTC)")
+    q.add_argument("--json", action="store_true", help="JSON output for scripts")
+    for action, text in [
+        ("pause", "stop materialising NAME (survives restarts and reconciliation)"),
+        ("resume", "resume NAME; what was missed goes through its misfire policy"),
+        ("trigger", "run NAME now, without moving its next fire time"),
+    ]:
+        q = ssub.add_parser(action, help=text)
+        q.add_argument("name")
+    q = ssub.add_parser("next", help="print the next fire times, one ISO-8601 instant per line")
+    q.add_argument("name", nargs="?", help="a schedule of --config FILE")
+    q.add_argument("--config", help="YAML schedules file declaring NAME")
+    q.add_argument("--cron", help="a cron expression to preview")
+    q.add_argument("--timezone", help="IANA zone for --cron (default UTC)")
+    q.add_argument("--after", help="ISO-8601 instant (default now; no offset = in the zone)")
+    q.add_argument("--count", type=int, default=10, help="how many fire times (default 10)")
+    p.set_defaults(func=cmd_schedules)
     return parser
 
 

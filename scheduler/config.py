@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import enum
 import hashlib
 import inspect
 import json
@@ -52,7 +53,15 @@ from . import tasks as _tasks
 from .cron import Cron, validate_timezone
 from .errors import ConfigError, ConfigIssue, CronError
 
-__all__ = ["ScheduleConfig", "SchedulesConfig", "json_problems", "load_config", "load_config_text"]
+__all__ = [
+    "MisfirePolicy",
+    "OverlapPolicy",
+    "ScheduleConfig",
+    "SchedulesConfig",
+    "json_problems",
+    "load_config",
+    "load_config_text",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
@@ -128,6 +137,23 @@ def _canonical_hash(payload: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+class MisfirePolicy(str, enum.Enum):
+    """What to do with fire times missed by more than ``misfire_grace_s`` (see
+    :mod:`scheduler.materialiser`)."""
+
+    SKIP = "skip"
+    RUN_ONCE = "run_once"
+    RUN_ALL = "run_all"
+
+
+class OverlapPolicy(str, enum.Enum):
+    """What to do with a fire time whose schedule still has a pending or running job."""
+
+    ALLOW = "allow"
+    SKIP = "skip"
+    QUEUE = "queue"
+
+
 class ScheduleConfig(BaseModel):
     """One declared schedule (frozen; strict types; unknown fields forbidden).
 
@@ -151,6 +177,11 @@ class ScheduleConfig(BaseModel):
     backoff_max_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     backoff_jitter: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     enabled: bool = True
+    misfire_policy: MisfirePolicy | None = Field(default=None, strict=False)
+    overlap_policy: OverlapPolicy | None = Field(default=None, strict=False)
+    max_catch_up: int | None = Field(default=None, ge=1, le=_INT32)
+    misfire_grace_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    starting_deadline_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("name")
     @classmethod

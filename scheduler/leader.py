@@ -31,7 +31,10 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
 * Materialisation runs on the lock session itself, so when the session dies its transaction
   dies with it; each transaction first runs ``leader_fence`` (lock still held by this backend,
   term current). ``UNIQUE (schedule_name, scheduled_for)`` is the last guard.
-* ``leader`` row: holder, term, elected_at, heartbeat_at: audit and liveness, not the lock.
+* ``leader`` row: holder, term, elected_at, heartbeat_at, config_hash: audit and liveness,
+  not the lock. Followers compare the leader's ``config_hash`` with their own schedules file
+  every 10 s and log ``config_mismatch`` (error level) once per term when they differ: the
+  leader's file wins.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ log = get_logger("scheduler.leader")
 
 OnElected = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[None]]
 Tick = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[float]]
+
+CONFIG_CHECK_S = 10.0  # how often a follower compares its schedules file with the leader's
 
 KEEPALIVES = {
     "keepalives": 1,
@@ -101,6 +106,7 @@ class LeaderElector:
         self.tick = tick
         self.term: int | None = None
         self.is_leader = asyncio.Event()
+        self._mismatch_term: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign until ``stop`` is set; on stop, release the lock if held."""
@@ -120,6 +126,23 @@ class LeaderElector:
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    async def _check_config(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Log loudly (once per term) when the leader runs a different schedules file."""
+        leader = await self.store.current_leader(conn)
+        if not leader or not self.config_hash or not leader["config_hash"]:
+            return
+        if leader["config_hash"] != self.config_hash and leader["term"] != self._mismatch_term:
+            self._mismatch_term = leader["term"]
+            log.error(
+                "config_mismatch",
+                leader=leader["holder"],
+                term=leader["term"],
+                leader_config_hash=leader["config_hash"][:12],
+                our_config_hash=self.config_hash[:12],
+                detail="this replica's schedules file differs from the leader's; the leader's "
+                "file wins until a replica with this file is elected",
+            )
+
     def _step_down(self) -> None:
         self.term = None
         self.is_leader.clear()
@@ -132,9 +155,14 @@ class LeaderElector:
                 idle_session_timeout_s=self.settings.leader_session_timeout_s,
                 name=f"scheduler leader {self.holder}",
             )
+            loop = asyncio.get_running_loop()
+            next_config_check = loop.time()
             while not stop.is_set():
                 if await self.store.try_lock_leader(conn):
                     break
+                if loop.time() >= next_config_check:
+                    await self._check_config(conn)
+                    next_config_check = loop.time() + CONFIG_CHECK_S
                 await _sleep_or_stop(stop, self.settings.leader_retry_s)
             else:
                 return

@@ -1,38 +1,58 @@
-"""The leader's tick: turn due fire times into jobs, one job per (schedule, fire time).
+"""The leader's tick: turn due fire times into jobs, applying misfire and overlap policies.
 
 A tick is one transaction on the leader's lock session:
 
 1. fence: ``leader_fence`` heartbeats and returns the database ``now()`` only while this
    session holds the advisory lock and its term is current; otherwise nothing is written
    (:class:`LeadershipLostError`);
-2. lock the due schedules (``next_run_at <= now``, ``FOR UPDATE``);
+2. lock the due schedules (``next_run_at <= now``, not paused, ``FOR UPDATE``);
 3. plan each schedule's fire times from its persisted ``next_run_at`` (never from "now", so a
    slow tick loses nothing) with :func:`plan`;
-4. insert one job per fire time (``ON CONFLICT (schedule_name, scheduled_for) DO NOTHING``,
-   the last guard against a deposed leader) and advance ``next_run_at``, in the same
-   transaction, so a crash leaves either both or neither.
+4. insert one job per chosen fire time (``ON CONFLICT DO NOTHING``: the unique
+   ``(schedule_name, scheduled_for)`` is the last guard against a deposed leader, and for
+   ``overlap_policy: skip`` a unique index allows one live job per schedule), record the fire
+   times not run in ``skipped_fire_times``, and advance ``next_run_at`` — all in the same
+   transaction, so a crash leaves all or nothing.
 
-Catch-up in this version: every missed fire time is materialised in order, at most
-``max_catch_up`` per schedule and tick; when the cap cuts, the rest are skipped (logged as
-``fire_times_skipped``) and ``next_run_at`` jumps to the first fire time after now.
-Per-schedule misfire and overlap policies plug in at :func:`plan`.
+Lateness and policies (``late = now - fire time``, database clock):
+
+* ``late < misfire_grace_s`` (60): on time, runs whatever the policy — so a leader failover of
+  a few seconds loses no fire time.
+* ``late > starting_deadline_s`` (unset = no deadline): recorded as ``starting_deadline``,
+  never run (Kubernetes CronJob ``startingDeadlineSeconds``).
+* otherwise it is a **misfire**, and the schedule's ``misfire_policy`` decides:
+  ``skip`` runs none; ``run_once`` (default) runs the most recent one only (as Kubernetes
+  CronJob); ``run_all`` runs every one in order. At most ``max_catch_up`` (100) fire times
+  run per schedule and tick, the most recent ones; older ones are recorded as
+  ``catch_up_cap`` with a warning.
+* ``overlap_policy: skip``: of several runnable fire times only the last is materialised, and
+  none while a job of the schedule is pending or running (``overlap`` rows). ``queue``: jobs
+  are materialised, and a job is claimed only when no older job of its schedule is live (see
+  ``claim_jobs``). ``allow`` (default): no restriction.
+
+Skipped fire times are recorded as spans (first, last, count) so a month-long outage of an
+every-second schedule is one row, not millions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 
+from .config import MisfirePolicy, OverlapPolicy
 from .cron import Cron
 from .errors import CronError, LeadershipLostError
 from .log import get_logger
 from .store import Store
 
 log = get_logger("scheduler.materialiser")
+
+_TICK = timedelta(microseconds=1)
+COUNT_CAP = 10_000  # fire times counted in a skipped span; more is recorded as NULL
 
 
 @lru_cache(maxsize=1024)
@@ -41,48 +61,145 @@ def _cron(expression: str, timezone: str) -> Cron:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a tick does for one schedule.
+class Policy:
+    """A schedule's catch-up rules; durations in seconds. Defaults match the column defaults."""
 
-    Attributes:
-        fire_times: fire times to materialise (UTC, ascending), possibly empty.
-        next_run_at: the schedule's new ``next_run_at`` (UTC), always after ``now``.
-        capped: True when more than ``max_catch_up`` fire times were due and the later ones
-            (up to now) were skipped.
-    """
+    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    overlap: OverlapPolicy = OverlapPolicy.ALLOW
+    max_catch_up: int = 100
+    misfire_grace_s: float = 60.0
+    starting_deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Consecutive fire times not run: ``first``..``last`` (UTC), ``count`` of them (``None``
+    when more than :data:`COUNT_CAP`), and the reason (``misfire``, ``starting_deadline``,
+    ``catch_up_cap``, ``overlap``)."""
+
+    first: datetime
+    last: datetime
+    count: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a tick does for one schedule: the fire times to materialise (UTC, ascending), the
+    new ``next_run_at`` (after ``now``), and the fire times recorded as skipped."""
 
     fire_times: list[datetime]
     next_run_at: datetime
-    capped: bool
+    skips: list[Skip] = field(default_factory=list)
 
 
-def plan(cron: Cron, next_run_at: datetime, now: datetime, max_catch_up: int) -> Plan:
-    """Plan the fire times of one due schedule.
+def _latest(cron: Cron, lo: datetime, hi: datetime, k: int) -> list[datetime]:
+    """Up to ``k`` most recent fire times in ``(lo, hi]``, ascending, found by widening a
+    window back from ``hi`` (so an outage of months costs a few small searches)."""
+    if k <= 0 or hi <= lo:
+        return []
+    width = timedelta(minutes=1)
+    while True:
+        start = max(lo, hi - width)
+        found: list[datetime] = []
+        cursor = start
+        while True:  # walk the window forward in bounded batches, keeping the last k
+            batch = cron.fire_times(cursor, hi, 4 * k + 16)
+            found = (found + batch)[-k:]
+            if len(batch) < 4 * k + 16:
+                break
+            cursor = batch[-1]
+        if len(found) >= k or start == lo:
+            return found
+        width *= 2
+
+
+def _span(cron: Cron, lo: datetime, hi: datetime, reason: str) -> Skip | None:
+    """The fire times in ``(lo, hi]`` as one :class:`Skip`, or ``None`` if there are none."""
+    if hi <= lo:
+        return None
+    first = cron.next_after(lo)
+    if first > hi:
+        return None
+    last = _latest(cron, lo, hi, 1)[-1]
+    counted = len(cron.fire_times(lo, hi, COUNT_CAP + 1))
+    return Skip(first, last, counted if counted <= COUNT_CAP else None, reason)
+
+
+def plan(cron: Cron, next_run_at: datetime, now: datetime, policy: Policy = Policy()) -> Plan:
+    """Decide which due fire times of one schedule to run and which to record as skipped.
 
     Args:
         cron: the schedule's cron expression in its time zone.
         next_run_at: the persisted next fire time (aware); due when ``<= now``.
         now: the database clock (aware).
-        max_catch_up: most fire times returned (>= 1).
+        policy: the schedule's misfire/overlap policy (rules in the module docstring).
 
     Returns:
-        A :class:`Plan`; ``fire_times`` starts with ``next_run_at`` when it is due.
+        A :class:`Plan`. Every due fire time is either in ``fire_times`` or in a ``skips``
+        span; ``next_run_at`` is the first fire time after ``now``.
     """
     if next_run_at > now:
-        return Plan([], next_run_at, False)
-    fire_times = [next_run_at, *cron.fire_times(next_run_at, now, max_catch_up)]
-    if len(fire_times) <= max_catch_up:
-        return Plan(fire_times, cron.next_after(fire_times[-1]), False)
-    # Over the cap: keep the first max_catch_up, skip the rest up to now.
-    return Plan(fire_times[:max_catch_up], cron.next_after(now), True)
+        return Plan([], next_run_at)
+    skips: list[Skip] = []
+
+    def skip(lo: datetime, hi: datetime, reason: str) -> None:
+        s = _span(cron, lo, hi, reason)
+        if s:
+            skips.append(s)
+
+    lo = next_run_at - _TICK  # regions below are half-open: (lo, hi]
+    if policy.starting_deadline_s is not None:
+        expired_hi = min(now, now - timedelta(seconds=policy.starting_deadline_s) - _TICK)
+        if expired_hi > lo:
+            skip(lo, expired_hi, "starting_deadline")
+            lo = expired_hi
+    grace_hi = now - timedelta(seconds=policy.misfire_grace_s)  # late >= grace: a misfire
+    misfire_lo, misfire_hi = lo, max(lo, min(grace_hi, now))
+    lo = misfire_hi
+
+    on_time = _latest(cron, lo, now, policy.max_catch_up)
+    if on_time:
+        skip(lo, on_time[0] - _TICK, "catch_up_cap")
+    room = policy.max_catch_up - len(on_time)
+    chosen: list[datetime] = []
+    if misfire_hi > misfire_lo:
+        if policy.misfire is MisfirePolicy.SKIP:
+            skip(misfire_lo, misfire_hi, "misfire")
+        elif policy.misfire is MisfirePolicy.RUN_ONCE:
+            chosen = _latest(cron, misfire_lo, misfire_hi, min(1, room))
+            if chosen:
+                skip(misfire_lo, chosen[0] - _TICK, "misfire")
+            else:
+                skip(misfire_lo, misfire_hi, "catch_up_cap")
+        else:  # RUN_ALL
+            chosen = _latest(cron, misfire_lo, misfire_hi, room)
+            skip(misfire_lo, chosen[0] - _TICK if chosen else misfire_hi, "catch_up_cap")
+    runs = chosen + on_time
+    if policy.overlap is OverlapPolicy.SKIP and len(runs) > 1:
+        skips.append(Skip(runs[0], runs[-2], len(runs) - 1, "overlap"))
+        runs = runs[-1:]
+    return Plan(runs, cron.next_after(now), skips)
+
+
+def policy_of(row: dict[str, Any]) -> Policy:
+    """The :class:`Policy` of a ``schedules`` row."""
+    return Policy(
+        misfire=MisfirePolicy(row["misfire_policy"]),
+        overlap=OverlapPolicy(row["overlap_policy"]),
+        max_catch_up=row["max_catch_up"],
+        misfire_grace_s=row["misfire_grace_s"],
+        starting_deadline_s=row["starting_deadline_s"],
+    )
 
 
 @dataclass(frozen=True)
 class TickResult:
-    """Outcome of one tick: jobs inserted, and the database clock and earliest
-    ``next_run_at`` (``None`` when no schedule is enabled) to sleep until."""
+    """Outcome of one tick: jobs inserted, fire times recorded as skipped, the database clock,
+    and the earliest ``next_run_at`` (``None`` when no schedule is active) to sleep until."""
 
     inserted: int
+    skipped: int
     now: datetime
     next_due: datetime | None
 
@@ -93,9 +210,13 @@ async def tick(
     *,
     holder: str,
     term: int,
-    max_catch_up: int,
+    now: datetime | None = None,
 ) -> TickResult:
     """Run one materialisation transaction on the leader's lock session.
+
+    Args:
+        now: the clock to plan against; ``None`` (production) = the database ``now()``.
+            Tests inject it.
 
     Raises:
         LeadershipLostError: the session no longer holds the lock or the term moved on;
@@ -103,49 +224,67 @@ async def tick(
         psycopg.OperationalError: the lock session died (its writes died with it).
     """
     async with conn.transaction():
-        now = await store.fence(conn, holder, term)
-        if now is None:
+        db_now = await store.fence(conn, holder, term, now=now)
+        if db_now is None:
             raise LeadershipLostError(f"term {term} is no longer current for {holder}")
-        due = await store.fetch(conn, "schedules_due", {"now": now})
+        due = await store.fetch(conn, "schedules_due", {"now": db_now})
         names: list[str] = []
         fire_times: list[datetime] = []
+        skips: list[tuple[str, Skip]] = []
         advance: dict[str, list[Any]] = {"names": [], "next_run_ats": [], "last_fire_ats": []}
         for row in due:
             try:
-                cron = _cron(row["cron"], row["timezone"])
+                p = plan(
+                    _cron(row["cron"], row["timezone"]), row["next_run_at"], db_now, policy_of(row)
+                )
             except CronError as exc:
                 # A row written by hand (not through a validated file): stop it, loudly,
                 # rather than failing every tick.
                 log.error("schedule_invalid", schedule=row["name"], error=str(exc))
-                advance["names"].append(row["name"])
-                advance["next_run_ats"].append(None)
-                advance["last_fire_ats"].append(None)
-                continue
-            p = plan(cron, row["next_run_at"], now, max_catch_up)
-            if p.capped:
-                log.warning(
+                p = None
+            for s in p.skips if p else []:
+                (log.warning if s.reason == "catch_up_cap" else log.info)(
                     "fire_times_skipped",
                     schedule=row["name"],
-                    skipped_until=now.isoformat(),
-                    reason=f"more than max_catch_up={max_catch_up} fire times were due",
+                    reason=s.reason,
+                    first=s.first.isoformat(),
+                    last=s.last.isoformat(),
+                    fire_times=s.count,
                 )
-            names.extend([row["name"]] * len(p.fire_times))
-            fire_times.extend(p.fire_times)
+                skips.append((row["name"], s))
+            names.extend([row["name"]] * len(p.fire_times if p else []))
+            fire_times.extend(p.fire_times if p else [])
             advance["names"].append(row["name"])
-            advance["next_run_ats"].append(p.next_run_at)
-            advance["last_fire_ats"].append(p.fire_times[-1] if p.fire_times else None)
+            advance["next_run_ats"].append(p.next_run_at if p else None)
+            advance["last_fire_ats"].append(p.fire_times[-1] if p and p.fire_times else None)
         inserted = 0
         if names:
-            rows = await store.fetch(
-                conn,
-                "materialise_fire_times",
-                {"names": names, "fire_times": fire_times, "term": term},
+            params = {"names": names, "fire_times": fire_times, "term": term}
+            inserted = len(await store.fetch(conn, "materialise_fire_times", params))
+            # planned but neither inserted nor already there: an overlap skip
+            overlap = await store.fetch(conn, "record_overlap_skips", params)
+            if overlap:
+                log.info(
+                    "fire_times_skipped",
+                    reason="overlap",
+                    schedules=[r["schedule_name"] for r in overlap],
+                )
+        if skips:
+            await conn.execute(
+                store.q["record_skips"],
+                {
+                    "names": [n for n, _ in skips],
+                    "firsts": [s.first for _, s in skips],
+                    "lasts": [s.last for _, s in skips],
+                    "counts": [s.count for _, s in skips],
+                    "reasons": [s.reason for _, s in skips],
+                    "term": term,
+                },
             )
-            inserted = len(rows)
         if advance["names"]:
             await conn.execute(store.q["schedules_advance"], advance)
         next_due_rows = await store.fetch(conn, "schedules_next_due")
         next_due = next_due_rows[0]["next_run_at"] if next_due_rows else None
     if names:
         log.info("fire_times_materialised", jobs=inserted, fire_times=len(names), term=term)
-    return TickResult(inserted=inserted, now=now, next_due=next_due)
+    return TickResult(inserted=inserted, skipped=len(skips), now=db_now, next_due=next_due)

@@ -40,6 +40,12 @@ class ReconcileResult:
     rescheduled: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    #: schedules last written by a different schedules file (another replica's config)
+    from_other_config: list[str] = field(default_factory=list)
+
+
+def _enum_value(value: Any, default: str) -> str:
+    return default if value is None else str(getattr(value, "value", value))
 
 
 def resolve(schedule: ScheduleConfig, settings: Settings) -> dict[str, Any]:
@@ -69,6 +75,15 @@ def resolve(schedule: ScheduleConfig, settings: Settings) -> dict[str, Any]:
         "backoff_base_s": float(pick("backoff_base_s", settings.backoff_base_s)),
         "backoff_max_s": float(pick("backoff_max_s", settings.backoff_max_s)),
         "backoff_jitter": float(pick("backoff_jitter", settings.backoff_jitter)),
+        "misfire_policy": _enum_value(schedule.misfire_policy, "run_once"),
+        "overlap_policy": _enum_value(schedule.overlap_policy, "allow"),
+        "max_catch_up": schedule.max_catch_up or settings.max_catch_up,
+        "misfire_grace_s": float(
+            settings.misfire_grace_s
+            if schedule.misfire_grace_s is None
+            else schedule.misfire_grace_s
+        ),
+        "starting_deadline_s": schedule.starting_deadline_s,
         "enabled": schedule.enabled,
     }
     canonical = json.dumps(row, sort_keys=True, separators=(",", ":"))
@@ -95,6 +110,8 @@ async def reconcile(
     for schedule in declared:
         row = resolve(schedule, settings)
         old = existing.get(schedule.name)
+        if old is not None and old["config_hash"] not in (None, config_hash):
+            result.from_other_config.append(schedule.name)
         timing_changed = old is None or (old["cron"], old["timezone"]) != (
             schedule.cron,
             schedule.timezone,
@@ -125,3 +142,51 @@ async def reconcile(
     )
     result.removed = [r["name"] for r in removed]
     return result
+
+
+# ---- operations on schedules (CLI: scheduler schedules ...) -----------------------------------
+
+
+def preview(cron: Cron, after: datetime, count: int) -> list[datetime]:
+    """The next ``count`` fire times strictly after ``after``, as aware datetimes in the
+    schedule's zone (so their UTC offset shows). Same code path as the materialiser
+    (:meth:`Cron.next_after`)."""
+    out: list[datetime] = []
+    current = after
+    for _ in range(count):
+        current = cron.next_after(current)
+        out.append(current.astimezone(cron.timezone))
+    return out
+
+
+async def list_schedules(conn: psycopg.AsyncConnection[Any], store: Store) -> list[dict[str, Any]]:
+    """Every row of the schedules table, by name."""
+    return await store.fetch(conn, "schedules_list")
+
+
+async def pause(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> bool:
+    """Stop materialising ``name`` until :func:`resume`; False if there is no such schedule.
+    The pause survives reconciliation (the YAML's ``enabled`` is a separate switch)."""
+    return bool(await store.fetch(conn, "schedule_pause", {"name": name}))
+
+
+async def resume(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> bool:
+    """Resume ``name``; fire times missed while paused go through its misfire policy at the
+    next tick. False if there is no such schedule."""
+    return bool(await store.fetch(conn, "schedule_resume", {"name": name}))
+
+
+async def trigger(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> int | None:
+    """Enqueue a job of ``name`` to run now (``origin = 'trigger'``, recorded in the same
+    history), without moving ``next_run_at``. Returns the job id, or ``None`` when the
+    schedule has ``overlap_policy: skip`` and a job of it is pending or running.
+
+    Raises:
+        LookupError: there is no schedule ``name``.
+    """
+    rows = await store.fetch(conn, "schedule_trigger", {"name": name})
+    if rows:
+        return int(rows[0]["id"])
+    if not any(r["name"] == name for r in await list_schedules(conn, store)):
+        raise LookupError(f"no schedule named {name!r}")
+    return None

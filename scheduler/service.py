@@ -98,6 +98,14 @@ class Replica:
             updated=result.updated,
             removed=result.removed,
         )
+        if result.from_other_config:
+            log.error(
+                "config_mismatch",
+                term=term,
+                schedules=result.from_other_config,
+                detail="these schedules were written from a different schedules file by an "
+                "earlier leader; this leader's file replaced them",
+            )
 
     async def _tick(self, conn: psycopg.AsyncConnection[Any], term: int) -> float:
         result = await materialiser.tick(
@@ -105,7 +113,6 @@ class Replica:
             self.store,
             holder=self.id,
             term=term,
-            max_catch_up=self.settings.max_catch_up,
         )
         return _seconds_until(result.next_due, result.now, self.settings.heartbeat_s)
 

@@ -63,7 +63,15 @@ class Settings(BaseSettings):
         "after this long",
     )
     max_catch_up: int = Field(
-        default=100, ge=1, description="most fire times materialised for one schedule in one tick"
+        default=100,
+        ge=1,
+        description="default of a schedule's max_catch_up: most fire times run per schedule "
+        "and tick after an outage",
+    )
+    misfire_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="default of a schedule's misfire_grace_s: lateness that is not a misfire",
     )
 
     # retry defaults (a task or schedule may override them)

@@ -253,15 +253,21 @@ class Store:
             return int(row[0])
 
     async def fence(
-        self, conn: psycopg.AsyncConnection[Any], holder: str, term: int
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        holder: str,
+        term: int,
+        now: datetime | None = None,
     ) -> datetime | None:
         """Heartbeat, inside the caller's transaction when there is one.
 
-        Returns the database ``now()`` when this session still holds the lock and ``term`` is
-        current, else ``None`` (the caller must not commit anything as leader).
+        Returns the clock (``now``, or the database ``now()`` when ``now`` is None) when this
+        session still holds the lock and ``term`` is current, else ``None`` (the caller must
+        not commit anything as leader).
         """
         cur = await conn.execute(
-            self.q["leader_fence"], {"holder": holder, "term": term, "key": self.leader_key}
+            self.q["leader_fence"],
+            {"holder": holder, "term": term, "key": self.leader_key, "now": now},
         )
         row = await cur.fetchone()
         return row[0] if row else None

@@ -36,10 +36,16 @@ WHERE idempotency_key = %(idempotency_key)s AND state IN ('pending', 'running');
 
 -- name: claim_jobs
 -- One short statement that commits: the handler never runs inside this transaction.
+-- overlap_policy = queue: a job is claimable only when no older job of its schedule is live.
 WITH due AS (
     SELECT id
-    FROM {schema}.jobs
+    FROM {schema}.jobs AS j
     WHERE state = 'pending' AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
+      AND (j.overlap <> 'queue' OR NOT EXISTS (
+              SELECT 1 FROM {schema}.jobs AS older
+              WHERE older.schedule_name = j.schedule_name
+                AND older.scheduled_for < j.scheduled_for
+                AND older.state IN ('pending', 'running')))
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -107,7 +113,8 @@ RETURNING term;
 
 -- name: leader_fence
 -- Heartbeat and fence in one: matches only while this session still holds the advisory lock
--- and the term is current. Returns the database clock for the caller's tick.
+-- and the term is current. Returns the clock for the caller's tick: the database's, unless a
+-- test injects one.
 UPDATE {schema}.leader
 SET heartbeat_at = now()
 WHERE holder = %(holder)s AND term = %(term)s
@@ -115,33 +122,41 @@ WHERE holder = %(holder)s AND term = %(term)s
       SELECT 1 FROM pg_locks
       WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
-RETURNING now() AS now;
+RETURNING coalesce(%(now)s::timestamptz, now()) AS now;
 
 -- name: leader_current
 SELECT holder, term, elected_at, heartbeat_at, config_hash FROM {schema}.leader;
 
 -- name: schedules_for_reconcile
-SELECT name, cron, timezone, definition_hash, next_run_at, enabled, source
+SELECT name, cron, timezone, definition_hash, config_hash, next_run_at, enabled, source
 FROM {schema}.schedules
 FOR UPDATE;
 
 -- name: schedule_upsert
+-- paused_at is an operator's decision and is never touched here.
 INSERT INTO {schema}.schedules AS s
        (name, cron, timezone, task, args, queue, priority, max_attempts, backoff_base_s,
-        backoff_max_s, backoff_jitter, enabled, source, definition_hash, config_hash, next_run_at)
+        backoff_max_s, backoff_jitter, misfire_policy, overlap_policy, max_catch_up,
+        misfire_grace_s, starting_deadline_s, enabled, source, definition_hash, config_hash,
+        next_run_at)
 VALUES (%(name)s, %(cron)s, %(timezone)s, %(task)s, %(args)s, %(queue)s, %(priority)s,
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
-        %(enabled)s, 'config', %(definition_hash)s, %(config_hash)s, %(next_run_at)s)
+        %(misfire_policy)s, %(overlap_policy)s, %(max_catch_up)s, %(misfire_grace_s)s,
+        %(starting_deadline_s)s, %(enabled)s, 'config', %(definition_hash)s, %(config_hash)s,
+        %(next_run_at)s)
 ON CONFLICT (name) DO UPDATE
 SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, task = EXCLUDED.task,
     args = EXCLUDED.args, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
     max_attempts = EXCLUDED.max_attempts, backoff_base_s = EXCLUDED.backoff_base_s,
     backoff_max_s = EXCLUDED.backoff_max_s, backoff_jitter = EXCLUDED.backoff_jitter,
+    misfire_policy = EXCLUDED.misfire_policy, overlap_policy = EXCLUDED.overlap_policy,
+    max_catch_up = EXCLUDED.max_catch_up, misfire_grace_s = EXCLUDED.misfire_grace_s,
+    starting_deadline_s = EXCLUDED.starting_deadline_s,
     enabled = EXCLUDED.enabled, source = 'config', definition_hash = EXCLUDED.definition_hash,
     config_hash = EXCLUDED.config_hash, next_run_at = EXCLUDED.next_run_at, updated_at = now()
-WHERE (s.definition_hash, s.config_hash, s.next_run_at, s.enabled)
+WHERE (s.definition_hash, s.config_hash, s.next_run_at, s.enabled, s.source)
       IS DISTINCT FROM (EXCLUDED.definition_hash, EXCLUDED.config_hash, EXCLUDED.next_run_at,
-                        EXCLUDED.enabled);
+                        EXCLUDED.enabled, 'config');
 
 -- name: schedules_delete_undeclared
 DELETE FROM {schema}.schedules
@@ -149,25 +164,47 @@ WHERE source = 'config' AND NOT (name = ANY(%(names)s::text[]))
 RETURNING name;
 
 -- name: schedules_due
-SELECT name, cron, timezone, next_run_at
+SELECT name, cron, timezone, next_run_at, misfire_policy, overlap_policy, max_catch_up,
+       misfire_grace_s, starting_deadline_s
 FROM {schema}.schedules
-WHERE enabled AND next_run_at <= %(now)s
+WHERE enabled AND paused_at IS NULL AND next_run_at <= %(now)s
 ORDER BY next_run_at
 FOR UPDATE;
 
 -- name: materialise_fire_times
--- One job per (schedule, fire time); a fire time already materialised (by this or an older
--- leader) is skipped by the unique constraint.
+-- One job per (schedule, fire time): a fire time already materialised (by this or an older
+-- leader) is skipped by the unique constraint; with overlap_policy = skip, so is a fire time
+-- whose schedule still has a live job (unique index jobs_overlap_skip).
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
                            backoff_base_s, backoff_max_s, backoff_jitter, schedule_name,
-                           scheduled_for, term)
+                           scheduled_for, term, origin, overlap)
 SELECT s.queue, s.task, s.args, s.priority, f.fire_time, f.fire_time, s.max_attempts,
-       s.backoff_base_s, s.backoff_max_s, s.backoff_jitter, s.name, f.fire_time, %(term)s
+       s.backoff_base_s, s.backoff_max_s, s.backoff_jitter, s.name, f.fire_time, %(term)s,
+       'cron', s.overlap_policy
 FROM unnest(%(names)s::text[], %(fire_times)s::timestamptz[]) AS f(name, fire_time)
 JOIN {schema}.schedules AS s ON s.name = f.name
 ORDER BY f.fire_time
-ON CONFLICT (schedule_name, scheduled_for) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING id;
+
+-- name: record_overlap_skips
+-- Run after materialise_fire_times in the same transaction: planned fire times that have no
+-- job were refused by the overlap index.
+INSERT INTO {schema}.skipped_fire_times
+       (schedule_name, first_fire_time, last_fire_time, fire_times, reason, term)
+SELECT f.name, f.fire_time, f.fire_time, 1, 'overlap', %(term)s
+FROM unnest(%(names)s::text[], %(fire_times)s::timestamptz[]) AS f(name, fire_time)
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                  WHERE j.schedule_name = f.name AND j.scheduled_for = f.fire_time)
+RETURNING schedule_name;
+
+-- name: record_skips
+INSERT INTO {schema}.skipped_fire_times
+       (schedule_name, first_fire_time, last_fire_time, fire_times, reason, term)
+SELECT u.name, u.first_fire_time, u.last_fire_time, u.fire_times, u.reason, %(term)s
+FROM unnest(%(names)s::text[], %(firsts)s::timestamptz[], %(lasts)s::timestamptz[],
+            %(counts)s::integer[], %(reasons)s::text[])
+     AS u(name, first_fire_time, last_fire_time, fire_times, reason);
 
 -- name: schedules_advance
 UPDATE {schema}.schedules AS s
@@ -178,7 +215,38 @@ FROM unnest(%(names)s::text[], %(next_run_ats)s::timestamptz[], %(last_fire_ats)
 WHERE s.name = a.name;
 
 -- name: schedules_next_due
-SELECT min(next_run_at) AS next_run_at FROM {schema}.schedules WHERE enabled;
+SELECT min(next_run_at) AS next_run_at FROM {schema}.schedules
+WHERE enabled AND paused_at IS NULL;
+
+-- name: schedules_list
+SELECT name, cron, timezone, task, queue, enabled, paused_at, next_run_at, last_fire_at,
+       misfire_policy, overlap_policy, source, config_hash
+FROM {schema}.schedules
+ORDER BY name;
+
+-- name: schedule_pause
+UPDATE {schema}.schedules SET paused_at = now(), updated_at = now()
+WHERE name = %(name)s
+RETURNING name, paused_at;
+
+-- name: schedule_resume
+-- next_run_at is left as it was: fire times missed while paused go through the misfire policy.
+UPDATE {schema}.schedules SET paused_at = NULL, updated_at = now()
+WHERE name = %(name)s
+RETURNING name, next_run_at;
+
+-- name: schedule_trigger
+-- A manual run now: a job of the schedule (same history), origin 'trigger'; next_run_at is
+-- not moved. Refused (no row) for overlap_policy = skip while a job of it is live.
+INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, backoff_base_s,
+                           backoff_max_s, backoff_jitter, schedule_name, scheduled_for,
+                           origin, overlap)
+SELECT queue, task, args, priority, max_attempts, backoff_base_s, backoff_max_s,
+       backoff_jitter, name, now(), 'trigger', overlap_policy
+FROM {schema}.schedules
+WHERE name = %(name)s
+ON CONFLICT DO NOTHING
+RETURNING id;
 
 -- name: database_now
 SELECT now() AS now;

@@ -172,3 +172,65 @@ def test_without_database_url_an_embedded_postgres_is_started(tmp_path, cli_env,
     # the server stops with the process that started it; the data stays for the next run
     again = run_cli("migrate", env=env, timeout=120)
     assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
+
+
+def test_schedules_next_previews_fire_times_with_offsets(tmp_path, run_cli):
+    result = run_cli(
+        "schedules",
+        "next",
+        "--cron",
+        "30 2 * * *",
+        "--timezone",
+        "Europe/Berlin",
+        "--after",
+        "2025-10-25T12:00:00+02:00",
+        "--count",
+        "3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "2025-10-26T02:30:00+02:00",  # the first 02:30 of the repeated hour only
+        "2025-10-27T02:30:00+01:00",
+        "2025-10-28T02:30:00+01:00",
+    ]
+    config = _write(tmp_path, SCHEDULES)
+    result = run_cli(
+        "schedules",
+        "next",
+        "every_second",
+        "--config",
+        str(config),
+        "--after",
+        "2026-01-01T00:00:00+00:00",
+        "--count",
+        "2",
+    )
+    assert result.stdout.split() == ["2026-01-01T00:00:01+00:00", "2026-01-01T00:00:02+00:00"]
+    bad = run_cli("schedules", "next", "--cron", "0 0 30 2 *")
+    assert bad.returncode == 1 and "never fires" in bad.stderr
+
+
+def test_schedules_list_pause_resume_trigger(db, run_cli):
+    db.execute(
+        """INSERT INTO scheduler.schedules (name, cron, timezone, task, max_attempts,
+               backoff_base_s, backoff_max_s, backoff_jitter, definition_hash, next_run_at)
+           VALUES ('nightly', '30 3 * * *', 'Europe/Berlin', 'acceptance.tick', 3, 1, 10, 0, 'h',
+                   '2030-01-01T02:30:00Z')"""
+    )
+    assert run_cli("schedules", "pause", "nightly").returncode == 0
+    import json
+
+    listed = json.loads(run_cli("schedules", "list", "--json").stdout)
+    assert [(s["name"], s["paused_at"] is not None) for s in listed] == [("nightly", True)]
+    assert run_cli("schedules", "resume", "nightly").returncode == 0
+    table = run_cli("schedules", "list").stdout
+    assert "nightly" in table and "enabled" in table and "2030-01-01T02:30:00+00:00" in table
+    triggered = run_cli("schedules", "trigger", "nightly")
+    assert triggered.returncode == 0, triggered.stderr
+    origin, next_run = db.execute(
+        "SELECT j.origin, s.next_run_at FROM scheduler.jobs j JOIN scheduler.schedules s "
+        "ON s.name = j.schedule_name"
+    ).fetchone()
+    assert origin == "trigger" and next_run.year == 2030
+    missing = run_cli("schedules", "pause", "nope")
+    assert missing.returncode == 1 and "no schedule named 'nope'" in missing.stderr

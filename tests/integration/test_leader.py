@@ -114,8 +114,8 @@ def test_tick_materialises_each_due_fire_time_once_and_advances(db, db_url):
     async def scenario() -> tuple[materialiser.TickResult, materialiser.TickResult]:
         conn, term = await _lead(db_url)
         async with conn:
-            first = await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=100)
-            second = await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=100)
+            first = await materialiser.tick(conn, STORE, holder="me", term=term)
+            second = await materialiser.tick(conn, STORE, holder="me", term=term)
             return first, second
 
     first, second = asyncio.run(scenario())
@@ -151,7 +151,7 @@ def test_deposed_leader_commits_nothing(db, db_url):
             # another replica is elected (term moves on) while "old" still holds its session
             db.execute("UPDATE scheduler.leader SET holder = 'new', term = term + 1")
             with pytest.raises(LeadershipLostError):
-                await materialiser.tick(conn, STORE, holder="old", term=term, max_catch_up=100)
+                await materialiser.tick(conn, STORE, holder="old", term=term)
 
     asyncio.run(scenario())
     assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 0
@@ -166,7 +166,7 @@ def test_session_without_the_lock_cannot_materialise(db, db_url):
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             term = await STORE.elect(conn, "impostor", None)
             with pytest.raises(LeadershipLostError):
-                await materialiser.tick(conn, STORE, holder="impostor", term=term, max_catch_up=100)
+                await materialiser.tick(conn, STORE, holder="impostor", term=term)
 
     asyncio.run(scenario())
     assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 0
@@ -192,11 +192,12 @@ def test_unique_fire_time_guards_against_two_writers(db, db_url):
 def test_catch_up_is_capped_and_skips_to_the_future(db, db_url):
     now = db.execute("SELECT date_trunc('minute', now())").fetchone()[0]
     _add_schedule(db, "s", "* * * * *", now - timedelta(minutes=30))
+    db.execute("UPDATE scheduler.schedules SET max_catch_up = 5, misfire_policy = 'run_all'")
 
     async def scenario() -> None:
         conn, term = await _lead(db_url)
         async with conn:
-            await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=5)
+            await materialiser.tick(conn, STORE, holder="me", term=term)
 
     asyncio.run(scenario())
     assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 5
@@ -212,7 +213,7 @@ def test_invalid_schedule_row_is_stopped_not_fatal(db, db_url):
     async def scenario() -> None:
         conn, term = await _lead(db_url)
         async with conn:
-            await materialiser.tick(conn, STORE, holder="me", term=term, max_catch_up=100)
+            await materialiser.tick(conn, STORE, holder="me", term=term)
 
     asyncio.run(scenario())
     rows = dict(db.execute("SELECT name, next_run_at IS NULL FROM scheduler.schedules").fetchall())

@@ -1,49 +1,106 @@
-"""materialiser.plan: which fire times a tick materialises (pure, no database)."""
+"""materialiser.plan: which due fire times run and which are recorded as skipped (pure)."""
 
 from datetime import UTC, datetime, timedelta
 
+from scheduler.config import MisfirePolicy, OverlapPolicy
 from scheduler.cron import Cron
-from scheduler.materialiser import plan
+from scheduler.materialiser import Policy, Skip, plan
+
+MINUTELY = Cron("* * * * *")
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def minute(n: int) -> datetime:
+    return T0 + timedelta(minutes=n)
 
 
 def test_not_due_plans_nothing():
-    cron = Cron("*/5 * * * *")
-    nxt = datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
-    p = plan(cron, nxt, nxt - timedelta(seconds=1), 100)
-    assert p.fire_times == [] and p.next_run_at == nxt and not p.capped
+    p = plan(Cron("*/5 * * * *"), minute(5), minute(5) - timedelta(seconds=1))
+    assert p.fire_times == [] and p.next_run_at == minute(5) and p.skips == []
 
 
 def test_due_fire_time_and_next_computed_from_fire_time_not_now():
-    cron = Cron("*/5 * * * *")
-    nxt = datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
-    now = nxt + timedelta(seconds=3)  # a slow tick
-    p = plan(cron, nxt, now, 100)
-    assert p.fire_times == [nxt]
-    assert p.next_run_at == datetime(2026, 1, 1, 12, 10, tzinfo=UTC)
+    p = plan(Cron("*/5 * * * *"), minute(5), minute(5) + timedelta(seconds=3))  # a slow tick
+    assert p.fire_times == [minute(5)] and p.next_run_at == minute(10) and p.skips == []
 
 
-def test_missed_fire_times_are_all_planned_in_order():
-    cron = Cron("* * * * *")
-    nxt = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    now = datetime(2026, 1, 1, 12, 4, 30, tzinfo=UTC)
-    p = plan(cron, nxt, now, 100)
-    assert p.fire_times == [nxt + timedelta(minutes=i) for i in range(5)]
-    assert p.next_run_at == datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
+def test_late_within_grace_is_not_a_misfire_whatever_the_policy():
+    """A failover of a few seconds loses no fire time, even with misfire_policy skip."""
+    now = minute(2) + timedelta(seconds=50)  # 12:00 is 170 s late, 12:01 110 s, 12:02 50 s
+    for policy in MisfirePolicy:
+        p = plan(MINUTELY, minute(0), now, Policy(misfire=policy, misfire_grace_s=180))
+        assert p.fire_times == [minute(0), minute(1), minute(2)], policy
+        assert p.skips == [] and p.next_run_at == minute(3)
 
 
-def test_cap_keeps_the_oldest_and_jumps_past_now():
-    cron = Cron("* * * * *")
-    nxt = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
-    now = datetime(2026, 1, 1, 10, 0, 30, tzinfo=UTC)
-    p = plan(cron, nxt, now, 3)
-    assert p.fire_times == [nxt, nxt + timedelta(minutes=1), nxt + timedelta(minutes=2)]
-    assert p.capped
-    assert p.next_run_at == datetime(2026, 1, 1, 10, 1, tzinfo=UTC)
+def test_run_once_runs_the_most_recent_misfire_plus_on_time_ones():
+    now = minute(10) + timedelta(seconds=30)  # outage: 12:00..12:09 misfired, 12:10 on time
+    p = plan(MINUTELY, minute(0), now, Policy(misfire=MisfirePolicy.RUN_ONCE))
+    assert p.fire_times == [minute(9), minute(10)]
+    assert p.skips == [Skip(minute(0), minute(8), 9, "misfire")]
+    assert p.next_run_at == minute(11)
+
+
+def test_skip_runs_only_on_time_fire_times():
+    now = minute(10) + timedelta(seconds=30)
+    p = plan(MINUTELY, minute(0), now, Policy(misfire=MisfirePolicy.SKIP))
+    assert p.fire_times == [minute(10)]
+    assert p.skips == [Skip(minute(0), minute(9), 10, "misfire")]
+
+
+def test_run_all_runs_every_missed_fire_time_up_to_the_cap_most_recent_first_kept():
+    now = minute(10) + timedelta(seconds=30)
+    p = plan(MINUTELY, minute(0), now, Policy(misfire=MisfirePolicy.RUN_ALL))
+    assert p.fire_times == [minute(i) for i in range(11)] and p.skips == []
+    capped = plan(MINUTELY, minute(0), now, Policy(misfire=MisfirePolicy.RUN_ALL, max_catch_up=5))
+    assert capped.fire_times == [minute(i) for i in range(6, 11)]
+    assert capped.skips == [Skip(minute(0), minute(5), 6, "catch_up_cap")]
+
+
+def test_starting_deadline_records_too_late_fire_times_as_missed():
+    now = minute(10) + timedelta(seconds=30)  # deadline 300 s: 12:05:30 and older expired
+    p = plan(MINUTELY, minute(0), now, Policy(starting_deadline_s=300))
+    assert p.skips == [
+        Skip(minute(0), minute(5), 6, "starting_deadline"),
+        Skip(minute(6), minute(8), 3, "misfire"),
+    ]
+    assert p.fire_times == [minute(9), minute(10)]
+
+
+def test_overlap_skip_keeps_only_the_last_runnable_fire_time():
+    now = minute(2) + timedelta(seconds=1)
+    p = plan(MINUTELY, minute(0), now, Policy(overlap=OverlapPolicy.SKIP, misfire_grace_s=300))
+    assert p.fire_times == [minute(2)]
+    assert p.skips == [Skip(minute(0), minute(1), 2, "overlap")]
+
+
+def test_every_due_fire_time_is_run_or_recorded():
+    """Whatever the policy, runs + recorded skips account for every due fire time."""
+    cron = Cron("*/7 * * * *")
+    now = minute(300) + timedelta(seconds=17)
+    due = cron.fire_times(minute(0) - timedelta(microseconds=1), now, 10_000)
+    for misfire in MisfirePolicy:
+        for overlap in OverlapPolicy:
+            for deadline in (None, 3600.0):
+                policy = Policy(misfire, overlap, 7, 600.0, deadline)
+                p = plan(cron, due[0], now, policy)
+                skipped = sum(s.count for s in p.skips)
+                assert len(p.fire_times) + skipped == len(due), policy
+                assert len(p.fire_times) <= 7
+                assert p.fire_times == sorted(p.fire_times) and p.next_run_at > now
+
+
+def test_a_month_of_every_second_fire_times_is_one_bounded_record():
+    cron = Cron("* * * * * *")
+    now = T0 + timedelta(days=30)
+    p = plan(cron, T0, now, Policy(misfire=MisfirePolicy.RUN_ONCE))
+    assert p.fire_times == [now - timedelta(seconds=60 - i) for i in range(61)]
+    assert p.skips[0].first == T0 and p.skips[0].count is None  # more than 10,000
+    assert p.next_run_at == now + timedelta(seconds=1)
 
 
 def test_fire_times_use_the_schedule_zone():
     cron = Cron("0 9 * * *", "Europe/Berlin")
     nxt = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)  # 09:00 CET
-    p = plan(cron, nxt, nxt, 10)
-    assert p.fire_times == [nxt]
-    assert p.next_run_at == datetime(2026, 1, 2, 8, 0, tzinfo=UTC)
+    p = plan(cron, nxt, nxt)
+    assert p.fire_times == [nxt] and p.next_run_at == datetime(2026, 1, 2, 8, 0, tzinfo=UTC)
