@@ -222,3 +222,28 @@ def test_invalid_schedule_row_is_stopped_not_fatal(db, db_url):
         db.execute("SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'fine'").fetchone()[0]
         >= 1
     )
+
+
+def test_follower_with_a_different_schedules_file_logs_config_mismatch(db_url):
+    from structlog.testing import capture_logs
+
+    async def scenario() -> list[dict]:
+        ticks: list[tuple[str, int]] = []
+        leader, follower = _elector(db_url, "a", ticks), _elector(db_url, "b", ticks)
+        leader.config_hash, follower.config_hash = "a" * 64, "b" * 64
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            run_a = asyncio.create_task(leader.run(stop))
+            await asyncio.wait_for(leader.is_leader.wait(), 10)
+            run_b = asyncio.create_task(follower.run(stop))
+            async with asyncio.timeout(10):
+                while not any(e["event"] == "config_mismatch" for e in logs):
+                    await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.gather(run_a, run_b)
+        return logs
+
+    logs = asyncio.run(scenario())
+    mismatches = [e for e in logs if e["event"] == "config_mismatch"]
+    assert len(mismatches) == 1
+    assert mismatches[0]["log_level"] == "error" and mismatches[0]["leader"] == "a"

@@ -106,3 +106,23 @@ def test_disabled_schedule_has_no_next_run_and_re_enabling_starts_from_now(db, d
     later = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)
     _reconcile(db_url, BASE, now=later)
     assert _rows(db)["nightly"][0] == datetime(2026, 3, 6, 2, 30, tzinfo=UTC)
+
+
+def test_reconcile_reports_schedules_written_from_another_file(db, db_url):
+    _reconcile(db_url, BASE)
+    other = BASE.replace("max_attempts: 4", "max_attempts: 5")  # a different file
+    config = load_config_text(other, "other.yaml")
+
+    async def run():
+        async with await psycopg.AsyncConnection.connect(db_url) as conn, conn.transaction():
+            return await reconcile(
+                conn,
+                STORE,
+                config.schedules,
+                now=NOW,
+                settings=Settings(),
+                config_hash=config.config_hash(),
+            )
+
+    result = asyncio.run(run())
+    assert sorted(result.from_other_config) == ["hourly", "nightly"]
