@@ -16,6 +16,11 @@ File format::
         backoff_base_s: 2                   # optional seconds > 0
         backoff_max_s: 600                  # optional seconds > 0, >= backoff_base_s
         backoff_jitter: 0.1                 # optional, in [0, 1]
+        misfire_policy: run_once            # optional: skip | run_once | run_all
+        overlap_policy: allow               # optional: allow | skip | queue
+        max_catch_up: 100                   # optional int >= 1: most missed runs (run_all)
+        starting_deadline_s: 3600           # optional seconds > 0: later is missed, not run
+        misfire_grace_s: 60                 # optional seconds >= 0: lateness that is no misfire
         enabled: true                       # optional, default true
 
 :func:`load_config` never writes anything. It parses the YAML with a loader that remembers the
@@ -26,10 +31,13 @@ that PostgreSQL ``jsonb`` would reject (dates, sets, NaN/Infinity, ``\\u0000``) 
 not fit the task's signature. It then raises one :class:`~scheduler.errors.ConfigError` whose
 ``issues`` list every :class:`~scheduler.errors.ConfigIssue` (file, line, schedule, field,
 reason), sorted by line; only a fully valid file yields a :class:`SchedulesConfig`. Issues of
-an unnamed schedule use ``schedules[<index>]`` as the schedule name.
+an unnamed schedule use ``schedules[<index>]`` as the schedule name. Types are strict, strings
+are never coerced (``max_attempts: "5"``, ``enabled: "yes"`` are errors). An empty file, or one
+with only comments, is valid and schedules nothing.
 
-Unset queue/priority/max_attempts/backoff_* stay ``None``: the caller resolves them from the
-task's ``@task(...)`` defaults, then from the service settings.
+Unset optional fields stay ``None``: the caller resolves queue/priority/max_attempts/backoff_*
+from the task's ``@task(...)`` defaults, then from the service settings, and the policy fields
+(misfire_policy ... misfire_grace_s) from the service settings.
 """
 
 from __future__ import annotations
@@ -48,20 +56,14 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from yaml.constructor import ConstructorError
 
 from . import tasks as _tasks
 from .cron import Cron, validate_timezone
 from .errors import ConfigError, ConfigIssue, CronError
 
-__all__ = [
-    "MisfirePolicy",
-    "OverlapPolicy",
-    "ScheduleConfig",
-    "SchedulesConfig",
-    "json_problems",
-    "load_config",
-    "load_config_text",
-]
+__all__ = ["MisfirePolicy", "OverlapPolicy", "ScheduleConfig", "SchedulesConfig"]
+__all__ += ["json_problems", "load_config", "load_config_text"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
@@ -71,9 +73,7 @@ Path = tuple[str | int, ...]
 
 
 def json_problems(
-    value: Any,
-    path: Path = (),
-    _active: set[int] | None = None,
+    value: Any, path: Path = (), _active: set[int] | None = None
 ) -> Iterator[tuple[Path, str]]:
     """Yield ``(path, reason)`` for every part of ``value`` that JSON or PostgreSQL ``jsonb``
     cannot store: NaN/Infinity, strings or keys with ``\\u0000`` or unpaired surrogates,
@@ -96,13 +96,8 @@ def json_problems(
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             if isinstance(value, dict) and not isinstance(key, str):
-                yield (
-                    (*path, str(key)),
-                    (
-                        f"key {key!r} is a {type(key).__name__}; JSON object "
-                        "keys must be strings (quote it)"
-                    ),
-                )
+                kind = type(key).__name__
+                yield (*path, str(key)), f"key {key!r} is a {kind}; JSON keys must be strings"
                 continue
             if isinstance(key, str):
                 for _, reason in json_problems(key, (), active):
@@ -110,13 +105,8 @@ def json_problems(
             yield from json_problems(item, (*path, key), active)
         active.discard(id(value))
     elif isinstance(value, (_dt.date, _dt.time)):  # datetime is a date
-        yield (
-            path,
-            (
-                f"{value.isoformat()} was read by YAML as a {type(value).__name__}, which is "
-                "not JSON; quote it to pass a string"
-            ),
-        )
+        kind = type(value).__name__
+        yield path, f"{value.isoformat()} was read by YAML as a {kind}, not JSON; quote it"
     elif isinstance(value, (set, frozenset)):
         yield path, "a set is not JSON; use a list"
     elif not isinstance(value, float):
@@ -139,7 +129,8 @@ def _canonical_hash(payload: Any) -> str:
 
 class MisfirePolicy(str, enum.Enum):
     """What to do with fire times missed by more than ``misfire_grace_s`` (see
-    :mod:`scheduler.materialiser`)."""
+    :mod:`scheduler.materialiser`): run none, the most recent one, or all (up to
+    ``max_catch_up``)."""
 
     SKIP = "skip"
     RUN_ONCE = "run_once"
@@ -154,13 +145,25 @@ class OverlapPolicy(str, enum.Enum):
     QUEUE = "queue"
 
 
+# In definition_hash() only when set: a schedule that does not use them keeps the hash it had
+# before they existed, so replicas of both releases agree on config_hash.
+_POLICY_FIELDS = [
+    "misfire_policy",
+    "overlap_policy",
+    "max_catch_up",
+    "misfire_grace_s",
+    "starting_deadline_s",
+]
+
+
 class ScheduleConfig(BaseModel):
     """One declared schedule (frozen; strict types; unknown fields forbidden).
 
     ``timezone`` is the effective IANA zone (the schedule's own, else the file default, else
-    ``"UTC"``). ``None`` in queue/priority/max_attempts/backoff_* means "not set here".
-    Durations (``*_s``) are seconds. Raises ``pydantic.ValidationError`` on invalid values
-    (every check of the module docstring except task registration and signature).
+    ``"UTC"``). ``None`` in an optional field (all but name/cron/task/args/enabled) means
+    "not set here". Durations (``*_s``) are seconds. Raises ``pydantic.ValidationError`` on
+    invalid values (every check of the module docstring except task registration and
+    signature).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -215,6 +218,19 @@ class ScheduleConfig(BaseModel):
             return json.loads(json.dumps(value))  # plain, detached JSON values
         return value
 
+    @field_validator("misfire_policy", "overlap_policy", mode="before")
+    @classmethod
+    def _check_policy(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = MisfirePolicy if info.field_name == "misfire_policy" else OverlapPolicy
+        allowed = [m.value for m in kind]
+        if value is None or isinstance(value, kind):
+            return value
+        if isinstance(value, str) and value in allowed:
+            return kind(value)
+        close = difflib.get_close_matches(str(value).lower(), allowed, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{_short(value)} is not one of {', '.join(allowed)}{hint}")
+
     @field_validator("backoff_max_s")
     @classmethod
     def _check_backoff_order(cls, value: float | None, info: ValidationInfo) -> float | None:
@@ -224,9 +240,14 @@ class ScheduleConfig(BaseModel):
         return value
 
     def definition_hash(self) -> str:
-        """SHA-256 hex of the canonical JSON (sorted keys, no whitespace) of every field;
-        stable across runs and processes, different whenever any field differs."""
-        return _canonical_hash(["scheduler.schedule/1", self.model_dump(mode="json")])
+        """SHA-256 hex of the canonical JSON (sorted keys, no whitespace) of every field, the
+        policy fields only when set; stable across runs and processes, different whenever
+        any field differs."""
+        data = self.model_dump(mode="json")
+        for key in _POLICY_FIELDS:
+            if data[key] is None:
+                del data[key]
+        return _canonical_hash(["scheduler.schedule/1", data])
 
     def cron_obj(self) -> Cron:
         """The :class:`~scheduler.cron.Cron` of this schedule in its effective time zone."""
@@ -292,12 +313,8 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Iterator[
         try:
             hash(key)
         except TypeError:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                "found unhashable key",
-                key_node.start_mark,
-            ) from None
+            context, problem = "while constructing a mapping", "found unhashable key"
+            raise ConstructorError(context, node.start_mark, problem, key_node.start_mark) from None
         line = key_node.start_mark.line + 1
         if index < merged:
             from_merge.add(key)
@@ -379,6 +396,9 @@ class _Checker:
     def __init__(self, filename: str, import_tasks: bool):
         self.filename, self.import_tasks = filename, import_tasks
         self.issues: list[ConfigIssue] = []
+        self.default_tz = "UTC"
+        self.registered: dict[str, _tasks.Task] = {}
+        self.seen: dict[str, int] = {}  # schedule name -> line of its first definition
 
     def issue(self, line: int, schedule: str | None, field: str | None, reason: str) -> None:
         self.issues.append(ConfigIssue(self.filename, line, schedule, field, reason))
@@ -388,42 +408,31 @@ class _Checker:
 
     def load(self, text: str) -> SchedulesConfig:
         data = self.parse(text)
+        if data is None:  # empty, or only comments: nothing scheduled
+            return SchedulesConfig(path=self.filename)
         for key in data:
             if key not in _FILE_KEYS:
                 self.issue(data.key_lines[key], None, str(key), _unknown_key(key, _FILE_KEYS))
         self.duplicates(data, (), None, set())
-        default_tz = self.file_timezone(data)
+        self.default_tz = default_tz = self.file_timezone(data)
         imports = self.imports(data)
         schedules = data.get("schedules")
         if "schedules" not in data:
-            self.issue(
-                data.line,
-                None,
-                "schedules",
-                "required key 'schedules' is missing (a list; use [] for none)",
-            )
+            reason = "required key 'schedules' is missing (a list; use [] for none)"
+            self.issue(data.line, None, "schedules", reason)
         elif schedules is not None and not isinstance(schedules, _Sequence):
-            self.issue(
-                data.key_lines["schedules"],
-                None,
-                "schedules",
-                f"must be a list of schedules, not {_short(schedules)}",
-            )
+            reason = f"must be a list of schedules, not {_short(schedules)}"
+            self.issue(data.key_lines["schedules"], None, "schedules", reason)
         models: list[ScheduleConfig] = []
         if isinstance(schedules, _Sequence):
-            registered, seen = _tasks.registered_tasks(), {}
+            self.registered, self.seen = _tasks.registered_tasks(), {}
             for index, item in enumerate(schedules):
                 label, line = f"schedules[{index}]", schedules.item_lines[index]
                 if not isinstance(item, _Mapping):
-                    self.issue(
-                        line,
-                        label,
-                        None,
-                        "each schedule must be a mapping with at least "
-                        f"name, cron and task, not {_short(item)}",
-                    )
+                    reason = "each schedule must be a mapping with at least name, cron and task"
+                    self.issue(line, label, None, f"{reason}, not {_short(item)}")
                     continue
-                model = self.schedule(item, label, line, default_tz, registered, seen)
+                model = self.schedule(item, label, line)
                 models += [model] if model is not None else []
         if self.issues:
             raise self.error()
@@ -431,7 +440,7 @@ class _Checker:
             path=self.filename, timezone=default_tz, imports=imports, schedules=models
         )
 
-    def parse(self, text: str) -> _Mapping:
+    def parse(self, text: str) -> _Mapping | None:
         try:
             data = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass
         except yaml.MarkedYAMLError as exc:
@@ -447,15 +456,10 @@ class _Checker:
             line = text.count("\n", 0, position) + 1 if isinstance(position, int) else 0
             self.issue(line, None, None, f"YAML error: {exc}")
             raise self.error() from None
-        if not isinstance(data, _Mapping):
+        if data is not None and not isinstance(data, _Mapping):
             kind = "list" if isinstance(data, list) else type(data).__name__
-            what = "the file is empty" if data is None else f"the top level is a {kind}"
-            self.issue(
-                getattr(data, "line", 0),
-                None,
-                None,
-                f"{what}; expected a mapping with keys {', '.join(_FILE_KEYS)}",
-            )
+            reason = f"the top level is a {kind}; expected a mapping with keys "
+            self.issue(getattr(data, "line", 0), None, None, reason + ", ".join(_FILE_KEYS))
             raise self.error()
         return data
 
@@ -475,12 +479,8 @@ class _Checker:
     def imports(self, data: _Mapping) -> list[str]:
         raw = data.get("imports")
         if raw is not None and not isinstance(raw, _Sequence):
-            self.issue(
-                data.key_lines["imports"],
-                None,
-                "imports",
-                f"must be a list of module names, not {_short(raw)}",
-            )
+            reason = f"must be a list of module names, not {_short(raw)}"
+            self.issue(data.key_lines["imports"], None, "imports", reason)
         if not isinstance(raw, _Sequence):
             return []
         modules: list[str] = []
@@ -493,36 +493,21 @@ class _Checker:
                 if self.import_tasks:
                     _tasks.import_modules([module])
             except Exception as exc:  # noqa: BLE001 - ImportError, or a broken task module
-                self.issue(
-                    line,
-                    None,
-                    "imports",
-                    f"cannot import module {module!r}: {type(exc).__name__}: {exc}",
-                )
+                reason = f"cannot import module {module!r}: {type(exc).__name__}: {exc}"
+                self.issue(line, None, "imports", reason)
         return modules
 
-    def schedule(
-        self,
-        item: _Mapping,
-        label: str,
-        item_line: int,
-        default_tz: str,
-        registered: dict[str, _tasks.Task],
-        seen: dict[str, int],
-    ) -> ScheduleConfig | None:
+    def schedule(self, item: _Mapping, label: str, item_line: int) -> ScheduleConfig | None:
+        registered, seen = self.registered, self.seen
         name = item.get("name")
         schedule = name if isinstance(name, str) and name else label
         self.duplicates(item, (), schedule, set())
         if isinstance(name, str) and name in seen:
-            self.issue(
-                item.key_lines["name"],
-                schedule,
-                "name",
-                f"duplicate schedule name {name!r} (first defined at line {seen[name]})",
-            )
+            reason = f"duplicate schedule name {name!r} (first defined at line {seen[name]})"
+            self.issue(item.key_lines["name"], schedule, "name", reason)
         elif isinstance(name, str):
             seen[name] = item.key_lines["name"]
-        payload = {"timezone": default_tz, **item}
+        payload = {"timezone": self.default_tz, **item}
         if isinstance(item.get("args"), dict):
             problems = list(json_problems(item["args"], ("args",)))
             for path, reason in problems:
@@ -531,35 +516,23 @@ class _Checker:
         task = item.get("task")
         if self.import_tasks and isinstance(task, str) and task and task not in registered:
             known = ", ".join(sorted(registered)) or "none (list their modules under 'imports:')"
-            self.issue(
-                item.key_lines["task"],
-                schedule,
-                "task",
-                f"task {task!r} is not registered; registered tasks: {known}",
-            )
+            reason = f"task {task!r} is not registered; registered tasks: {known}"
+            self.issue(item.key_lines["task"], schedule, "task", reason)
         try:
             model = ScheduleConfig.model_validate(payload)
         except ValidationError as exc:
             for error in exc.errors():
                 loc = tuple(error["loc"])
-                self.issue(
-                    _line_of(item, loc, item_line),
-                    schedule,
-                    _dotted(loc) or None,
-                    self.reason(error),
-                )
+                line = _line_of(item, loc, item_line)
+                self.issue(line, schedule, _dotted(loc) or None, self.reason(error))
             return None
         if self.import_tasks and model.task in registered:
             func = registered[model.task].func
             try:
                 inspect.signature(func).bind(**model.args)
             except TypeError as exc:
-                self.issue(
-                    item.key_lines.get("args", item_line),
-                    schedule,
-                    "args",
-                    f"args do not fit {model.task}{inspect.signature(func)}: {exc}",
-                )
+                reason = f"args do not fit {model.task}{inspect.signature(func)}: {exc}"
+                self.issue(item.key_lines.get("args", item_line), schedule, "args", reason)
         return model
 
     @staticmethod
@@ -573,7 +546,11 @@ class _Checker:
             return str(error["ctx"]["error"])
         if kind == "dict_type" and loc == ("args",):
             return f"args must be a mapping of keyword arguments, not {_short(error['input'])}"
-        return f"{error['msg']} (got {_short(error['input'])})"
+        value = _short(error["input"])
+        if kind in ("int_type", "float_type", "bool_type") and isinstance(error["input"], str):
+            fix = "true or false" if kind == "bool_type" else "a number"
+            return f"{error['msg']}, not the string {value} (write {fix} without quotes)"
+        return f"{error['msg']} (got {value})"
 
     def duplicates(self, node: Any, path: Path, schedule: str | None, active: set[int]) -> None:
         """Report duplicate keys anywhere below ``node`` (not descending into the top-level
@@ -583,12 +560,10 @@ class _Checker:
         active.add(id(node))
         if isinstance(node, _Mapping):
             for key, line, first in node.duplicates:
-                self.issue(
-                    line,
-                    schedule,
-                    _dotted((*path, str(key))),
-                    f"duplicate key {key!r} (first at line {first}); YAML would keep only the last",
+                reason = (
+                    f"duplicate key {key!r} (first at line {first}); YAML would keep only the last"
                 )
+                self.issue(line, schedule, _dotted((*path, str(key))), reason)
             for key, value in node.items():
                 if not (path == () and schedule is None and key == "schedules"):
                     self.duplicates(value, (*path, str(key)), schedule, active)

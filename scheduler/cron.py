@@ -55,13 +55,18 @@ job.
   whose wall time occurs twice in a fall-back fire **once, at the first occurrence**
   ("case 3 ... The fixed-time jobs probably have already run, and should not be repeated").
   croniter 7 fires them twice; we do not.
-* As in cronie, an offset change of more than three hours is treated as a correction of the
-  clock, not DST: every job then runs in real time (gap times are skipped, repeated ones fire).
+* As in cronie, a jump forward by three hours or more, or back by more than three hours, is
+  treated as a correction of the clock, not DST: every job then runs in real time (gap times
+  are skipped, repeated ones fire). cronie counts in minutes: its main loop sees a jump of
+  ``d`` minutes as ``d + 1`` and calls more than 180 "large", so +3 h (Antarctica/Casey,
+  2016-2023: +08 to +11) is a clock correction while -3 h (+11 to +08) is DST.
 
 Known differences, left for a later refinement: cron(8) also gives the special treatment to
 jobs "with a granularity greater than one hour" (``0 */2 * * *``), but cronie's code tests only
 the ``*`` flags, as we do; and cronie would start a job once per skipped gap minute, where we
-fire once because a schedule has one job per fire instant.
+fire once because a schedule has one job per fire instant. cronie also runs *every* job for
+each skipped minute of a forward jump of at most four minutes (its "wokeup late" case); no
+zone has had such a jump since 1970, and we treat it as DST.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ _PROBE = timedelta(hours=6)  # offsets are sampled this often when looking for a
 _MICRO = timedelta(microseconds=1)
 _SECOND = timedelta(seconds=1)
 _FOLD_LOOKBACK = timedelta(days=1)
-_MEDIUM_JUMP = timedelta(hours=3)  # cronie: larger offset changes are clock corrections
+_MEDIUM_JUMP = timedelta(hours=3)  # cronie: DST vs clock correction, see the docstring
 _MAX_TRANSITIONS = 1000  # transitions crossed in one search before we give up
 
 
@@ -465,7 +470,8 @@ class Cron:
             if moment is None:
                 return candidate  # same offset all the way: the wall time maps to this instant
             new_offset = _offset(zone, moment)
-            dst_like = abs(new_offset - offset) <= _MEDIUM_JUMP
+            # cronie: forward by 3 h or more, or back by more than 3 h, is a clock correction
+            dst_like = -_MEDIUM_JUMP <= new_offset - offset < _MEDIUM_JUMP
             if new_offset > offset:  # spring forward: walls [moment+offset, moment+new) skipped
                 wall = _naive(moment + new_offset)
                 if self.fixed_time and dst_like and candidate_wall < wall:

@@ -13,7 +13,14 @@ import pydantic
 import pytest
 
 from scheduler import tasks
-from scheduler.config import ScheduleConfig, SchedulesConfig, load_config, load_config_text
+from scheduler.config import (
+    MisfirePolicy,
+    OverlapPolicy,
+    ScheduleConfig,
+    SchedulesConfig,
+    load_config,
+    load_config_text,
+)
 from scheduler.cron import Cron
 from scheduler.errors import ConfigError, ConfigIssue
 
@@ -401,7 +408,6 @@ def test_unquoted_star_gets_a_hint() -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("", "the file is empty"),
         ("- a\n- b\n", "the top level is a list"),
         ("timezone: UTC\n", "'schedules'"),
         ("schedules: {a: 1}\n", "must be a list"),
@@ -449,3 +455,222 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "missing.yaml")
     assert info.value.issues[0].line == 0 and "cannot read file" in info.value.issues[0].reason
+
+
+# -- empty files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# no schedules yet\n# (comments only)\n", "---\n"])
+def test_an_empty_file_is_valid_and_schedules_nothing(text: str) -> None:
+    config = load_config_text(text, "schedules.yaml")
+    assert config == SchedulesConfig(path="schedules.yaml")
+    assert (config.schedules, config.imports, config.timezone) == ([], [], "UTC")
+
+
+def test_a_zero_byte_file_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "schedules.yaml"
+    path.write_bytes(b"")
+    assert load_config(path).schedules == []
+
+
+# -- policies: misfire, overlap, catch-up, deadlines -----------------------------------------------
+
+POLICIES = """\
+schedules:
+  - name: all
+    cron: "@hourly"
+    task: t
+    misfire_policy: run_all
+    overlap_policy: queue
+    max_catch_up: 24
+    starting_deadline_s: 3600
+    misfire_grace_s: 0
+  - name: none
+    cron: "@daily"
+    task: t
+"""
+
+
+def test_policy_fields_load_as_enums_and_numbers() -> None:
+    full, bare = load_config_text(POLICIES, import_tasks=False).schedules
+    assert full.misfire_policy is MisfirePolicy.RUN_ALL
+    assert full.overlap_policy is OverlapPolicy.QUEUE
+    assert (full.max_catch_up, full.starting_deadline_s, full.misfire_grace_s) == (24, 3600.0, 0.0)
+    assert type(full.starting_deadline_s) is float and type(full.misfire_grace_s) is float
+    # unset means None: the caller resolves the defaults from the settings
+    assert (bare.misfire_policy, bare.overlap_policy, bare.max_catch_up) == (None, None, None)
+    assert (bare.starting_deadline_s, bare.misfire_grace_s) == (None, None)
+
+
+def test_policy_enums() -> None:
+    assert [p.value for p in MisfirePolicy] == ["skip", "run_once", "run_all"]
+    assert [p.value for p in OverlapPolicy] == ["allow", "skip", "queue"]
+    assert MisfirePolicy("run_once") is MisfirePolicy.RUN_ONCE and MisfirePolicy.SKIP == "skip"
+    direct = ScheduleConfig(
+        name="a", cron="@daily", task="t", misfire_policy="skip", overlap_policy=OverlapPolicy.SKIP
+    )
+    assert (
+        direct.misfire_policy is MisfirePolicy.SKIP and direct.overlap_policy is OverlapPolicy.SKIP
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "fragments"),
+    [
+        ("misfire_policy: run-once", "misfire_policy", ["skip, run_once, run_all", "'run_once'?"]),
+        ("misfire_policy: RUN_ALL", "misfire_policy", ["skip, run_once, run_all", "'run_all'?"]),
+        (
+            "misfire_policy: later",
+            "misfire_policy",
+            ["'later' is not one of skip, run_once, run_all"],
+        ),
+        ("misfire_policy: 1", "misfire_policy", ["1 is not one of skip, run_once, run_all"]),
+        ("overlap_policy: forbid", "overlap_policy", ["'forbid' is not one of allow, skip, queue"]),
+        ("overlap_policy: false", "overlap_policy", ["False is not one of allow, skip, queue"]),
+        ("max_catch_up: 0", "max_catch_up", ["greater than or equal to 1"]),
+        ("max_catch_up: 2.5", "max_catch_up", ["valid integer"]),
+        ("max_catch_up: '10'", "max_catch_up", ["valid integer", "without quotes"]),
+        ("starting_deadline_s: 0", "starting_deadline_s", ["greater than 0"]),
+        ("starting_deadline_s: .inf", "starting_deadline_s", ["finite number"]),
+        ("misfire_grace_s: -1", "misfire_grace_s", ["greater than or equal to 0"]),
+        ("misfire_grace_s: '60'", "misfire_grace_s", ["valid number", "'60'", "without quotes"]),
+        ("misfire_grace_s: true", "misfire_grace_s", ["valid number"]),
+        ("max_attempts: '5'", "max_attempts", ["valid integer", "'5'", "without quotes"]),
+        ("enabled: 'yes'", "enabled", ["valid boolean", "write true or false without quotes"]),
+        ("priority: 1.0", "priority", ["valid integer"]),
+    ],
+)
+def test_wrong_values_and_types_are_errors(line: str, field: str, fragments: list[str]) -> None:
+    """Strict types: no string is coerced to a number or a boolean."""
+    issues = issues_of(
+        f'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    {line}\n',
+        import_tasks=False,
+    )
+    assert where(issues) == [(5, "a", field)]
+    for fragment in fragments:
+        assert fragment in issues[0].reason
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "schedule", "field", "suggestion"),
+    [
+        ("timzone: UTC\nschedules: []\n", 1, None, "timzone", "'timezone'"),
+        ("imprts: []\nschedules: []\n", 1, None, "imprts", "'imports'"),
+        (
+            'schedules:\n  - {name: a, cron: "@daily", task: t, timzone: UTC}\n',
+            2,
+            "a",
+            "timzone",
+            "'timezone'",
+        ),
+        (
+            "schedules:\n  - name: a\n    cron: '@daily'\n    task: t\n    misfire_polcy: skip\n",
+            5,
+            "a",
+            "misfire_polcy",
+            "'misfire_policy'",
+        ),
+        (
+            "schedules:\n  - name: a\n    cron: '@daily'\n    task: t\n    max_catchup: 5\n",
+            5,
+            "a",
+            "max_catchup",
+            "'max_catch_up'",
+        ),
+        (
+            "schedules:\n  - name: a\n    cron: '@daily'\n    task: t\n    grace_s: 5\n",
+            5,
+            "a",
+            "grace_s",
+            "'misfire_grace_s'",
+        ),
+        (
+            "schedules:\n  - name: a\n    cron: '@daily'\n    task: t\n    colour: blue\n",
+            5,
+            "a",
+            "colour",
+            None,
+        ),
+    ],
+)
+def test_unknown_keys_get_a_did_you_mean(
+    text: str, line: int, schedule: str | None, field: str, suggestion: str | None
+) -> None:
+    issues = issues_of(text, import_tasks=False)
+    assert where(issues) == [(line, schedule, field)]
+    assert issues[0].reason.startswith(f"unknown key {field!r}")
+    if suggestion:
+        assert f"(did you mean {suggestion}?)" in issues[0].reason
+    else:
+        assert "did you mean" not in issues[0].reason
+    assert "allowed:" in issues[0].reason
+
+
+def test_all_policy_problems_at_once_with_file_line_schedule_and_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(
+            textwrap.dedent("""\
+                schedules:
+                  - name: a
+                    cron: "@daily"
+                    task: t
+                    misfire_policy: sometimes
+                    max_catch_up: 0
+                  - name: b
+                    cron: "@hourly"
+                    task: t
+                    overlap_polcy: skip
+                    misfire_grace_s: "60"
+                    starting_deadline_s: -5
+                    starting_deadline_s: 5
+                  - name: a
+                    cron: "@hourly"
+                    task: t
+                """),
+            "s.yaml",
+            import_tasks=False,
+        )
+    assert where(info.value.issues) == [
+        (5, "a", "misfire_policy"),
+        (6, "a", "max_catch_up"),
+        (10, "b", "overlap_polcy"),
+        (11, "b", "misfire_grace_s"),
+        (13, "b", "starting_deadline_s"),
+        (14, "a", "name"),
+    ]
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("s.yaml:5: schedule 'a': field 'misfire_policy': 'sometimes' is")
+    assert "duplicate key 'starting_deadline_s' (first at line 12)" in lines[4]
+    assert lines[5].startswith("s.yaml:14: schedule 'a': field 'name': duplicate schedule name")
+
+
+# Definition hash of VALID's first schedule and the config hash of VALID as computed before the
+# policy fields existed: schedules that do not use them must keep these (mixed-version
+# replicas compare config hashes).
+PRE_POLICY_DEFINITION_HASH = "335ea9f210f9b486739c37873f5da0948bce20aa73bb5b675a386b2da29cfc29"
+PRE_POLICY_CONFIG_HASH = "e9409288b08ec485c720c3957062f2d5c9eec437aa367101bb60ca413c7decf2"
+
+
+def test_hashes_of_schedules_without_policies_did_not_change() -> None:
+    config = load_config_text(VALID, import_tasks=False)
+    assert config.schedules[0].definition_hash() == PRE_POLICY_DEFINITION_HASH
+    assert config.config_hash() == PRE_POLICY_CONFIG_HASH
+
+
+def test_policy_fields_change_the_hash_only_when_set() -> None:
+    digest = load_config_text(VALID, import_tasks=False).schedules[0]
+    hashes = {digest.definition_hash()}
+    for change in (
+        {"misfire_policy": MisfirePolicy.SKIP},
+        {"misfire_policy": MisfirePolicy.RUN_ALL},
+        {"overlap_policy": OverlapPolicy.QUEUE},
+        {"max_catch_up": 5},
+        {"starting_deadline_s": 60.0},
+        {"misfire_grace_s": 0.0},
+        {"misfire_grace_s": 60.0},
+    ):
+        changed = digest.model_copy(update=change)
+        assert changed.definition_hash() not in hashes, change
+        hashes.add(changed.definition_hash())
+    unset = digest.model_copy(update={"misfire_policy": None, "max_catch_up": None})
+    assert unset.definition_hash() == digest.definition_hash()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -280,6 +280,62 @@ def test_agrees_with_croniter_in_utc(expression: str) -> None:
         expression, utc(2024, 1, 1), ret_type=datetime, second_at_beginning=seconds
     )
     assert fires(expression, utc(2024, 1, 1), 20) == [reference.get_next() for _ in range(20)]
+
+
+# -- pinned semantics, checked against every day of a year ---------------------------------------
+
+
+def days_of(year: int) -> list[date]:
+    first = date(year, 1, 1)
+    return [first + timedelta(days=i) for i in range((date(year + 1, 1, 1) - first).days)]
+
+
+def fire_dates(expression: str, year: int) -> list[date]:
+    got = Cron(expression).fire_times(
+        utc(year, 1, 1) - timedelta(seconds=1), utc(year, 12, 31), 400
+    )
+    assert all(t.time() == time(0, 0) for t in got)
+    return [t.date() for t in got]
+
+
+@pytest.mark.parametrize("year", [2025, 2028])
+def test_pinned_day_semantics_over_whole_years(year: int) -> None:
+    # '*/2' starts with '*': ANDed with Monday -> odd days of the month that are Mondays
+    assert fire_dates("0 0 */2 * 1", year) == [
+        d for d in days_of(year) if d.day % 2 == 1 and d.weekday() == 0
+    ]
+    # both restricted: ORed -> the 1st, the 15th and every Monday
+    assert fire_dates("0 0 1,15 * MON", year) == [
+        d for d in days_of(year) if d.day in (1, 15) or d.weekday() == 0
+    ]
+    # '*' day of month with a restricted day of week: Mondays only
+    assert fire_dates("0 0 * * MON", year) == [d for d in days_of(year) if d.weekday() == 0]
+    # OR makes an impossible date possible: every Monday of February (no 30th)
+    assert fire_dates("0 0 30 2 MON", year) == [
+        d for d in days_of(year) if d.month == 2 and d.weekday() == 0
+    ]
+
+
+def test_pinned_59_slash_15_over_a_day() -> None:
+    got = Cron("59/15 * * * *").fire_times(utc(2025, 6, 1), utc(2025, 6, 2), 100)
+    assert len(got) == 24 and {t.minute for t in got} == {59}
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("0 0 30 2 *", "never fires: no date matches"),
+        ("0 59/15 * * *", "hour field: value 59 is out of range 0-23"),
+        ("0 0 1-32 * *", "day-of-month field: value 32 is out of range 1-31"),
+        ("0 0 * 0-12 *", "month field: value 0 is out of range 1-12"),
+        ("0 0 * * SUN-8", "day-of-week field: value 8 is out of range 0-7"),
+        ("0 0 * * */8", r"day-of-week field: step 8 in '\*/8' must be between 1 and 7"),
+        ("0 0 * */13 *", "month field: step 13 .* between 1 and 12"),
+    ],
+)
+def test_pinned_rejections(expression: str, reason: str) -> None:
+    with pytest.raises(CronError, match=reason):
+        Cron(expression)
 
 
 # -- next_after / fire_times contract ----------------------------------------------------------
