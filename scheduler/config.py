@@ -42,13 +42,11 @@ from the task's ``@task(...)`` defaults, then from the service settings, and the
 
 from __future__ import annotations
 
-import datetime as _dt
 import difflib
 import enum
 import hashlib
 import inspect
 import json
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -61,63 +59,17 @@ from yaml.constructor import ConstructorError
 from . import tasks as _tasks
 from .cron import Cron, validate_timezone
 from .errors import ConfigError, ConfigIssue, CronError
+from .jobs import dotted_path as _dotted
+from .jobs import json_problems
 
 __all__ = ["MisfirePolicy", "OverlapPolicy", "ScheduleConfig", "SchedulesConfig"]
-__all__ += ["json_problems", "load_config", "load_config_text"]
+__all__ += ["load_config", "load_config_text"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
 _INT32 = 2**31 - 1  # priority and max_attempts end up in PostgreSQL integer columns
 _FILE_KEYS = ["imports", "schedules", "timezone"]
 Path = tuple[str | int, ...]
-
-
-def json_problems(
-    value: Any, path: Path = (), _active: set[int] | None = None
-) -> Iterator[tuple[Path, str]]:
-    """Yield ``(path, reason)`` for every part of ``value`` that JSON or PostgreSQL ``jsonb``
-    cannot store: NaN/Infinity, strings or keys with ``\\u0000`` or unpaired surrogates,
-    non-string keys, dates/timestamps (YAML reads unquoted ones), sets, bytes, other types."""
-    active = set() if _active is None else _active
-    if value is None or isinstance(value, (bool, int)):
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        yield path, f"{value!r} is not valid JSON (PostgreSQL jsonb rejects NaN and Infinity)"
-    elif isinstance(value, str):
-        if "\x00" in value:
-            yield path, "contains \\u0000, which PostgreSQL jsonb rejects"
-        if any("\ud800" <= ch <= "\udfff" for ch in value):
-            yield path, "contains an unpaired surrogate, which PostgreSQL jsonb rejects"
-    elif isinstance(value, (list, dict)):
-        if id(value) in active:
-            yield path, "recursive structure (a YAML alias used inside its own anchor)"
-            return
-        active.add(id(value))
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if isinstance(value, dict) and not isinstance(key, str):
-                kind = type(key).__name__
-                yield (*path, str(key)), f"key {key!r} is a {kind}; JSON keys must be strings"
-                continue
-            if isinstance(key, str):
-                for _, reason in json_problems(key, (), active):
-                    yield (*path, key), f"key {reason}"
-            yield from json_problems(item, (*path, key), active)
-        active.discard(id(value))
-    elif isinstance(value, (_dt.date, _dt.time)):  # datetime is a date
-        kind = type(value).__name__
-        yield path, f"{value.isoformat()} was read by YAML as a {kind}, not JSON; quote it"
-    elif isinstance(value, (set, frozenset)):
-        yield path, "a set is not JSON; use a list"
-    elif not isinstance(value, float):
-        yield path, f"a {type(value).__name__} is not JSON"
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _canonical_hash(payload: Any) -> str:

@@ -18,10 +18,12 @@ idempotent (or use an idempotency key for the side effects they cause).
 
 from __future__ import annotations
 
+import datetime as _dt
 import enum
 import json
+import math
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -55,33 +57,78 @@ class RunOutcome(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-def _strict_dumps(value: Any) -> str:
-    # jsonb rejects NaN/Infinity (json.dumps emits them by default) and \u0000.
-    text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    if "\\u0000" in text:
-        raise ValueError("args contain a NUL character (\\u0000), which jsonb cannot store")
-    return text
+JsonPath = tuple[str | int, ...]
+
+
+def json_problems(
+    value: Any, path: (), _active: set[int] | None = None
+) -> Iterator[tuple[JsonPath, str]]:
+    """Yield ``(path, reason)`` for every part of ``value`` that JSON or PostgreSQL ``jsonb``
+    cannot store: NaN/Infinity, strings or keys with ``\\u0000`` or unpaired surrogates,
+    non-string keys, dates/timestamps (YAML reads unquoted ones), sets, bytes, other types."""
+    active = set() if _active is None else _active
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, f"{value!r} is not valid JSON (PostgreSQL jsonb rejects NaN and Infinity)"
+    elif isinstance(value, str):
+        if "\x00" in value:
+            yield path, "contains \\u0000, which PostgreSQL jsonb rejects"
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            yield path, "contains an unpaired surrogate, which PostgreSQL jsonb rejects"
+    elif isinstance(value, (list, dict)):
+        if id(value) in active:
+            yield path, "recursive structure (a YAML alias used inside its own anchor)"
+            return
+        active.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(value, dict) and not isinstance(key, str):
+                kind = type(key).__name__
+                yield (*path, str(key)), f"key {key!r} is a {kind}; JSON keys must be strings"
+                continue
+            if isinstance(key, str):
+                for _, reason in json_problems(key, (), active):
+                    yield (*path, key), f"key {reason}"
+            yield from json_problems(item, (*path, key), active)
+        active.discard(id(value))
+    elif isinstance(value, (_dt.date, _dt.time)):  # datetime is a date
+        kind = type(value).__name__
+        yield path, f"{value.isoformat()} is a {kind}, not JSON; quote it in YAML, or pass a string"
+    elif isinstance(value, (set, frozenset)):
+        yield path, "a set is not JSON; use a list"
+    elif not isinstance(value, float):
+        yield path, f"a {type(value).__name__} is not JSON"
+
+
+def dotted_path(path: tuple[Any, ...]) -> str:
+    """``("args", "to", 0)`` → ``"args.to[0]"``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
 def to_jsonb(args: Mapping[str, Any] | None) -> Jsonb:
     """Validate job arguments and wrap them for a jsonb parameter.
 
     Raises:
-        TypeError: ``args`` is not a mapping with string keys, or holds a value JSON cannot
-            represent (datetime, set, bytes, ...).
-        ValueError: a float is NaN or infinite, or a string contains ``\\u0000``.
+        TypeError: ``args`` is not a mapping.
+        ValueError: a value JSON or PostgreSQL ``jsonb`` cannot store (see
+            :func:`json_problems`), every problem listed with its path.
     """
     if args is None:
         args = {}
-    if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
-        raise TypeError(f"args must be a mapping of keyword arguments (str keys), not {args!r}")
-    try:
-        _strict_dumps(dict(args))
-    except ValueError as exc:
-        raise ValueError(f"args cannot be stored as JSON: {exc}") from None
-    except TypeError as exc:
-        raise TypeError(f"args cannot be stored as JSON: {exc}") from None
-    return Jsonb(dict(args), dumps=_strict_dumps)
+    if not isinstance(args, Mapping):
+        raise TypeError(f"args must be a mapping of keyword arguments, not {args!r}")
+    problems = [f"{dotted_path(p)}: {r}" for p, r in json_problems(dict(args), ("args",))]
+    if problems:
+        raise ValueError("args cannot be stored as JSON: " + "; ".join(problems))
+    return Jsonb(dict(args), dumps=_dumps)
 
 
 # ---- the default connection (when the caller passes none) ------------------------------------

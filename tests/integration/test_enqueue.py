@@ -85,7 +85,8 @@ def test_naive_run_at_is_rejected_before_any_write(db, db_url):
     [
         ({"x": float("nan")}, ValueError),
         ({"x": "a\u0000b"}, ValueError),
-        ({"x": datetime.now()}, TypeError),
+        ({"x": datetime.now()}, ValueError),
+        ({"x": {1, 2}}, ValueError),
         ([1, 2], TypeError),
     ],
 )

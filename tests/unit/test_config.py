@@ -348,8 +348,8 @@ def test_import_errors_name_the_module() -> None:
 @pytest.mark.parametrize(
     ("args", "field", "fragment"),
     [
-        ("{d: 2025-01-01}", "args.d", "as a date"),
-        ("{t: 2025-01-01 10:00:00}", "args.t", "as a datetime"),
+        ("{d: 2025-01-01}", "args.d", "is a date, not JSON; quote it"),
+        ("{t: 2025-01-01 10:00:00}", "args.t", "is a datetime, not JSON; quote it"),
         ("{s: !!set {a, b}}", "args.s", "a set is not JSON"),
         ("{x: .nan}", "args.x", "jsonb rejects NaN and Infinity"),
         ("{x: .inf}", "args.x", "jsonb rejects NaN and Infinity"),
@@ -357,7 +357,7 @@ def test_import_errors_name_the_module() -> None:
         ('{x: "a\\0b"}', "args.x", "\\u0000"),
         ('{"k\\0": 1}', "args.k\x00", "key contains \\u0000"),
         ("{1: one}", "args.1", "keys must be strings"),
-        ("{items: [1, 2024-02-03]}", "args.items[1]", "as a date"),
+        ("{items: [1, 2024-02-03]}", "args.items[1]", "is a date, not JSON"),
         ("{b: !!binary aGVsbG8=}", "args.b", "bytes is not JSON"),
     ],
 )
