@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +96,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(issue, file=sys.stderr)
             return 1
     asyncio.run(run_replica(_database_url(settings), settings, config))
+    if any(t.name.startswith("scheduler-job") and t.is_alive() for t in threading.enumerate()):
+        # Sync handlers cut off by the shutdown were released to pending (they will run
+        # again); their threads cannot be stopped, so leave without waiting for them.
+        if not settings.database_url:
+            embedded.stop(settings.embedded_dir)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

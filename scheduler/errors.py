@@ -9,7 +9,8 @@ Every error derives from :class:`SchedulerError`, so ``except SchedulerError`` c
     │   ├── UnknownTaskError   no @task registered under that name (also a LookupError)
     │   └── DuplicateTaskError two different functions registered under one name
     ├── DatabaseNotConfiguredError  no connection given and SCHEDULER_DATABASE_URL unset
-    └── LeadershipLostError    the leader lost its lock session or term while committing
+    ├── LeadershipLostError    the leader lost its lock session or term while committing
+    └── PoolerError            the lock session is not a real session (transaction-mode pooler)
 
 Bad *values* passed to the Python API (a naive ``run_at``, args that are not JSON) raise the
 built-in ``ValueError`` / ``TypeError`` as Python users expect.
@@ -82,3 +83,8 @@ class DatabaseNotConfiguredError(SchedulerError):
 
 class LeadershipLostError(SchedulerError):
     """The leader's lock session died or its term is no longer current; nothing was committed."""
+
+
+class PoolerError(SchedulerError):
+    """The advisory lock is not held by this backend after taking it: the connection goes
+    through a transaction-mode pooler. Set ``SCHEDULER_DIRECT_DATABASE_URL``."""

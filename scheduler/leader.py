@@ -22,10 +22,21 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
                                                                       unlock + close the session
 
 * The key is ``hashtextextended('scheduler.leader:<schema>', 0)``: one leader per schema.
-* The lock session sets ``idle_session_timeout`` = ``leader_session_timeout_s`` (10): a leader
+* The lock session sets ``idle_session_timeout`` = ``leader_session_timeout_s`` (5): a leader
   that hangs (SIGSTOP, blocked loop) goes idle, PostgreSQL ends its session and frees the lock,
-  and a follower takes over within about that time plus ``leader_retry_s``. The leader's own
-  ticks keep its session busy every ``heartbeat_s``.
+  and a follower takes over within about that time plus ``leader_retry_s`` (measured: ~6 s).
+  The leader's own ticks keep its session busy every ``heartbeat_s``. When the hung process
+  resumes, its next statement fails (session gone): it steps down and campaigns again.
+* Crash (SIGKILL): PostgreSQL frees the lock when the backend sees the socket close (~ms); a
+  follower leads at its next try, within ``leader_retry_s``.
+* Graceful stop (SIGTERM): the leader unlocks before closing; a follower leads within
+  ``leader_retry_s``.
+* Database restart: every session dies; replicas reconnect with backoff (0.5 s doubling to
+  5 s), so one leads within ~5 s of PostgreSQL accepting connections.
+* Transaction-mode poolers (PgBouncer) break session locks: after ``pg_try_advisory_lock`` the
+  elector checks ``pg_locks`` for its own backend and refuses to lead (``leader_refused``,
+  retried every 60 s) when the lock is not there. ``SCHEDULER_DIRECT_DATABASE_URL`` gives the
+  lock and LISTEN sessions a direct connection.
 * TCP keepalives on the lock connection (idle 5, interval 1, count 3) free the lock after a
   network partition.
 * Materialisation runs on the lock session itself, so when the session dies its transaction
@@ -46,7 +57,7 @@ from typing import Any
 
 import psycopg
 
-from .errors import LeadershipLostError
+from .errors import LeadershipLostError, PoolerError
 from .log import get_logger
 from .settings import Settings
 from .store import Store
@@ -56,6 +67,7 @@ log = get_logger("scheduler.leader")
 OnElected = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[None]]
 Tick = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[float]]
 
+POOLER_RETRY_S = 60.0  # a replica behind a transaction-mode pooler retries leading this rarely
 CONFIG_CHECK_S = 10.0  # how often a follower compares its schedules file with the leader's
 
 KEEPALIVES = {
@@ -115,6 +127,10 @@ class LeaderElector:
             try:
                 await self._session(stop)
                 backoff = self.settings.leader_retry_s
+            except PoolerError as exc:
+                self._step_down()
+                log.error("leader_refused", error=str(exc), retry_in_s=POOLER_RETRY_S)
+                await _sleep_or_stop(stop, POOLER_RETRY_S)
             except (psycopg.Error, LeadershipLostError, OSError) as exc:
                 was_leader = self.term is not None
                 self._step_down()
@@ -166,6 +182,13 @@ class LeaderElector:
                 await _sleep_or_stop(stop, self.settings.leader_retry_s)
             else:
                 return
+            if not await self.store.lock_held(conn):
+                raise PoolerError(
+                    "pg_try_advisory_lock succeeded but this backend does not hold the lock: "
+                    "the connection goes through a transaction-mode pooler (e.g. PgBouncer), "
+                    "which breaks session locks. Refusing to lead; set "
+                    "SCHEDULER_DIRECT_DATABASE_URL to a direct connection"
+                )
             self.term = await self.store.elect(conn, self.holder, self.config_hash)
             log.info("leader_elected", holder=self.holder, term=self.term)
             self.is_leader.set()

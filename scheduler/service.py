@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import materialiser
+from . import maintenance, materialiser
 from .config import SchedulesConfig
 from .jobs import set_default_database_url
 from .leader import KEEPALIVES, LeaderElector
@@ -67,8 +67,10 @@ class Replica:
             kwargs={"autocommit": True, **KEEPALIVES},
         )
         config_hash = config.config_hash() if config else None
+        direct_url = settings.direct_database_url or url
+        self._next_rescue = 0.0
         self.elector = LeaderElector(
-            url,
+            direct_url,
             self.store,
             settings,
             holder=self.id,
@@ -76,7 +78,7 @@ class Replica:
             on_elected=self._on_elected,
             tick=self._tick,
         )
-        self.worker = Worker(self.pool, url, self.store, settings, self.id)
+        self.worker = Worker(self.pool, direct_url, self.store, settings, self.id)
 
     async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
         if self.config is None:
@@ -108,12 +110,11 @@ class Replica:
             )
 
     async def _tick(self, conn: psycopg.AsyncConnection[Any], term: int) -> float:
-        result = await materialiser.tick(
-            conn,
-            self.store,
-            holder=self.id,
-            term=term,
-        )
+        result = await materialiser.tick(conn, self.store, holder=self.id, term=term)
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time >= self._next_rescue:
+            await maintenance.rescue_expired_leases(conn, self.store, holder=self.id, term=term)
+            self._next_rescue = loop_time + self.settings.rescue_interval_s
         return _seconds_until(result.next_due, result.now, self.settings.heartbeat_s)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -50,14 +50,27 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         default=1.0, gt=0, description="safety poll when no NOTIFY arrives"
     )
-    lease_s: float = Field(default=60.0, gt=0, description="lease given to a claimed job")
+    lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="lease of a claimed job, extended every lease_s/3 while it runs; a job "
+        "whose worker died runs again elsewhere after at most this long (+ rescue_interval_s)",
+    )
+    rescue_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the leader rescues expired leases"
+    )
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
 
     # leader
     leader_retry_s: float = Field(default=0.5, gt=0, description="how often followers try the lock")
     heartbeat_s: float = Field(default=1.0, gt=0, description="leader heartbeat period")
+    direct_database_url: str | None = Field(
+        default=None,
+        description="direct (not pooled) URL for the leader lock and LISTEN sessions, when "
+        "database_url goes through a transaction-mode pooler such as PgBouncer",
+    )
     leader_session_timeout_s: float = Field(
-        default=10.0,
+        default=5.0,
         gt=0,
         description="idle_session_timeout of the lock session: a hung leader's lock is freed "
         "after this long",

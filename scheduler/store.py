@@ -237,6 +237,12 @@ class Store:
         row = await cur.fetchone()
         return bool(row and row[0])
 
+    async def lock_held(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """True when this backend holds the leader lock (``pg_locks``)."""
+        cur = await conn.execute(self.q["lock_held"], {"key": self.leader_key})
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
     async def unlock_leader(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(self.q["leader_unlock"], {"key": self.leader_key})
 

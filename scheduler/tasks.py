@@ -27,6 +27,10 @@ class Task:
             functions (run in the replica's bounded thread pool).
         queue, priority, max_attempts, backoff_base_s, backoff_max_s, backoff_jitter:
             defaults for jobs of this task; ``None`` means "use the service settings".
+        timeout_s: longest run of one attempt in seconds (``None``: no limit). An async
+            handler is cancelled; a sync one cannot be stopped from outside its thread, so
+            the attempt is recorded as ``timeout`` and retried while the thread runs on
+            until the function returns (its result is then ignored).
     """
 
     name: str
@@ -38,6 +42,7 @@ class Task:
     backoff_base_s: float | None = None
     backoff_max_s: float | None = None
     backoff_jitter: float | None = None
+    timeout_s: float | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (no job is created)."""
@@ -59,6 +64,7 @@ def task(
     backoff_base_s: float | None = None,
     backoff_max_s: float | None = None,
     backoff_jitter: float | None = None,
+    timeout_s: float | None = None,
 ) -> Callable[[Callable[..., Any]], Task]: ...
 
 
@@ -69,6 +75,7 @@ def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         name: registry name; defaults to the function's ``__name__``.
         queue, priority, max_attempts, backoff_base_s, backoff_max_s, backoff_jitter: job
             defaults for this task (seconds for the ``*_s`` ones); unset = service settings.
+        timeout_s: longest run of one attempt, seconds (see :class:`Task`).
 
     Returns:
         The :class:`Task` (callable like the original function).

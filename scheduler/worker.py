@@ -83,12 +83,15 @@ class Worker:
             max_workers=settings.concurrency, thread_name_prefix="scheduler-job"
         )
         self.listening = asyncio.Event()
+        self._leases: dict[int, int] = {}  # running job id -> attempt
+        self._interrupted: list[tuple[int, int]] = []  # cancelled at shutdown: (id, attempt)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until ``stop`` is set, then let running jobs finish within
         ``shutdown_grace_s`` and write their outcomes."""
         listener = asyncio.create_task(self._listen(stop), name="scheduler-listen")
         flusher = asyncio.create_task(self._flush_completions(), name="scheduler-complete")
+        extender = asyncio.create_task(self._extend_leases(), name="scheduler-leases")
         stopper = asyncio.create_task(stop.wait())
         try:
             backoff = 0.1
@@ -111,12 +114,11 @@ class Worker:
         finally:
             stopper.cancel()
             await self._drain()
-            listener.cancel()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            await self._release_interrupted()
+            for t in (listener, flusher, extender):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _wait(self, stopper: asyncio.Task[Any], timeout: float) -> None:
@@ -138,6 +140,7 @@ class Worker:
                 lease_s=self.settings.lease_s,
             )
         for job in jobs:
+            self._leases[job["id"]] = job["attempt"]
             log.debug("job_claimed", job_id=job["id"], task=job["task"], attempt=job["attempt"])
             t = asyncio.create_task(self._execute(job), name=f"scheduler-job-{job['id']}")
             self._running.add(t)
@@ -159,34 +162,54 @@ class Worker:
         try:
             registered = get_task(job["task"])
         except UnknownTaskError as exc:
+            self._leases.pop(job["id"], None)
             log.error("job_dead", reason="unknown_task", **fields)
             await self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=str(exc))
             return
         try:
             if registered.is_async:
-                await registered.func(**args)
+                work = registered.func(**args)
             else:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._executor, lambda: registered.func(**args))
+                work = loop.run_in_executor(self._executor, lambda: registered.func(**args))
+            await asyncio.wait_for(work, registered.timeout_s)
         except asyncio.CancelledError:
+            self._interrupted.append((job["id"], job["attempt"]))
             raise
+        except TimeoutError:
+            error = f"TimeoutError: attempt ran longer than timeout_s={registered.timeout_s}"
+            await self._failed(job, RunOutcome.TIMEOUT, error, None, fields)
+            return
         except Exception as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
             error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
             tb = traceback.format_exc()[-TRACEBACK_LIMIT:]
-            if job["attempt"] >= job["max_attempts"]:
-                log.error("job_dead", reason="max_attempts", error=error, **fields)
-                await self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=error, tb=tb)
-            else:
-                delay_s = Backoff(
-                    job["backoff_base_s"], job["backoff_max_s"], job["backoff_jitter"]
-                ).delay_s(job["attempt"])
-                log.warning("job_failed", error=error, retry_in_s=round(delay_s, 3), **fields)
-                await self._complete(
-                    job, JobState.PENDING, RunOutcome.FAILED, error=error, tb=tb, delay_s=delay_s
-                )
+            await self._failed(job, RunOutcome.FAILED, error, tb, fields)
             return
+        finally:
+            self._leases.pop(job["id"], None)
         log.info("job_succeeded", **fields)
         await self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
+
+    async def _failed(
+        self,
+        job: dict[str, Any],
+        outcome: RunOutcome,
+        error: str,
+        tb: str | None,
+        fields: dict[str, Any],
+    ) -> None:
+        """Retry with backoff, or dead-letter at max_attempts."""
+        if job["attempt"] >= job["max_attempts"]:
+            log.error("job_dead", reason="max_attempts", error=error, **fields)
+            await self._complete(job, JobState.DEAD, outcome, error=error, tb=tb)
+            return
+        delay_s = Backoff(
+            job["backoff_base_s"], job["backoff_max_s"], job["backoff_jitter"]
+        ).delay_s(job["attempt"])
+        log.warning(
+            "job_failed", outcome=outcome.value, error=error, retry_in_s=round(delay_s, 3), **fields
+        )
+        await self._complete(job, JobState.PENDING, outcome, error=error, tb=tb, delay_s=delay_s)
 
     async def _complete(
         self,
@@ -237,6 +260,7 @@ class Worker:
             for c in batch:
                 if not c.done.done():
                     c.done.set_result(c.outcome["id"] in changed)
+                self._completions.task_done()
 
     async def _drain(self) -> None:
         if not self._running:
@@ -250,6 +274,56 @@ class Worker:
         if pending:
             log.warning("worker_drain_timeout", unfinished=len(pending))
             await asyncio.wait(pending, timeout=1.0)
+
+    async def _extend_leases(self) -> None:
+        """Every lease_s/3, extend the leases of all running jobs in one statement."""
+        period = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(period)
+            if not self._leases:
+                continue
+            ids = list(self._leases)
+            attempts = [self._leases[i] for i in ids]
+            try:
+                async with self.pool.connection() as conn:
+                    kept = {
+                        r[0]
+                        for r in await (
+                            await conn.execute(
+                                self.store.q["extend_leases"],
+                                {
+                                    "ids": ids,
+                                    "attempts": attempts,
+                                    "worker_id": self.worker_id,
+                                    "lease_s": self.settings.lease_s,
+                                },
+                            )
+                        ).fetchall()
+                    }
+            except psycopg.Error as exc:
+                log.warning("lease_extension_failed", error=str(exc).strip()[:300], jobs=len(ids))
+                continue
+            for job_id in set(ids) - kept:
+                if job_id in self._leases:  # not finished meanwhile: its lease was rescued
+                    log.warning("job_lease_lost", job_id=job_id)
+
+    async def _release_interrupted(self) -> None:
+        """Jobs cut off by the shutdown go back to pending without burning an attempt."""
+        await self._completions.join()  # outcomes already known are written first
+        if not self._interrupted:
+            return
+        ids = [i for i, _ in self._interrupted]
+        attempts = [a for _, a in self._interrupted]
+        try:
+            async with self.pool.connection() as conn:
+                rows = await self.store.fetch(
+                    conn,
+                    "release_jobs",
+                    {"ids": ids, "attempts": attempts, "worker_id": self.worker_id},
+                )
+            log.warning("jobs_released", jobs=[r["id"] for r in rows], reason="shutdown")
+        except psycopg.Error as exc:
+            log.warning("release_failed", error=str(exc).strip()[:300], jobs=ids)
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for inserted jobs; reconnect with backoff (polling covers the gap)."""

@@ -250,3 +250,57 @@ RETURNING id;
 
 -- name: database_now
 SELECT now() AS now;
+
+-- name: extend_leases
+-- One statement for every job this worker runs; a job missing from the result was rescued
+-- (its lease had expired) and belongs to a newer attempt now.
+UPDATE {schema}.jobs AS j
+SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
+WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
+  AND j.locked_by = %(worker_id)s
+RETURNING j.id;
+
+-- name: release_jobs
+-- Graceful shutdown: unfinished jobs go back to pending, due now, without burning an attempt.
+UPDATE {schema}.jobs AS j
+SET state = 'pending', attempt = j.attempt - 1, run_at = now(), lease_expires_at = NULL,
+    updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
+WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
+  AND j.locked_by = %(worker_id)s
+RETURNING j.id;
+
+-- name: rescue_expired_leases
+-- Leader only: running jobs whose worker stopped extending the lease (crashed, hung, cut off)
+-- go back to pending, due now, or to dead at max_attempts; a 'lost' run is recorded.
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'pending' END,
+        run_at = now(),
+        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        lease_expires_at = NULL,
+        last_error = 'lease expired: worker ' || j.locked_by || ' stopped extending it',
+        updated_at = now()
+    FROM expired AS e
+    WHERE j.id = e.id
+    RETURNING j.id, j.attempt, j.locked_by, j.locked_at, j.state, j.last_error
+)
+INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+SELECT id, attempt, locked_by, locked_at, now(), 'lost', last_error FROM moved
+ON CONFLICT (job_id, attempt) DO NOTHING
+RETURNING job_id;
+
+-- name: lock_held
+-- Does this backend hold the leader lock? False behind a transaction-mode pooler, where the
+-- lock was taken by a server connection this client no longer talks to.
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+      AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0)) AS held;
