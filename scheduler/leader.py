@@ -22,8 +22,10 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
                                                                       unlock + close the session
 
 * The key is ``hashtextextended('scheduler.leader:<schema>', 0)``: one leader per schema.
-* The lock session sets ``idle_session_timeout`` = ``leader_session_timeout_s`` (5): a leader
-  that hangs (SIGSTOP, blocked loop) goes idle, PostgreSQL ends its session and frees the lock,
+* The lock session sets ``idle_session_timeout``, ``idle_in_transaction_session_timeout`` and
+  ``statement_timeout`` = ``leader_session_timeout_s`` (5): a leader that hangs (SIGSTOP,
+  blocked loop) between statements, inside a tick's transaction or inside a statement goes
+  idle, PostgreSQL ends its session and frees the lock,
   and a follower takes over within about that time plus ``leader_retry_s`` (measured: ~6 s).
   The leader's own ticks keep its session busy every ``heartbeat_s``. When the hung process
   resumes, its next statement fails (session gone): it steps down and campaigns again.

@@ -93,7 +93,11 @@ FROM changed AS c JOIN outcome AS o ON o.id = c.id
 RETURNING job_id;
 
 -- name: session_settings
+-- The lock session of a hung leader must end by itself whether it hung between statements,
+-- inside a tick's transaction, or inside a statement.
 SELECT set_config('idle_session_timeout', %(idle_session_timeout_ms)s, false),
+       set_config('idle_in_transaction_session_timeout', %(idle_session_timeout_ms)s, false),
+       set_config('statement_timeout', %(idle_session_timeout_ms)s, false),
        set_config('application_name', %(application_name)s, false);
 
 -- name: leader_try_lock

@@ -17,3 +17,15 @@ def always_fails() -> None:
 async def echo(message: str) -> None:
     if not message:
         raise ValueError("empty message")
+
+
+@task(name="acceptance.slow_once", max_attempts=3)
+def slow_once(marker: str) -> None:
+    """First attempt: leave a marker and block (the test kills the worker); later: return."""
+    import os
+    import time
+
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)

@@ -247,3 +247,34 @@ def test_follower_with_a_different_schedules_file_logs_config_mismatch(db_url):
     mismatches = [e for e in logs if e["event"] == "config_mismatch"]
     assert len(mismatches) == 1
     assert mismatches[0]["log_level"] == "error" and mismatches[0]["leader"] == "a"
+
+
+def test_lock_held_sees_only_the_session_that_took_the_lock(db_url):
+    """The pooler check: behind a transaction-mode pooler the statement after
+    pg_try_advisory_lock may run on another server session, which does not hold it."""
+
+    async def scenario() -> tuple[bool, bool]:
+        async with (
+            await psycopg.AsyncConnection.connect(db_url, autocommit=True) as a,
+            await psycopg.AsyncConnection.connect(db_url, autocommit=True) as b,
+        ):
+            assert await STORE.try_lock_leader(a)
+            return await STORE.lock_held(a), await STORE.lock_held(b)
+
+    assert asyncio.run(scenario()) == (True, False)
+
+
+def test_lock_session_has_timeouts_that_end_a_hung_leader(db_url):
+    async def scenario() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await STORE.setup_session(conn, idle_session_timeout_s=5, name="x")
+            rows = await (
+                await conn.execute(
+                    "SELECT current_setting('idle_session_timeout'), "
+                    "current_setting('idle_in_transaction_session_timeout'), "
+                    "current_setting('statement_timeout')"
+                )
+            ).fetchone()
+            return list(rows)
+
+    assert asyncio.run(scenario()) == ["5s", "5s", "5s"]

@@ -1,0 +1,239 @@
+"""High availability under real faults: real `scheduler run` processes, a real PostgreSQL.
+
+Leader timings use the default settings (leader_retry_s 0.5, heartbeat_s 1,
+leader_session_timeout_s 5); worker leases are short (2 s) to keep the tests quick. After each
+fault the SQL invariants are checked: one job per fire time, no fire time missing, no job left
+running, every job finished or pending.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from scheduler import embedded, enqueue
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+SCHEDULES = """\
+timezone: UTC
+imports: [tests.acceptance.app_tasks]
+schedules:
+  - name: every_second
+    cron: "* * * * * *"
+    task: acceptance.tick
+"""
+DEFAULT_LEADER_TIMINGS = {
+    "SCHEDULER_LEADER_RETRY_S": "0.5",
+    "SCHEDULER_LEASE_S": "2",
+    "SCHEDULER_RESCUE_INTERVAL_S": "0.5",
+}
+
+
+def _config(tmp_path: Path) -> str:
+    path = tmp_path / "schedules.yaml"
+    path.write_text(SCHEDULES)
+    return str(path)
+
+
+def _leader(db: psycopg.Connection) -> tuple[int, int] | None:
+    """(pid, term) of the current leader row (None before the replicas have migrated)."""
+    if not db.execute("SELECT to_regclass('scheduler.leader') IS NOT NULL").fetchone()[0]:
+        return None
+    row = db.execute("SELECT holder, term FROM scheduler.leader").fetchone()
+    return (int(row[0].split(":")[1]), row[1]) if row else None
+
+
+def _fired(db: psycopg.Connection) -> int:
+    return db.execute(
+        "SELECT count(*) FROM scheduler.jobs WHERE schedule_name = 'every_second'"
+    ).fetchone()[0]
+
+
+def _wait_fired(db: psycopg.Connection, more: int, timeout: float = 30) -> None:
+    target = _fired(db) + more
+    wait_until(lambda: _fired(db) >= target, timeout=timeout)
+
+
+def _wait_new_leader(db: psycopg.Connection, old_term: int, timeout: float) -> tuple[float, int]:
+    start = time.monotonic()
+    pid_term = wait_until(lambda: (lt := _leader(db)) and lt[1] > old_term and lt, timeout=timeout)
+    return time.monotonic() - start, pid_term[0]
+
+
+def _settle(db: psycopg.Connection) -> None:
+    """Wait until no job is running and none is overdue (rescues included)."""
+    wait_until(
+        lambda: db.execute(
+            "SELECT count(*) = 0 FROM scheduler.jobs WHERE state = 'running' "
+            "OR (state = 'pending' AND run_at < now() - interval '1 second')"
+        ).fetchone()[0],
+        timeout=30,
+    )
+
+
+def _assert_invariants(db: psycopg.Connection) -> None:
+    fire_times = [
+        r[0]
+        for r in db.execute(
+            "SELECT scheduled_for FROM scheduler.jobs WHERE schedule_name = 'every_second' "
+            "ORDER BY scheduled_for"
+        )
+    ]
+    assert len(fire_times) == len(set(fire_times)), "a fire time was materialised twice"
+    gaps = [(a, b) for a, b in itertools.pairwise(fire_times) if b - a != timedelta(seconds=1)]
+    assert gaps == [], f"fire times missing between {gaps}"
+    assert db.execute("SELECT count(*) FROM scheduler.skipped_fire_times").fetchone()[0] == 0, (
+        "a fire time was skipped although every outage was within the grace"
+    )
+    states = dict(db.execute("SELECT state, count(*) FROM scheduler.jobs GROUP BY 1").fetchall())
+    assert set(states) <= {"succeeded", "pending"}, states
+    twice = db.execute(
+        "SELECT job_id FROM scheduler.job_runs WHERE outcome = 'succeeded' "
+        "GROUP BY job_id HAVING count(*) > 1"
+    ).fetchall()
+    assert twice == [], "a job succeeded twice"
+
+
+def _two_replicas(start_replica, tmp_path):
+    config = _config(tmp_path)
+    return [start_replica("run", "--config", config, env=DEFAULT_LEADER_TIMINGS) for _ in range(2)]
+
+
+def _split(replicas, leader_pid):
+    leader = next(r for r in replicas if r.pid == leader_pid)
+    return leader, next(r for r in replicas if r is not leader)
+
+
+def test_leader_sigkill_follower_leads_within_2s(db, tmp_path, start_replica):
+    replicas = _two_replicas(start_replica, tmp_path)
+    pid, term = wait_until(lambda: _leader(db), timeout=30)
+    _wait_fired(db, 3)
+    leader, follower = _split(replicas, pid)
+    os.kill(leader.pid, signal.SIGKILL)
+    elapsed, new_pid = _wait_new_leader(db, term, timeout=10)
+    assert new_pid == follower.pid
+    print(f"\nSIGKILL failover: {elapsed:.2f} s")
+    assert elapsed < 2.0, f"failover took {elapsed:.2f} s"
+    _wait_fired(db, 3)
+    _settle(db)
+    assert follower.stop() == 0, follower.output()
+    _assert_invariants(db)
+
+
+def test_leader_sigstop_is_replaced_within_10s_and_commits_nothing_when_resumed(
+    db, tmp_path, start_replica
+):
+    replicas = _two_replicas(start_replica, tmp_path)
+    pid, old_term = wait_until(lambda: _leader(db), timeout=30)
+    _wait_fired(db, 3)
+    leader, follower = _split(replicas, pid)
+    os.kill(leader.pid, signal.SIGSTOP)
+    try:
+        elapsed, new_pid = _wait_new_leader(db, old_term, timeout=15)
+        assert new_pid == follower.pid
+        print(f"\nSIGSTOP failover: {elapsed:.2f} s")
+        assert elapsed < 10.0, f"hung leader replaced after {elapsed:.2f} s"
+        elected_at = db.execute("SELECT elected_at FROM scheduler.leader").fetchone()[0]
+        _wait_fired(db, 2)
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+    # the old leader notices its dead session and steps down; it rejoins as a follower
+    wait_until(lambda: "leader_stepped_down" in leader.output(), timeout=15)
+    _wait_fired(db, 2)
+    late = db.execute(
+        "SELECT count(*) FROM scheduler.jobs WHERE term = %s AND created_at > %s",
+        [old_term, elected_at],
+    ).fetchone()[0]
+    assert late == 0, "the deposed leader materialised after the new election"
+    assert _leader(db)[0] == follower.pid
+    _settle(db)
+    for r in replicas:
+        assert r.stop() == 0, r.output()
+    _assert_invariants(db)
+
+
+def test_leader_sigterm_hands_over_within_1s(db, tmp_path, start_replica):
+    replicas = _two_replicas(start_replica, tmp_path)
+    pid, term = wait_until(lambda: _leader(db), timeout=30)
+    _wait_fired(db, 2)
+    leader, follower = _split(replicas, pid)
+    start = time.monotonic()
+    leader.proc.send_signal(signal.SIGTERM)
+    _, new_pid = _wait_new_leader(db, term, timeout=10)
+    elapsed = time.monotonic() - start
+    print(f"\nSIGTERM handover: {elapsed:.2f} s")
+    assert new_pid == follower.pid and elapsed < 1.0, f"handover took {elapsed:.2f} s"
+    assert leader.stop() == 0, leader.output()
+    _wait_fired(db, 2)
+    _settle(db)
+    assert follower.stop() == 0, follower.output()
+    _assert_invariants(db)
+
+
+def test_worker_sigkill_mid_job_runs_again_elsewhere_after_the_lease(
+    db, db_url, tmp_path, start_replica
+):
+    marker = tmp_path / "attempt1-started"
+    first = start_replica(
+        "run", "--import", "tests.acceptance.app_tasks", env=DEFAULT_LEADER_TIMINGS
+    )
+    wait_until(lambda: _leader(db), timeout=30)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        job_id = enqueue("acceptance.slow_once", args={"marker": str(marker)}, connection=conn)
+    wait_until(marker.exists, timeout=30)
+    os.kill(first.pid, signal.SIGKILL)
+    second = start_replica(
+        "run", "--import", "tests.acceptance.app_tasks", env=DEFAULT_LEADER_TIMINGS
+    )
+    wait_until(
+        lambda: db.execute(
+            "SELECT state = 'succeeded' FROM scheduler.jobs WHERE id = %s", [job_id]
+        ).fetchone()[0],
+        timeout=30,
+    )
+    assert second.stop() == 0, second.output()
+    runs = db.execute(
+        "SELECT attempt, outcome FROM scheduler.job_runs WHERE job_id = %s ORDER BY attempt",
+        [job_id],
+    ).fetchall()
+    assert runs == [(1, "lost"), (2, "succeeded")]
+
+
+def test_postgres_restart_one_leader_again_within_10s(tmp_path, start_replica):
+    data_dir = tmp_path / "pg"
+    url = make_conninfo(embedded.start(data_dir), dbname="postgres")
+    try:
+        config = _config(tmp_path)
+        env = {**DEFAULT_LEADER_TIMINGS, "SCHEDULER_DATABASE_URL": url}
+        replicas = [start_replica("run", "--config", config, env=env) for _ in range(2)]
+        with psycopg.connect(url, autocommit=True) as db:
+            _, term = wait_until(lambda: _leader(db), timeout=30)
+            _wait_fired(db, 3)
+        embedded.restart_immediate(data_dir)
+        accepting = time.monotonic()
+        with psycopg.connect(url, autocommit=True) as db:
+            _, _ = _wait_new_leader(db, term, timeout=20)
+            elapsed = time.monotonic() - accepting
+            print(f"\nleader after PostgreSQL restart: {elapsed:.2f} s")
+            assert elapsed < 10.0, f"no leader {elapsed:.2f} s after the restart"
+            holders = db.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).fetchone()[0]
+            assert holders == 1
+            _wait_fired(db, 3)
+            _settle(db)
+            for r in replicas:
+                assert r.stop() == 0, r.output()
+            _assert_invariants(db)
+    finally:
+        embedded.stop(data_dir)
