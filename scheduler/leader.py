@@ -39,8 +39,10 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
   elector checks ``pg_locks`` for its own backend and refuses to lead (``leader_refused``,
   retried every 60 s) when the lock is not there. ``SCHEDULER_DIRECT_DATABASE_URL`` gives the
   lock and LISTEN sessions a direct connection.
-* TCP keepalives on the lock connection (idle 5, interval 1, count 3) free the lock after a
-  network partition.
+* Network partition: TCP keepalives (idle 5 s, interval 1 s, 3 probes) and
+  ``tcp_user_timeout`` (10 s) on both ends of the lock connection: the server drops the
+  session (freeing the lock) within ~8-10 s, and the old leader's next statement fails, so it
+  steps down.
 * Materialisation runs on the lock session itself, so when the session dies its transaction
   dies with it; each transaction first runs ``leader_fence`` (lock still held by this backend,
   term current). ``UNIQUE (schedule_name, scheduled_for)`` is the last guard.
@@ -77,6 +79,7 @@ KEEPALIVES = {
     "keepalives_idle": 5,
     "keepalives_interval": 1,
     "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms: unacknowledged data for this long breaks the connection
 }
 
 

@@ -98,6 +98,11 @@ RETURNING job_id;
 SELECT set_config('idle_session_timeout', %(idle_session_timeout_ms)s, false),
        set_config('idle_in_transaction_session_timeout', %(idle_session_timeout_ms)s, false),
        set_config('statement_timeout', %(idle_session_timeout_ms)s, false),
+       -- server side of a network partition (ignored on Unix sockets)
+       set_config('tcp_keepalives_idle', '5', false),
+       set_config('tcp_keepalives_interval', '1', false),
+       set_config('tcp_keepalives_count', '3', false),
+       set_config('tcp_user_timeout', '10000', false),
        set_config('application_name', %(application_name)s, false);
 
 -- name: leader_try_lock

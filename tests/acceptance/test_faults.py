@@ -237,3 +237,26 @@ def test_postgres_restart_one_leader_again_within_10s(tmp_path, start_replica):
             _assert_invariants(db)
     finally:
         embedded.stop(data_dir)
+
+
+def test_lock_session_killed_repeatedly_mid_materialisation(db, tmp_path, start_replica):
+    """pg_terminate_backend of the leader's lock session, five times, at random points of
+    its ticks (every second, several statements each): nothing lost, nothing twice."""
+    replicas = _two_replicas(start_replica, tmp_path)
+    _, term = wait_until(lambda: _leader(db), timeout=30)
+    _wait_fired(db, 2)
+    for _ in range(5):
+        killed = db.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'scheduler leader %%' AND pid IN ("
+            "  SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+        ).fetchone()[0]
+        assert killed == 1
+        _, _ = _wait_new_leader(db, term, timeout=10)
+        term = _leader(db)[1]
+        _wait_fired(db, 1)
+    _wait_fired(db, 2)
+    _settle(db)
+    for r in replicas:
+        assert r.stop() == 0, r.output()
+    _assert_invariants(db)

@@ -165,10 +165,10 @@ def test_shutdown_releases_unfinished_jobs_without_burning_an_attempt(db, db_url
         await pool.close()
 
     asyncio.run(scenario())
-    rows = dict(
-        ((r[0]), r[1:])
+    rows = {
+        (r[0]): r[1:]
         for r in db.execute("SELECT id, state, attempt, run_at <= now() FROM scheduler.jobs")
-    )
+    }
     assert rows[quick] == ("succeeded", 1, True)  # finished within the grace period
     assert rows[long_job] == ("pending", 0, True)  # released: due now, attempt not burned
     assert (
