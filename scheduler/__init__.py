@@ -19,7 +19,7 @@ from .errors import (
     SchedulerError,
     UnknownTaskError,
 )
-from .jobs import JobState, RunOutcome, enqueue, schedule_at
+from .jobs import JobSpec, JobState, RunOutcome, enqueue, enqueue_many, schedule_at, schedule_many
 from .tasks import Task, task
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "CronError",
     "DatabaseNotConfiguredError",
     "DuplicateTaskError",
+    "JobSpec",
     "JobState",
     "LeadershipLostError",
     "RunOutcome",
@@ -34,7 +35,9 @@ __all__ = [
     "Task",
     "UnknownTaskError",
     "enqueue",
+    "enqueue_many",
     "schedule_at",
+    "schedule_many",
     "task",
 ]
 __version__ = "0.1.0"

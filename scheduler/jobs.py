@@ -23,7 +23,8 @@ import enum
 import json
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -291,5 +292,62 @@ def enqueue(
         priority=priority,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
+        connection=connection,
+    )
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for :func:`schedule_many`; fields as in :func:`schedule_at`."""
+
+    task: Task | Callable[..., Any] | str
+    run_at: datetime | None = None
+    args: Mapping[str, Any] | None = None
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+
+
+def schedule_many(
+    jobs: Iterable[JobSpec],
+    *,
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
+) -> list[int] | Awaitable[list[int]]:
+    """Enqueue many jobs with one INSERT (one notification per queue).
+
+    Every job is validated before anything is written (same rules and errors as
+    :func:`schedule_at`). Idempotency keys are not supported in bulk. With ``connection``
+    the INSERT joins the caller's transaction (sync, or async: returns an awaitable).
+
+    Returns:
+        The job ids, in the order of ``jobs``.
+    """
+    settings = get_settings()
+    rows = [
+        _job_params(j.task, j.run_at, j.args, j.queue, j.priority, j.max_attempts, None, settings)
+        for j in jobs
+    ]
+    store = Store(settings.schema_name)
+    if isinstance(connection, psycopg.AsyncConnection):
+        return store.insert_jobs(connection, rows)
+    if connection is not None:
+        return store.insert_jobs_sync(connection, rows)
+    with _default_pool(settings).connection() as conn:
+        return store.insert_jobs_sync(conn, rows)
+
+
+def enqueue_many(
+    task: Task | Callable[..., Any] | str,
+    args_list: Iterable[Mapping[str, Any]],
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
+) -> list[int] | Awaitable[list[int]]:
+    """Enqueue one job of ``task`` per item of ``args_list``, due now, in one INSERT; see
+    :func:`schedule_many`. Returns the ids in order."""
+    return schedule_many(
+        [JobSpec(task, None, args, queue, priority, max_attempts) for args in args_list],
         connection=connection,
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
@@ -166,6 +166,40 @@ class Store:
                 if row:
                     return int(row[0])
         raise RuntimeError("idempotency key kept changing hands; giving up after 3 tries")
+
+    _BULK_COLUMNS: ClassVar[dict[str, str]] = {
+        "queues": "queue",
+        "tasks": "task",
+        "args": "args",
+        "priorities": "priority",
+        "run_ats": "run_at",
+        "max_attempts": "max_attempts",
+        "backoff_base_s": "backoff_base_s",
+        "backoff_max_s": "backoff_max_s",
+        "backoff_jitter": "backoff_jitter",
+    }
+
+    def _bulk_params(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return {key: [r[col] for r in rows] for key, col in self._BULK_COLUMNS.items()}
+
+    def insert_jobs_sync(
+        self, conn: psycopg.Connection[Any], rows: list[dict[str, Any]]
+    ) -> list[int]:
+        """Insert many jobs in one statement on a sync connection; ids in input order."""
+        if not rows:
+            return []
+        with conn.cursor() as cur:
+            cur.execute(self.q["insert_jobs"], self._bulk_params(rows))
+            return [r[0] for r in cur.fetchall()]
+
+    async def insert_jobs(
+        self, conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]]
+    ) -> list[int]:
+        """Async twin of :meth:`insert_jobs_sync`."""
+        if not rows:
+            return []
+        cur = await conn.execute(self.q["insert_jobs"], self._bulk_params(rows))
+        return [r[0] for r in await cur.fetchall()]
 
     # ---- workers ------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Loop of one replica (``concurrency`` slots)::
 
-    wake (NOTIFY on insert | a slot frees | safety poll every poll_interval_s)
+    wake (NOTIFY on insert: now, or a timer at the earliest run_at it announces |
+          a slot frees | safety poll every poll_interval_s)
       └─▶ claim up to <free slots> due jobs: one short statement, FOR UPDATE SKIP LOCKED,
           committed before any handler starts (no claimed job sits in an open transaction)
             └─▶ run each handler: async ones on the event loop, sync ones in a thread pool
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -325,6 +327,21 @@ class Worker:
         except psycopg.Error as exc:
             log.warning("release_failed", error=str(exc).strip()[:300], jobs=ids)
 
+    def _on_notify(self, payload: str) -> None:
+        """``"<queue> <epoch of the earliest run_at>"``: wake now if that is due, else set a
+        timer for it (the database still decides what is due when the claim runs)."""
+        queue, _, epoch = payload.rpartition(" ")
+        if queue not in self.settings.queues:
+            return
+        try:
+            delay = float(epoch) - time.time()
+        except ValueError:
+            delay = 0.0
+        if delay <= 0:
+            self._wake.set()
+        else:
+            asyncio.get_running_loop().call_later(delay, self._wake.set)
+
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for inserted jobs; reconnect with backoff (polling covers the gap)."""
         channel = sql.Identifier(self.store.notify_channel)
@@ -339,8 +356,7 @@ class Worker:
                     self._wake.set()  # jobs may have arrived while we were not listening
                     backoff = 0.5
                     async for notify in conn.notifies():
-                        if notify.payload in self.settings.queues:
-                            self._wake.set()
+                        self._on_notify(notify.payload)
             except psycopg.Error as exc:
                 self.listening.clear()
                 log.warning(

@@ -313,3 +313,18 @@ SELECT EXISTS (
     SELECT 1 FROM pg_locks
     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
       AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0)) AS held;
+
+-- name: insert_jobs
+-- Bulk enqueue: one statement (and one notification per queue) for any number of jobs.
+INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
+                           backoff_base_s, backoff_max_s, backoff_jitter)
+SELECT j.queue, j.task, j.args, j.priority, coalesce(j.run_at, now()), coalesce(j.run_at, now()),
+       j.max_attempts, j.backoff_base_s, j.backoff_max_s, j.backoff_jitter
+FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::integer[],
+            %(run_ats)s::timestamptz[], %(max_attempts)s::integer[],
+            %(backoff_base_s)s::double precision[], %(backoff_max_s)s::double precision[],
+            %(backoff_jitter)s::double precision[])
+     WITH ORDINALITY AS j(queue, task, args, priority, run_at, max_attempts, backoff_base_s,
+                          backoff_max_s, backoff_jitter, n)
+ORDER BY j.n
+RETURNING id;

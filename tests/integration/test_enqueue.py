@@ -128,4 +128,49 @@ def test_insert_notifies_on_commit_only(db_url):
             enqueue(noop, connection=conn)
             conn.commit()
         payloads = [n.payload for n in listener.notifies(timeout=1.0, stop_after=5)]
-    assert payloads == ["mail"]
+    assert [p.split(" ")[0] for p in payloads] == ["mail"]
+
+
+def test_bulk_enqueue_in_one_statement_inside_the_callers_transaction(db, db_url):
+    from scheduler import JobSpec, enqueue_many, schedule_many
+
+    with psycopg.connect(db_url) as conn:
+        ids = enqueue_many(noop, [{"n": i} for i in range(1000)], connection=conn)
+        conn.rollback()
+        assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 0
+        ids = enqueue_many(noop, [{"n": i} for i in range(1000)], priority=3, connection=conn)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        mixed = schedule_many(
+            [JobSpec(noop, later, {"x": 1}), JobSpec("other.task", None, None, queue="q2")],
+            connection=conn,
+        )
+        conn.commit()
+    assert len(ids) == 1000 and ids == sorted(ids)
+    rows = db.execute(
+        "SELECT args->>'n', queue, priority, max_attempts FROM scheduler.jobs WHERE id = ANY(%s) ORDER BY id",
+        [ids],
+    ).fetchall()
+    assert [r[0] for r in rows] == [str(i) for i in range(1000)]
+    assert {r[1:] for r in rows} == {("mail", 3, 7)}  # the task's defaults
+    assert db.execute(
+        "SELECT task, queue, run_at = %s FROM scheduler.jobs WHERE id = ANY(%s) ORDER BY id",
+        [later, mixed],
+    ).fetchall() == [("test_enqueue.noop", "mail", True), ("other.task", "q2", False)]
+
+
+def test_bulk_enqueue_validates_everything_before_writing(db, db_url):
+    from scheduler import enqueue_many
+
+    with psycopg.connect(db_url) as conn, pytest.raises(ValueError):
+        enqueue_many(noop, [{"n": 1}, {"n": float("inf")}], connection=conn)
+    assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone()[0] == 0
+
+
+def test_bulk_enqueue_async(db, db_url):
+    from scheduler import enqueue_many
+
+    async def run() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
+            return await enqueue_many(noop, [{"n": 1}, {"n": 2}], connection=aconn)
+
+    assert len(asyncio.run(run())) == 2

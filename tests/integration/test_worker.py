@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from typing import Any
 
 import psycopg
@@ -258,3 +259,41 @@ def test_fenced_completion_cannot_overwrite_newer_attempt(db, db_url, stale):
     assert db.execute("SELECT worker_id, attempt FROM scheduler.job_runs").fetchall() == [
         ("new", 2)
     ]
+
+
+def test_delayed_job_starts_at_its_run_at_without_polling(db, db_url):
+    """With a 30 s safety poll, only the timer set from the NOTIFY payload can start the
+    job near its run_at."""
+    from datetime import datetime, timedelta
+
+    from scheduler import schedule_at
+
+    async def scenario() -> None:
+        settings = Settings(concurrency=2, poll_interval_s=30)
+        pool = AsyncConnectionPool(
+            db_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open()
+        worker = Worker(pool, db_url, Store("scheduler"), settings, "w")
+        stop = asyncio.Event()
+        runner = asyncio.create_task(worker.run(stop))
+        try:
+            await asyncio.wait_for(worker.listening.wait(), 10)
+            await asyncio.sleep(0.3)
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+                run_at = datetime.now(UTC) + timedelta(seconds=1.5)
+                await schedule_at(ok, run_at, args={"n": 1}, connection=c)
+                async with asyncio.timeout(10):
+                    while await _count(c, "state = 'succeeded'") != 1:
+                        await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await runner
+            await pool.close()
+
+    asyncio.run(scenario())
+    late = db.execute(
+        "SELECT extract(epoch FROM r.started_at - j.first_run_at) FROM scheduler.job_runs r "
+        "JOIN scheduler.jobs j ON j.id = r.job_id"
+    ).fetchone()[0]
+    assert 0 <= late < 1.0, f"started {late} s after run_at"
