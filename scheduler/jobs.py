@@ -172,6 +172,23 @@ def close_default_pools() -> None:
         _pools.clear()
 
 
+def _on_connection(
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None,
+    settings: Settings,
+    sync_insert: Callable[[psycopg.Connection[Any], Any], Any],
+    async_insert: Callable[[psycopg.AsyncConnection[Any], Any], Awaitable[Any]],
+    payload: Any,
+) -> Any:
+    """Run an insert on the caller's connection (sync, or async: returns the awaitable), or
+    on the default pool, committing at once."""
+    if isinstance(connection, psycopg.AsyncConnection):
+        return async_insert(connection, payload)
+    if connection is not None:
+        return sync_insert(connection, payload)
+    with _default_pool(settings).connection() as conn:
+        return sync_insert(conn, payload)
+
+
 # ---- schedule_at / enqueue -------------------------------------------------------------------
 
 
@@ -265,12 +282,7 @@ def schedule_at(
         task, run_at, args, queue, priority, max_attempts, idempotency_key, settings
     )
     store = Store(settings.schema_name)
-    if isinstance(connection, psycopg.AsyncConnection):
-        return store.insert_job(connection, params)
-    if connection is not None:
-        return store.insert_job_sync(connection, params)
-    with _default_pool(settings).connection() as conn:
-        return store.insert_job_sync(conn, params)
+    return _on_connection(connection, settings, store.insert_job_sync, store.insert_job, params)
 
 
 def enqueue(
@@ -328,12 +340,7 @@ def schedule_many(
         for j in jobs
     ]
     store = Store(settings.schema_name)
-    if isinstance(connection, psycopg.AsyncConnection):
-        return store.insert_jobs(connection, rows)
-    if connection is not None:
-        return store.insert_jobs_sync(connection, rows)
-    with _default_pool(settings).connection() as conn:
-        return store.insert_jobs_sync(conn, rows)
+    return _on_connection(connection, settings, store.insert_jobs_sync, store.insert_jobs, rows)
 
 
 def enqueue_many(
