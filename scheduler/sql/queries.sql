@@ -36,19 +36,28 @@ WHERE idempotency_key = %(idempotency_key)s AND state IN ('pending', 'running');
 
 -- name: claim_jobs
 -- One short statement that commits: the handler never runs inside this transaction.
+-- Per queue, the claim index (queue, priority, run_at, id) WHERE state = 'pending' yields the
+-- due jobs in order without sorting the table (a plain `queue = ANY(...)` made PostgreSQL
+-- scan and sort every pending row).
 -- overlap_policy = queue: a job is claimable only when no older job of its schedule is live.
 WITH due AS (
-    SELECT id
-    FROM {schema}.jobs AS j
-    WHERE state = 'pending' AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
-      AND (j.overlap <> 'queue' OR NOT EXISTS (
-              SELECT 1 FROM {schema}.jobs AS older
-              WHERE older.schedule_name = j.schedule_name
-                AND older.scheduled_for < j.scheduled_for
-                AND older.state IN ('pending', 'running')))
-    ORDER BY priority, run_at, id
+    SELECT c.id
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
+        FROM {schema}.jobs AS j
+        WHERE j.state = 'pending' AND j.queue = q.name AND j.run_at <= now()
+          AND (j.overlap <> 'queue' OR NOT EXISTS (
+                  SELECT 1 FROM {schema}.jobs AS older
+                  WHERE older.schedule_name = j.schedule_name
+                    AND older.scheduled_for < j.scheduled_for
+                    AND older.state IN ('pending', 'running')))
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority, c.run_at, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running',
