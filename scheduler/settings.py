@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(default=10, ge=1, le=1000, description="jobs run at once per replica")
     poll_interval_s: float = Field(
-        default=1.0, gt=0, description="safety poll when no NOTIFY arrives"
+        default=5.0,
+        gt=0,
+        description="safety poll; inserts wake workers by NOTIFY (at once, or on a timer at "
+        "their run_at) and a worker wakes itself for its own retries",
     )
     lease_s: float = Field(
         default=30.0,

@@ -39,9 +39,8 @@ def boom() -> None:
 
 
 def _settings(**kw: Any) -> Settings:
-    return Settings(
-        database_url=None, concurrency=kw.pop("concurrency", 4), poll_interval_s=0.2, **kw
-    )
+    kw.setdefault("poll_interval_s", 0.2)
+    return Settings(database_url=None, concurrency=kw.pop("concurrency", 4), **kw)
 
 
 async def _run_worker_until(
@@ -297,3 +296,16 @@ def test_delayed_job_starts_at_its_run_at_without_polling(db, db_url):
         "JOIN scheduler.jobs j ON j.id = r.job_id"
     ).fetchone()[0]
     assert 0 <= late < 1.0, f"started {late} s after run_at"
+
+
+def test_retries_wake_the_worker_without_polling(db, db_url):
+    """With a 30 s safety poll, three attempts 10-20 ms apart finish quickly only if the
+    worker wakes itself for its retries."""
+    with psycopg.connect(db_url) as conn:
+        enqueue(boom, connection=conn)
+        conn.commit()
+
+    async def dead(c):
+        return await _count(c, "state = 'dead'") == 1
+
+    asyncio.run(_run_worker_until(db_url, dead, timeout=10, poll_interval_s=30))
