@@ -19,6 +19,7 @@ class Replica:
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
         self.log_path = log_path
+        self._terminated = False
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scheduler", *args],
@@ -32,10 +33,15 @@ class Replica:
     def pid(self) -> int:
         return self.proc.pid
 
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """Send SIGTERM once (a second one would force an immediate exit, by design)."""
+        if not self._terminated and self.proc.poll() is None:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM (unless already sent) and wait; returns the exit code."""
+        self.terminate()
         try:
             return self.proc.wait(timeout)
         finally:

@@ -168,7 +168,7 @@ def test_leader_sigterm_hands_over_within_1s(db, tmp_path, start_replica):
     _wait_fired(db, 2)
     leader, follower = _split(replicas, pid)
     start = time.monotonic()
-    leader.proc.send_signal(signal.SIGTERM)
+    leader.terminate()
     _, new_pid = _wait_new_leader(db, term, timeout=10)
     elapsed = time.monotonic() - start
     print(f"\nSIGTERM handover: {elapsed:.2f} s")
