@@ -29,8 +29,8 @@ schedules:
 """
 
 
-def _reconcile(db_url: str, text: str, now: datetime = NOW):
-    config = load_config_text(text, "schedules.yaml")
+def _reconcile(db_url: str, text: str, now: datetime = NOW, filename: str = "schedules.yaml"):
+    config = load_config_text(text, filename)
 
     async def run():
         async with await psycopg.AsyncConnection.connect(db_url) as conn, conn.transaction():
@@ -111,18 +111,5 @@ def test_disabled_schedule_has_no_next_run_and_re_enabling_starts_from_now(db, d
 def test_reconcile_reports_schedules_written_from_another_file(db, db_url):
     _reconcile(db_url, BASE)
     other = BASE.replace("max_attempts: 4", "max_attempts: 5")  # a different file
-    config = load_config_text(other, "other.yaml")
-
-    async def run():
-        async with await psycopg.AsyncConnection.connect(db_url) as conn, conn.transaction():
-            return await reconcile(
-                conn,
-                STORE,
-                config.schedules,
-                now=NOW,
-                settings=Settings(),
-                config_hash=config.config_hash(),
-            )
-
-    result = asyncio.run(run())
+    result = _reconcile(db_url, other, filename="other.yaml")
     assert sorted(result.from_other_config) == ["hourly", "nightly"]

@@ -9,7 +9,6 @@ from datetime import UTC
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from scheduler import enqueue, task
@@ -72,6 +71,31 @@ async def _run_worker_until(
 async def _count(conn: psycopg.AsyncConnection, where: str) -> int:
     cur = await conn.execute(f"SELECT count(*) FROM scheduler.jobs WHERE {where}")
     return (await cur.fetchone())[0]
+
+
+async def _parked_worker_runs_one(db_url: str, enqueue_it, timeout: float) -> None:
+    """Start a worker with a 30 s safety poll, let it park, call ``enqueue_it(conn)``, and
+    wait until one job succeeded: only NOTIFY or a timer can start it in time."""
+    settings = Settings(concurrency=2, poll_interval_s=30)
+    pool = AsyncConnectionPool(
+        db_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+    )
+    await pool.open()
+    worker = Worker(pool, db_url, Store("scheduler"), settings, "w")
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(worker.listening.wait(), 10)
+        await asyncio.sleep(0.3)  # let the first (empty) claim finish and the loop park
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+            await enqueue_it(c)
+            async with asyncio.timeout(timeout):
+                while await _count(c, "state = 'succeeded'") != 1:
+                    await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await runner
+        await pool.close()
 
 
 def test_runs_sync_and_async_handlers_and_records_runs(db, db_url):
@@ -164,29 +188,10 @@ def test_future_jobs_wait_and_other_queues_are_left_alone(db, db_url):
 def test_notify_wakes_worker_without_waiting_for_poll(db_url):
     """With a 30 s safety poll, only NOTIFY can start the job within the timeout."""
 
-    async def scenario() -> None:
-        settings = Settings(concurrency=2, poll_interval_s=30)
-        pool = AsyncConnectionPool(
-            db_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
-        )
-        await pool.open()
-        worker = Worker(pool, db_url, Store("scheduler"), settings, "w")
-        stop = asyncio.Event()
-        runner = asyncio.create_task(worker.run(stop))
-        try:
-            await asyncio.wait_for(worker.listening.wait(), 10)
-            await asyncio.sleep(0.3)  # let the first (empty) claim finish and the loop park
-            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-                await enqueue(ok, args={"n": 9}, connection=c)
-                async with asyncio.timeout(5):
-                    while await _count(c, "state = 'succeeded'") != 1:
-                        await asyncio.sleep(0.02)
-        finally:
-            stop.set()
-            await runner
-            await pool.close()
+    async def insert(c: psycopg.AsyncConnection) -> None:
+        await enqueue(ok, args={"n": 9}, connection=c)
 
-    asyncio.run(scenario())
+    asyncio.run(_parked_worker_runs_one(db_url, insert, timeout=5))
 
 
 def test_concurrent_workers_never_run_a_job_twice(db, db_url):
@@ -210,8 +215,7 @@ def test_concurrent_workers_never_run_a_job_twice(db, db_url):
     assert db.execute("SELECT count(*) FROM scheduler.job_runs").fetchone()[0] == 200
 
 
-@pytest.mark.parametrize("stale", [True])
-def test_fenced_completion_cannot_overwrite_newer_attempt(db, db_url, stale):
+def test_fenced_completion_cannot_overwrite_newer_attempt(db, db_url):
     store = Store("scheduler")
     with psycopg.connect(db_url) as conn:
         job_id = enqueue(ok, args={"n": 1}, connection=conn)
@@ -267,30 +271,12 @@ def test_delayed_job_starts_at_its_run_at_without_polling(db, db_url):
 
     from scheduler import schedule_at
 
-    async def scenario() -> None:
-        settings = Settings(concurrency=2, poll_interval_s=30)
-        pool = AsyncConnectionPool(
-            db_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+    async def insert(c: psycopg.AsyncConnection) -> None:
+        await schedule_at(
+            ok, datetime.now(UTC) + timedelta(seconds=1.5), args={"n": 1}, connection=c
         )
-        await pool.open()
-        worker = Worker(pool, db_url, Store("scheduler"), settings, "w")
-        stop = asyncio.Event()
-        runner = asyncio.create_task(worker.run(stop))
-        try:
-            await asyncio.wait_for(worker.listening.wait(), 10)
-            await asyncio.sleep(0.3)
-            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-                run_at = datetime.now(UTC) + timedelta(seconds=1.5)
-                await schedule_at(ok, run_at, args={"n": 1}, connection=c)
-                async with asyncio.timeout(10):
-                    while await _count(c, "state = 'succeeded'") != 1:
-                        await asyncio.sleep(0.02)
-        finally:
-            stop.set()
-            await runner
-            await pool.close()
 
-    asyncio.run(scenario())
+    asyncio.run(_parked_worker_runs_one(db_url, insert, timeout=10))
     late = db.execute(
         "SELECT extract(epoch FROM r.started_at - j.first_run_at) FROM scheduler.job_runs r "
         "JOIN scheduler.jobs j ON j.id = r.job_id"
