@@ -164,6 +164,22 @@ class LeaderElector:
                 "file wins until a replica with this file is elected",
             )
 
+    async def _wait_for_lock(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> bool:
+        """Wait inside PostgreSQL for the lock, at most CONFIG_CHECK_S; a stop cancels the
+        wait. True when granted."""
+        waiter = asyncio.ensure_future(self.store.wait_lock_leader(conn, CONFIG_CHECK_S))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not waiter.done():
+            await conn.cancel_safe(timeout=5)
+            with contextlib.suppress(psycopg.Error):
+                await waiter
+            return False
+        return waiter.result()
+
     def _step_down(self) -> None:
         self.term = None
         self.is_leader.clear()
@@ -176,17 +192,12 @@ class LeaderElector:
                 idle_session_timeout_s=self.settings.leader_session_timeout_s,
                 name=f"scheduler leader {self.holder}",
             )
-            loop = asyncio.get_running_loop()
-            next_config_check = loop.time()
             while not stop.is_set():
-                if await self.store.try_lock_leader(conn):
+                await self._check_config(conn)
+                if await self._wait_for_lock(conn, stop):
                     break
-                if loop.time() >= next_config_check:
-                    await self._check_config(conn)
-                    next_config_check = loop.time() + CONFIG_CHECK_S
-                await _sleep_or_stop(stop, self.settings.leader_retry_s)
-            else:
-                return
+            if stop.is_set():
+                return  # closing the session frees the lock if it was granted meanwhile
             if not await self.store.lock_held(conn):
                 raise PoolerError(
                     "pg_try_advisory_lock succeeded but this backend does not hold the lock: "

@@ -126,20 +126,30 @@ def _span(cron: Cron, lo: datetime, hi: datetime, reason: str) -> Skip | None:
     return Skip(first, last, counted if counted <= COUNT_CAP else None, reason)
 
 
-def plan(cron: Cron, next_run_at: datetime, now: datetime, policy: Policy = Policy()) -> Plan:
+def plan(
+    cron: Cron,
+    next_run_at: datetime,
+    now: datetime,
+    policy: Policy = Policy(),
+    ahead: timedelta = timedelta(0),
+) -> Plan:
     """Decide which due fire times of one schedule to run and which to record as skipped.
 
     Args:
         cron: the schedule's cron expression in its time zone.
-        next_run_at: the persisted next fire time (aware); due when ``<= now``.
-        now: the database clock (aware).
+        next_run_at: the persisted next fire time (aware); due when ``<= now + ahead``.
+        now: the database clock (aware); lateness is measured against it.
         policy: the schedule's misfire/overlap policy (rules in the module docstring).
+        ahead: look-ahead (default 0): fire times up to ``now + ahead`` are materialised
+            now, as on-time jobs whose ``run_at`` is the fire time. Ignored (0) with
+            ``overlap_policy: skip``, which must be decided at the fire time.
 
     Returns:
         A :class:`Plan`. Every due fire time is either in ``fire_times`` or in a ``skips``
-        span; ``next_run_at`` is the first fire time after ``now``.
+        span; ``next_run_at`` is the first fire time after ``now + ahead``.
     """
-    if next_run_at > now:
+    horizon = now if policy.overlap is OverlapPolicy.SKIP else now + ahead
+    if next_run_at > horizon:
         return Plan([], next_run_at)
     skips: list[Skip] = []
 
@@ -158,7 +168,7 @@ def plan(cron: Cron, next_run_at: datetime, now: datetime, policy: Policy = Poli
     misfire_lo, misfire_hi = lo, max(lo, min(grace_hi, now))
     lo = misfire_hi
 
-    on_time = _latest(cron, lo, now, policy.max_catch_up)
+    on_time = _latest(cron, lo, horizon, policy.max_catch_up)
     if on_time:
         skip(lo, on_time[0] - _TICK, "catch_up_cap")
     room = policy.max_catch_up - len(on_time)
@@ -179,7 +189,7 @@ def plan(cron: Cron, next_run_at: datetime, now: datetime, policy: Policy = Poli
     if policy.overlap is OverlapPolicy.SKIP and len(runs) > 1:
         skips.append(Skip(runs[0], runs[-2], len(runs) - 1, "overlap"))
         runs = runs[-1:]
-    return Plan(runs, cron.next_after(now), skips)
+    return Plan(runs, cron.next_after(horizon), skips)
 
 
 def policy_of(row: dict[str, Any]) -> Policy:
@@ -196,12 +206,13 @@ def policy_of(row: dict[str, Any]) -> Policy:
 @dataclass(frozen=True)
 class TickResult:
     """Outcome of one tick: jobs inserted, fire times recorded as skipped, the database clock,
-    and the earliest ``next_run_at`` (``None`` when no schedule is active) to sleep until."""
+    and when the next tick must materialise (``None`` when no schedule is active): the
+    earliest ``next_run_at`` minus the look-ahead (``overlap_policy: skip``: the fire time)."""
 
     inserted: int
     skipped: int
     now: datetime
-    next_due: datetime | None
+    materialise_at: datetime | None
 
 
 async def tick(
@@ -211,12 +222,16 @@ async def tick(
     holder: str,
     term: int,
     now: datetime | None = None,
+    ahead_s: float = 0.0,
 ) -> TickResult:
     """Run one materialisation transaction on the leader's lock session.
 
     Args:
         now: the clock to plan against; ``None`` (production) = the database ``now()``.
             Tests inject it.
+        ahead_s: look-ahead in seconds (``Settings.materialise_ahead_s``, default 0 here):
+            fire times up to ``now + ahead_s`` become jobs now, with ``run_at`` = the fire
+            time, so workers can start them on a timer at the exact second.
 
     Raises:
         LeadershipLostError: the session no longer holds the lock or the term moved on;
@@ -227,7 +242,8 @@ async def tick(
         db_now = await store.fence(conn, holder, term, now=now)
         if db_now is None:
             raise LeadershipLostError(f"term {term} is no longer current for {holder}")
-        due = await store.fetch(conn, "schedules_due", {"now": db_now})
+        due = await store.fetch(conn, "schedules_due", {"now": db_now, "ahead_s": ahead_s})
+        ahead = timedelta(seconds=ahead_s)
         names: list[str] = []
         fire_times: list[datetime] = []
         skips: list[tuple[str, Skip]] = []
@@ -235,7 +251,11 @@ async def tick(
         for row in due:
             try:
                 p = plan(
-                    _cron(row["cron"], row["timezone"]), row["next_run_at"], db_now, policy_of(row)
+                    _cron(row["cron"], row["timezone"]),
+                    row["next_run_at"],
+                    db_now,
+                    policy_of(row),
+                    ahead,
                 )
             except CronError as exc:
                 # A row written by hand (not through a validated file): stop it, loudly,
@@ -283,8 +303,10 @@ async def tick(
             )
         if advance["names"]:
             await conn.execute(store.q["schedules_advance"], advance)
-        next_due_rows = await store.fetch(conn, "schedules_next_due")
-        next_due = next_due_rows[0]["next_run_at"] if next_due_rows else None
+        next_rows = await store.fetch(conn, "schedules_next_due", {"ahead_s": ahead_s})
+        materialise_at = next_rows[0]["materialise_at"] if next_rows else None
     if names:
         log.info("fire_times_materialised", jobs=inserted, fire_times=len(names), term=term)
-    return TickResult(inserted=inserted, skipped=len(skips), now=db_now, next_due=next_due)
+    return TickResult(
+        inserted=inserted, skipped=len(skips), now=db_now, materialise_at=materialise_at
+    )

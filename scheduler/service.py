@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import maintenance, materialiser
 from .config import SchedulesConfig
+from .errors import LeadershipLostError
 from .jobs import set_default_database_url
 from .leader import KEEPALIVES, LeaderElector
 from .log import get_logger
@@ -68,7 +69,6 @@ class Replica:
         )
         config_hash = config.config_hash() if config else None
         direct_url = settings.direct_database_url or url
-        self._next_rescue = 0.0
         self.elector = LeaderElector(
             direct_url,
             self.store,
@@ -110,12 +110,24 @@ class Replica:
             )
 
     async def _tick(self, conn: psycopg.AsyncConnection[Any], term: int) -> float:
-        result = await materialiser.tick(conn, self.store, holder=self.id, term=term)
-        loop_time = asyncio.get_running_loop().time()
-        if loop_time >= self._next_rescue:
+        """One heartbeat statement; a materialisation and a rescue only when one is due."""
+        ahead_s = self.settings.materialise_ahead_s
+        beat = await self.store.heartbeat(conn, self.id, term, ahead_s=ahead_s)
+        if beat is None:
+            raise LeadershipLostError(f"term {term} is no longer current for {self.id}")
+        now, materialise_at = beat["now"], beat["materialise_at"]
+        if materialise_at is not None and materialise_at <= now:
+            result = await materialiser.tick(
+                conn, self.store, holder=self.id, term=term, ahead_s=ahead_s
+            )
+            now, materialise_at = result.now, result.materialise_at
+        if beat["rescue_at"] is not None and beat["rescue_at"] <= now:
             await maintenance.rescue_expired_leases(conn, self.store, holder=self.id, term=term)
-            self._next_rescue = loop_time + self.settings.rescue_interval_s
-        return _seconds_until(result.next_due, result.now, self.settings.heartbeat_s)
+        wake = min(
+            (t for t in (materialise_at, beat["rescue_at"]) if t is not None and t > now),
+            default=None,
+        )
+        return _seconds_until(wake, now, self.settings.heartbeat_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; returns after a graceful shutdown."""

@@ -57,16 +57,31 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="lease of a claimed job, extended every lease_s/3 while it runs; a job "
-        "whose worker died runs again elsewhere after at most this long (+ rescue_interval_s)",
-    )
-    rescue_interval_s: float = Field(
-        default=5.0, gt=0, description="how often the leader rescues expired leases"
+        "whose worker died runs again elsewhere after at most this long (+ heartbeat_s)",
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
 
     # leader
-    leader_retry_s: float = Field(default=0.5, gt=0, description="how often followers try the lock")
-    heartbeat_s: float = Field(default=1.0, gt=0, description="leader heartbeat period")
+    leader_retry_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="first delay before reconnecting a lost lock session (doubles up to 5 s); "
+        "followers wait for the lock inside PostgreSQL and do not poll",
+    )
+    heartbeat_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="leader heartbeat period: one statement that also tells when to "
+        "materialise and rescue next",
+    )
+    materialise_ahead_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="look-ahead: fire times are materialised this long before they are due "
+        "(run_at = the fire time), so workers start them on a timer at the second; "
+        "overlap_policy skip is decided at the fire time",
+    )
     direct_database_url: str | None = Field(
         default=None,
         description="direct (not pooled) URL for the leader lock and LISTEN sessions, when "

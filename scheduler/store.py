@@ -265,6 +265,22 @@ class Store:
             },
         )
 
+    async def wait_lock_leader(self, conn: psycopg.AsyncConnection[Any], timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` seconds inside PostgreSQL for the session-level leader lock
+        (``pg_advisory_lock`` under ``lock_timeout``; no ``statement_timeout`` for the wait).
+        Returns ``True`` when granted, ``False`` on timeout. Cancel with ``conn.cancel_safe()``.
+        """
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    self.q["leader_wait_timeouts"],
+                    {"lock_timeout_ms": str(max(1, int(timeout_s * 1000)))},
+                )
+                await conn.execute(self.q["leader_wait_lock"], {"key": self.leader_key})
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+
     async def try_lock_leader(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """``pg_try_advisory_lock`` on the schema's leader key (session level, autocommit)."""
         cur = await conn.execute(self.q["leader_try_lock"], {"key": self.leader_key})
@@ -311,6 +327,20 @@ class Store:
         )
         row = await cur.fetchone()
         return row[0] if row else None
+
+    async def heartbeat(
+        self, conn: psycopg.AsyncConnection[Any], holder: str, term: int, *, ahead_s: float
+    ) -> dict[str, Any] | None:
+        """The idle leader's one statement (autocommit): heartbeat and fence, plus the next
+        times work is due. Returns ``{"now", "materialise_at", "rescue_at"}`` (database
+        clock; the last two ``None`` when nothing is scheduled / running), or ``None`` when
+        this session no longer holds the lock or ``term`` is not current."""
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            self.q["leader_heartbeat"],
+            {"holder": holder, "term": term, "key": self.leader_key, "ahead_s": ahead_s},
+        )
+        return await cur.fetchone()
 
     async def current_leader(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
         cur = conn.cursor(row_factory=dict_row)

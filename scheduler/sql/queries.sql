@@ -117,6 +117,17 @@ SELECT set_config('idle_session_timeout', %(idle_session_timeout_ms)s, false),
 -- name: leader_try_lock
 SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0)) AS locked;
 
+-- name: leader_wait_timeouts
+-- Run first in the follower's wait transaction: no statement_timeout for the wait itself (the
+-- session keeps its own for everything else) and a lock_timeout so the wait ends now and then.
+SELECT set_config('statement_timeout', '0', true),
+       set_config('lock_timeout', %(lock_timeout_ms)s, true);
+
+-- name: leader_wait_lock
+-- A follower waits inside PostgreSQL for the session-level leader lock: no polling, and the
+-- lock is granted the moment the leader's session ends (crash, hang timeout, unlock).
+SELECT pg_advisory_lock(hashtextextended(%(key)s, 0));
+
 -- name: leader_unlock
 SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0)) AS unlocked;
 
@@ -141,6 +152,24 @@ WHERE holder = %(holder)s AND term = %(term)s
       WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
 RETURNING coalesce(%(now)s::timestamptz, now()) AS now;
+
+-- name: leader_heartbeat
+-- The idle leader's only statement: heartbeat and fence as leader_fence, and in the same
+-- round trip when the next materialisation and the next lease rescue are due.
+UPDATE {schema}.leader
+SET heartbeat_at = now()
+WHERE holder = %(holder)s AND term = %(term)s
+  AND EXISTS (
+      SELECT 1 FROM pg_locks
+      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+        AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
+RETURNING now() AS now,
+          (SELECT min(CASE WHEN s.overlap_policy = 'skip' THEN s.next_run_at
+                           ELSE s.next_run_at - make_interval(secs => %(ahead_s)s) END)
+           FROM {schema}.schedules AS s
+           WHERE s.enabled AND s.paused_at IS NULL) AS materialise_at,
+          (SELECT min(j.lease_expires_at) FROM {schema}.jobs AS j
+           WHERE j.state = 'running') AS rescue_at;
 
 -- name: leader_current
 SELECT holder, term, elected_at, heartbeat_at, config_hash FROM {schema}.leader;
@@ -185,7 +214,9 @@ RETURNING name;
 SELECT name, cron, timezone, next_run_at, misfire_policy, overlap_policy, max_catch_up,
        misfire_grace_s, starting_deadline_s
 FROM {schema}.schedules
-WHERE enabled AND paused_at IS NULL AND next_run_at <= %(now)s
+WHERE enabled AND paused_at IS NULL
+  AND next_run_at <= CASE WHEN overlap_policy = 'skip' THEN %(now)s
+                          ELSE %(now)s + make_interval(secs => %(ahead_s)s) END
 ORDER BY next_run_at
 FOR UPDATE;
 
@@ -233,7 +264,11 @@ FROM unnest(%(names)s::text[], %(next_run_ats)s::timestamptz[], %(last_fire_ats)
 WHERE s.name = a.name;
 
 -- name: schedules_next_due
-SELECT min(next_run_at) AS next_run_at FROM {schema}.schedules
+-- When the leader must next materialise: a schedule's next_run_at minus the look-ahead, except
+-- with overlap_policy = skip, which is decided at the fire time itself.
+SELECT min(CASE WHEN overlap_policy = 'skip' THEN next_run_at
+                ELSE next_run_at - make_interval(secs => %(ahead_s)s) END) AS materialise_at
+FROM {schema}.schedules
 WHERE enabled AND paused_at IS NULL;
 
 -- name: schedules_list

@@ -43,7 +43,7 @@ def test_one_leader_at_a_time_and_graceful_handover(db, db_url):
         run_a = asyncio.create_task(a.run(stop_a))
         await asyncio.wait_for(a.is_leader.wait(), 10)
         run_b = asyncio.create_task(b.run(stop_b))
-        await asyncio.sleep(0.5)  # b campaigns (10 tries) and must not win while a leads
+        await asyncio.sleep(0.5)  # b waits for the lock and must not win while a leads
         assert not b.is_leader.is_set() and a.term == 1
         stop_a.set()
         await run_a
@@ -86,6 +86,55 @@ def test_killed_lock_session_steps_down_and_follower_takes_over(db, db_url):
         assert not a.is_leader.is_set()
         stop.set()
         await asyncio.gather(run_a, run_b)
+
+    asyncio.run(scenario())
+
+
+def test_follower_waits_inside_postgres_and_leads_as_soon_as_the_lock_is_free(db, db_url):
+    """No polling: with a 30 s retry delay, the follower still leads within a second of the
+    leader's session ending, and a stop request ends its wait at once."""
+    slow_retry = Settings(leader_retry_s=30, heartbeat_s=0.05, leader_session_timeout_s=5)
+
+    async def scenario() -> None:
+        ticks: list[tuple[str, int]] = []
+        a, b = _elector(db_url, "a", ticks), _elector(db_url, "b", ticks)
+        a.settings = b.settings = slow_retry
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        run_a = asyncio.create_task(a.run(stop_a))
+        await asyncio.wait_for(a.is_leader.wait(), 10)
+        run_b = asyncio.create_task(b.run(stop_b))
+        async with asyncio.timeout(5):  # b's wait is visible in pg_stat_activity
+            while not db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'scheduler leader b' AND wait_event = 'advisory'"
+            ).fetchone()[0]:
+                await asyncio.sleep(0.01)
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'scheduler leader a'"
+        )
+        await asyncio.wait_for(b.is_leader.wait(), 1)
+        stop_b.set()
+        await asyncio.wait_for(run_b, 5)
+        # a reconnects after its 30 s backoff; stopping it now must not wait for that
+        stop_a.set()
+        await asyncio.wait_for(run_a, 2)
+
+    asyncio.run(scenario())
+
+
+def test_stop_ends_a_followers_wait_for_the_lock(db, db_url):
+    async def scenario() -> None:
+        holder = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+        assert await STORE.try_lock_leader(holder)
+        b = _elector(db_url, "b", [])
+        stop = asyncio.Event()
+        run_b = asyncio.create_task(b.run(stop))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.wait_for(run_b, 2)
+        assert not b.is_leader.is_set()
+        await holder.close()
 
     asyncio.run(scenario())
 
@@ -138,7 +187,36 @@ def test_tick_materialises_each_due_fire_time_once_and_advances(db, db_url):
         ]
         == 0
     )
-    assert second.next_due is not None
+    assert second.materialise_at is not None
+
+
+def test_tick_materialises_ahead_with_run_at_at_the_fire_time(db, db_url):
+    now = datetime(2026, 6, 1, 12, 0, 0, 300_000, tzinfo=UTC)  # injected clock
+    _add_schedule(
+        db, "every_second", "* * * * * *", now.replace(microsecond=0) + timedelta(seconds=1)
+    )
+    _add_schedule(db, "skipper", "* * * * * *", now.replace(microsecond=0) + timedelta(seconds=1))
+    db.execute("UPDATE scheduler.schedules SET overlap_policy = 'skip' WHERE name = 'skipper'")
+
+    async def scenario() -> materialiser.TickResult:
+        conn, term = await _lead(db_url)
+        async with conn:
+            return await materialiser.tick(
+                conn, STORE, holder="me", term=term, now=now, ahead_s=2.0
+            )
+
+    result = asyncio.run(scenario())
+    rows = db.execute(
+        "SELECT schedule_name, scheduled_for, run_at FROM scheduler.jobs ORDER BY 1, 2"
+    ).fetchall()
+    second = now.replace(microsecond=0)
+    # fire times in (now, now + 2 s]: 12:00:01 and 12:00:02, not yet due; none for "skipper"
+    assert rows == [
+        ("every_second", second + timedelta(seconds=k), second + timedelta(seconds=k))
+        for k in (1, 2)
+    ]
+    # next: skipper at its fire time (12:00:01); every_second at 12:00:03 - 2 s
+    assert result.materialise_at == second + timedelta(seconds=1)
 
 
 def test_deposed_leader_commits_nothing(db, db_url):

@@ -104,3 +104,31 @@ def test_fire_times_use_the_schedule_zone():
     nxt = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)  # 09:00 CET
     p = plan(cron, nxt, nxt)
     assert p.fire_times == [nxt] and p.next_run_at == datetime(2026, 1, 2, 8, 0, tzinfo=UTC)
+
+
+def test_look_ahead_materialises_upcoming_fire_times_as_on_time_jobs():
+    now = minute(1) - timedelta(milliseconds=400)
+    assert plan(MINUTELY, minute(1), now).fire_times == []
+    p = plan(MINUTELY, minute(1), now, ahead=timedelta(seconds=1))
+    assert p.fire_times == [minute(1)] and p.next_run_at == minute(2) and p.skips == []
+
+
+def test_look_ahead_does_not_change_what_counts_as_a_misfire():
+    """Lateness is measured against now, not now + ahead."""
+    now = minute(2) + timedelta(seconds=30)  # 12:02 is 30 s late: a misfire with 10 s grace
+    p = plan(
+        MINUTELY,
+        minute(0),
+        now,
+        Policy(misfire=MisfirePolicy.RUN_ONCE, misfire_grace_s=10),
+        ahead=timedelta(seconds=40),
+    )
+    assert p.fire_times == [minute(2), minute(3)]  # the last misfire + one ahead
+    assert p.skips == [Skip(minute(0), minute(1), 2, "misfire")]
+    assert p.next_run_at == minute(4)
+
+
+def test_overlap_skip_is_decided_at_the_fire_time_not_ahead():
+    now = minute(1) - timedelta(milliseconds=400)
+    p = plan(MINUTELY, minute(1), now, Policy(overlap=OverlapPolicy.SKIP), timedelta(seconds=5))
+    assert p.fire_times == [] and p.next_run_at == minute(1)
