@@ -1,215 +1,176 @@
-"""Benchmarks (a script, not a test): ``python -m bench.run [--quick]`` from the repo root.
+"""Benchmarks (a script, not a test): ``python -m bench.run [--quick] [--only W1,W4]``.
 
-Starts its own embedded PostgreSQL (or uses ``SCHEDULER_BENCH_DSN``), and prints one table:
+Run from the repository root in the project's virtualenv; the peers come from the optional
+``bench`` extra (``pip install -e '.[bench]'``) and are skipped when absent. Starts its own
+embedded PostgreSQL (or uses ``SCHEDULER_BENCH_DSN``, a superuser URL) and prints one table,
+every figure next to a reference measured in the same run:
 
-* W1 drain: 20,000 no-op jobs inserted, one replica started, time until all succeeded
-  (jobs/s; 3 repetitions, median and range). Reference measured in the same run: the same
-  claim + complete statements driven by a bare loop in batches of 100 (no handlers).
-* W2 enqueue: 5,000 single ``enqueue()`` calls (jobs/s, p50/p99 ms); bulk ``enqueue_many``
-  of 100,000 jobs (jobs/s).
-* W3 delayed lateness: 200 ``schedule_at`` jobs spread over 10 s, an idle replica running:
-  p50/p95/p99/max of (start - due) in ms, default settings.
-
-Peers (Procrastinate, PgQueuer) are not run by this version; see docs/benchmarks.md.
+* W1 drain: 20,000 no-op jobs, one worker, jobs/s until all finished (3 repetitions, median
+  [range]). References: PgQueuer (batch 50), and the raw SQL of our claim + complete
+  statements in batches of 100 driven by pgbench (no Python) with 1 and 2 clients.
+* W2 enqueue: 5,000 single enqueues from one client (jobs/s, p50/p99 ms); bulk 100,000.
+  Reference: a bare ``INSERT`` + commit in the same loop (the fsync floor).
+* W3 delayed lateness: 200 jobs spread over 10 s while a worker idles, default settings.
+* W4 cron: an every-second schedule, 2 replicas, 30 s; then again with the leader SIGKILLed
+  at 10 s: missing and duplicate fire times, lateness.
+* W5 scale: claim latency with 1M due jobs, and with 1M future jobs and a trickle of due ones.
+* W6 idle: statements per second per idle replica (1 and 3 replicas), RSS while draining.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
 import tempfile
-import time
-from datetime import UTC, datetime, timedelta
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
-from scheduler import embedded, enqueue, enqueue_many, log, schedule_at
-from scheduler.jobs import close_default_pools, set_default_database_url
-from scheduler.service import Replica, migrate
-from scheduler.settings import Settings
-from scheduler.store import Store
+from scheduler import embedded, log
 
-from . import tasks  # noqa: F401  (registers bench.noop)
+from . import cluster, peers, scale, workloads
 
-STORE = Store("scheduler")
-
-
-def fresh_db(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(admin_url, dbname=name)
-    asyncio.run(migrate(url, Settings()))
-    return url
-
-
-def insert_noops(url: str, n: int) -> None:
-    with psycopg.connect(url) as conn:
-        for start in range(0, n, 10_000):
-            enqueue_many("bench.noop", [{}] * min(10_000, n - start), connection=conn)
-        conn.commit()
-        conn.execute("ANALYZE scheduler.jobs")
-        conn.commit()
-
-
-def count(url: str, where: str) -> int:
-    with psycopg.connect(url) as conn:
-        return conn.execute(f"SELECT count(*) FROM scheduler.jobs WHERE {where}").fetchone()[0]
-
-
-async def run_replica_until(url: str, settings: Settings, done) -> float:
-    replica = Replica(url, settings, None)
-    stop = asyncio.Event()
-    started = time.perf_counter()
-    runner = asyncio.create_task(replica.run(stop))
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        while not await done(conn):
-            await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - started
-    stop.set()
-    await runner
-    return elapsed
-
-
-def w1_drain(admin_url: str, n: int, concurrency: int) -> float:
-    url = fresh_db(admin_url, "bench_w1")
-    insert_noops(url, n)
-
-    async def all_done(conn) -> bool:
-        cur = await conn.execute("SELECT count(*) FROM scheduler.jobs WHERE state = 'succeeded'")
-        return (await cur.fetchone())[0] >= n
-
-    settings = Settings(concurrency=concurrency, log_level="warning")
-    elapsed = asyncio.run(run_replica_until(url, settings, all_done))
-    return n / elapsed
-
-
-def w1_reference(admin_url: str, n: int, batch: int = 100) -> float:
-    """The same claim + complete statements in a bare loop: the ceiling for W1."""
-    url = fresh_db(admin_url, "bench_w1_ref")
-    insert_noops(url, n)
-
-    async def drain() -> float:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            started = time.perf_counter()
-            done = 0
-            while done < n:
-                jobs = await STORE.claim_jobs(
-                    conn, queues=["default"], limit=batch, worker_id="ref", lease_s=30
-                )
-                outcomes = [
-                    {
-                        "id": j["id"],
-                        "attempt": j["attempt"],
-                        "state": "succeeded",
-                        "outcome": "succeeded",
-                    }
-                    for j in jobs
-                ]
-                done += len(await STORE.complete_jobs(conn, "ref", outcomes))
-            return n / (time.perf_counter() - started)
-
-    return asyncio.run(drain())
-
-
-def w2_enqueue(admin_url: str, singles: int, bulk: int) -> tuple[float, float, float, float]:
-    url = fresh_db(admin_url, "bench_w2")
-    set_default_database_url(url)
-    enqueue("bench.noop")  # open the pool
-    latencies = []
-    started = time.perf_counter()
-    for _ in range(singles):
-        t = time.perf_counter()
-        enqueue("bench.noop")
-        latencies.append((time.perf_counter() - t) * 1000)
-    single_rate = singles / (time.perf_counter() - started)
-    latencies.sort()
-    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
-    started = time.perf_counter()
-    with psycopg.connect(url) as conn:
-        for start in range(0, bulk, 10_000):
-            enqueue_many("bench.noop", [{}] * min(10_000, bulk - start), connection=conn)
-        conn.commit()
-    bulk_rate = bulk / (time.perf_counter() - started)
-    close_default_pools()
-    set_default_database_url(None)
-    return single_rate, p50, p99, bulk_rate
-
-
-def w3_lateness(admin_url: str, jobs: int, spread_s: float) -> list[float]:
-    url = fresh_db(admin_url, "bench_w3")
-
-    async def scenario() -> None:
-        replica = Replica(url, Settings(log_level="warning"), None)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(replica.run(stop))
-        await asyncio.wait_for(replica.worker.listening.wait(), 10)
-        await asyncio.sleep(0.5)  # idle
-        base = datetime.now(UTC) + timedelta(seconds=1)
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            for i in range(jobs):
-                await schedule_at(
-                    "bench.noop", base + timedelta(seconds=spread_s * i / jobs), connection=conn
-                )
-            while True:
-                cur = await conn.execute("SELECT count(*) FROM scheduler.job_runs")
-                if (await cur.fetchone())[0] >= jobs:
-                    break
-                await asyncio.sleep(0.05)
-        stop.set()
-        await runner
-
-    asyncio.run(scenario())
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT start_lateness_s * 1000 FROM scheduler.run_history").fetchall()
-    return sorted(float(r[0]) for r in rows)
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6")
 
 
 def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def lateness(values: list[float]) -> str:
+    return (
+        f"p50 {pct(values, 0.5):,.1f}  p95 {pct(values, 0.95):,.1f}  "
+        f"p99 {pct(values, 0.99):,.1f}  max {values[-1] if values else float('nan'):,.1f} ms"
+    )
+
+
+def row(label: str, result: str) -> None:
+    print(f"{label:<50} {result}", flush=True)
+
+
+def rate(values: list[float]) -> str:
+    return f"{statistics.median(values):>9,.0f} jobs/s [{min(values):,.0f}-{max(values):,.0f}]"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
+    parser.add_argument("--only", default=",".join(ALL), help="comma-separated workloads")
     args = parser.parse_args()
+    only = {w.strip().upper() for w in args.only.split(",")}
     log.configure("json", "warning")  # as in production at level warning: no per-job lines
+    q = args.quick
     n, reps, singles, bulk, w3_jobs = (
-        (2_000, 1, 500, 10_000, 50) if args.quick else (20_000, 3, 5_000, 100_000, 200)
+        (2_000, 1, 500, 10_000, 50) if q else (20_000, 3, 5_000, 100_000, 200)
     )
     dsn = os.environ.get("SCHEDULER_BENCH_DSN")
     tmp = None
     if not dsn:
         tmp = tempfile.mkdtemp(prefix="scheduler-bench-")
         dsn = embedded.start(tmp)
+    have = peers.available()
     try:
         with psycopg.connect(dsn) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
-        print(f"# PostgreSQL {version}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-        ref = [w1_reference(dsn, n) for _ in range(reps)]
-        ours = [w1_drain(dsn, n, concurrency=100) for _ in range(reps)]
-        single, p50, p99, bulk_rate = w2_enqueue(dsn, singles, bulk)
-        late = w3_lateness(dsn, w3_jobs, 10.0)
-        med_ref, med_ours = statistics.median(ref), statistics.median(ours)
-        print(f"{'workload':<44} {'result':>30}")
+            sync = conn.execute("SHOW synchronous_commit").fetchone()[0]
+            buffers = conn.execute("SHOW shared_buffers").fetchone()[0]
         print(
-            f"{'W1 reference: bare claim+complete, batch 100':<44} {med_ref:>12,.0f} jobs/s  [{min(ref):,.0f}-{max(ref):,.0f}]"
+            f"# PostgreSQL {version} (synchronous_commit={sync}, shared_buffers={buffers}), "
+            f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, peers: "
+            + (", ".join(f"{k} {v}" for k, v in have.items()) or "none installed")
         )
-        print(
-            f"{'W1 drain: one replica, concurrency 100':<44} {med_ours:>12,.0f} jobs/s  [{min(ours):,.0f}-{max(ours):,.0f}]  = {med_ours / med_ref:.0%} of reference"
-        )
-        print(
-            f"{'W2 single enqueue()':<44} {single:>12,.0f} jobs/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
-        )
-        print(f"{'W2 bulk enqueue_many()':<44} {bulk_rate:>12,.0f} jobs/s")
-        print(
-            f"{'W3 delayed lateness (start - due)':<44} p50 {pct(late, 0.5):.1f} ms  p95 {pct(late, 0.95):.1f} ms  "
-            f"p99 {pct(late, 0.99):.1f} ms  max {late[-1]:.1f} ms"
-        )
+        if "W1" in only:
+            ours = [workloads.w1_drain(dsn, n, concurrency=100) for _ in range(reps)]
+            raw1 = workloads.w1_pgbench(dsn, n, clients=1)
+            raw2 = workloads.w1_pgbench(dsn, n, clients=2)
+            row("W1 drain: scheduler, 1 replica (concurrency 100)", rate(ours))
+            med = statistics.median(ours)
+            if "pgqueuer" in have:
+                pgq = [peers.pgqueuer_drain(dsn, n, batch_size=50) for _ in range(reps)]
+                row("W1 drain: PgQueuer (batch 50)", rate(pgq))
+                row("   scheduler / PgQueuer", f"{med / statistics.median(pgq):>9.2f}x")
+            if "procrastinate" in have:
+                pro = [peers.procrastinate_drain(dsn, n) for _ in range(1)]
+                row("W1 drain: Procrastinate (1 run)", rate(pro))
+                row("   scheduler / Procrastinate", f"{med / statistics.median(pro):>9.1f}x")
+            for clients, raw in ((1, raw1), (2, raw2)):
+                if raw:
+                    row(
+                        f"W1 raw SQL, pgbench, {clients} client(s), batch 100",
+                        f"{raw:>9,.0f} jobs/s",
+                    )
+                    row("   scheduler / raw SQL", f"{med / raw:>9.0%}")
+        if "W2" in only:
+            floor = workloads.w2_bare_insert(dsn, singles)
+            single, p50, p99, bulk_rate = workloads.w2_enqueue(dsn, singles, bulk)
+            row("W2 reference: bare INSERT + commit, 1 client", f"{floor:>9,.0f} rows/s")
+            row(
+                "W2 single enqueue(): scheduler",
+                f"{single:>9,.0f} jobs/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  "
+                f"= {single / floor:.0%} of bare INSERT",
+            )
+            peer_bulk = {}
+            for name, fn in (
+                ("PgQueuer", peers.pgqueuer_enqueue),
+                ("Procrastinate", peers.procrastinate_enqueue),
+            ):
+                if name.lower() in have:
+                    s, a, b, peer_bulk[name] = fn(dsn, singles, bulk)
+                    row(
+                        f"W2 single enqueue: {name}",
+                        f"{s:>9,.0f} jobs/s  p50 {a:.2f} ms  p99 {b:.2f} ms",
+                    )
+            row("W2 bulk enqueue_many(): scheduler", f"{bulk_rate:>9,.0f} jobs/s")
+            for name, value in peer_bulk.items():
+                row(f"W2 bulk: {name}", f"{value:>9,.0f} jobs/s")
+        if "W3" in only:
+            row(
+                "W3 delayed lateness: scheduler",
+                lateness(workloads.w3_lateness(dsn, w3_jobs, 10.0)),
+            )
+            if "pgqueuer" in have:
+                row(
+                    "W3 delayed lateness: PgQueuer",
+                    lateness(peers.pgqueuer_lateness(dsn, w3_jobs, 10.0)),
+                )
+            if "procrastinate" in have:
+                row(
+                    "W3 delayed lateness: Procrastinate",
+                    lateness(peers.procrastinate_lateness(dsn, w3_jobs, 10.0)),
+                )
+        if "W4" in only:
+            duration = 10.0 if q else 30.0
+            for kill in (None, 10.0 if not q else 4.0):
+                r = cluster.w4_cron(dsn, duration, kill)
+                label = "W4 cron 1/s, 2 replicas" + (
+                    f", leader killed at {kill:.0f} s" if kill else ""
+                )
+                row(
+                    label,
+                    f"{r.expected} fire times: {r.missing} missing, {r.duplicate} duplicate; "
+                    + lateness(r.lateness_ms),
+                )
+        if "W5" in only:
+            size = 100_000 if q else 1_000_000
+            for shape in ("due", "future"):
+                lat = scale.w5_claim_latency(dsn, size, shape)
+                row(
+                    f"W5 claim (batch 10), {size:,} {shape} jobs",
+                    f"p50 {pct(lat, 0.5):.2f} ms  p99 {pct(lat, 0.99):.2f} ms  max {lat[-1]:.2f} ms",
+                )
+        if "W6" in only:
+            window = 10.0 if q else 30.0
+            for replicas in (1, 3):
+                per = cluster.w6_idle(dsn, replicas, window)
+                row(f"W6 idle: {replicas} replica(s), per replica", f"{per:>9.2f} statements/s")
+            peak, drain = cluster.w6_rss_under_drain(dsn, n)
+            row(
+                "W6 RSS of a replica draining W1",
+                f"{peak:>9.0f} MB peak  ({drain:,.0f} jobs/s incl. start-up)",
+            )
     finally:
         if tmp:
             embedded.stop(tmp)

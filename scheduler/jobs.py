@@ -159,7 +159,15 @@ def _default_pool(settings: Settings) -> ConnectionPool:
     with _pool_lock:
         pool = _pools.get(url)
         if pool is None:
-            pool = ConnectionPool(url, min_size=1, max_size=4, open=True, name="scheduler-enqueue")
+            # autocommit: one round trip per enqueue (no BEGIN/COMMIT around the INSERT)
+            pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=4,
+                open=True,
+                name="scheduler-enqueue",
+                kwargs={"autocommit": True},
+            )
             _pools[url] = pool
         return pool
 
@@ -192,16 +200,7 @@ def _on_connection(
 # ---- schedule_at / enqueue -------------------------------------------------------------------
 
 
-def _job_params(
-    task: Task | Callable[..., Any] | str,
-    run_at: datetime | None,
-    args: Mapping[str, Any] | None,
-    queue: str | None,
-    priority: int | None,
-    max_attempts: int | None,
-    idempotency_key: str | None,
-    settings: Settings,
-) -> dict[str, Any]:
+def _check_run_at(run_at: datetime | None) -> None:
     if run_at is not None:
         if not isinstance(run_at, datetime):
             raise TypeError(f"run_at must be a datetime, not {type(run_at).__name__}")
@@ -210,6 +209,17 @@ def _job_params(
                 f"run_at={run_at.isoformat()} is naive: pass a timezone-aware datetime, e.g. "
                 "datetime.now(timezone.utc) + timedelta(minutes=5)"
             )
+
+
+def _job_options(
+    task: Task | Callable[..., Any] | str,
+    queue: str | None,
+    priority: int | None,
+    max_attempts: int | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The columns that come from the task and its options (the same for every job of a bulk
+    enqueue with the same options)."""
     name = task_name(task)
     try:
         registered: Task | None = task if isinstance(task, Task) else get_task(name)
@@ -226,14 +236,31 @@ def _job_params(
         raise ValueError(f"max_attempts must be >= 1, not {max_attempts}")
     return {
         "task": name,
-        "run_at": run_at,
-        "args": to_jsonb(args),
         "queue": pick(queue, "queue", "default"),
         "priority": pick(priority, "priority", 0),
         "max_attempts": pick(max_attempts, "max_attempts", settings.max_attempts),
         "backoff_base_s": pick(None, "backoff_base_s", settings.backoff_base_s),
         "backoff_max_s": pick(None, "backoff_max_s", settings.backoff_max_s),
         "backoff_jitter": pick(None, "backoff_jitter", settings.backoff_jitter),
+    }
+
+
+def _job_params(
+    task: Task | Callable[..., Any] | str,
+    run_at: datetime | None,
+    args: Mapping[str, Any] | None,
+    queue: str | None,
+    priority: int | None,
+    max_attempts: int | None,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    _check_run_at(run_at)
+    options = _job_options(task, queue, priority, max_attempts, settings)
+    return {
+        **options,
+        "run_at": run_at,
+        "args": to_jsonb(args),
         "idempotency_key": idempotency_key,
     }
 
@@ -335,10 +362,14 @@ def schedule_many(
         The job ids, in the order of ``jobs``.
     """
     settings = get_settings()
-    rows = [
-        _job_params(j.task, j.run_at, j.args, j.queue, j.priority, j.max_attempts, None, settings)
-        for j in jobs
-    ]
+    options: dict[tuple[Any, ...], dict[str, Any]] = {}  # task options, looked up once
+    rows = []
+    for j in jobs:
+        _check_run_at(j.run_at)
+        key = (task_name(j.task), j.queue, j.priority, j.max_attempts)
+        if key not in options:
+            options[key] = _job_options(j.task, j.queue, j.priority, j.max_attempts, settings)
+        rows.append({**options[key], "run_at": j.run_at, "args": to_jsonb(j.args)})
     store = Store(settings.schema_name)
     return _on_connection(connection, settings, store.insert_jobs_sync, store.insert_jobs, rows)
 

@@ -14,6 +14,7 @@ is part of the caller's transaction.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -93,6 +94,7 @@ class Store:
         self.q = queries(schema)
         self.leader_key = leader_lock_key(schema)
         self.notify_channel = f"{schema}.jobs"
+        self.jobs_table = f'"{schema}".jobs'  # schema is a validated identifier
 
     # ---- migrations -------------------------------------------------------------------------
 
@@ -167,30 +169,39 @@ class Store:
                     return int(row[0])
         raise RuntimeError("idempotency key kept changing hands; giving up after 3 tries")
 
-    _BULK_COLUMNS: ClassVar[dict[str, str]] = {
-        "queues": "queue",
-        "tasks": "task",
-        "args": "args",
-        "priorities": "priority",
-        "run_ats": "run_at",
-        "max_attempts": "max_attempts",
-        "backoff_base_s": "backoff_base_s",
-        "backoff_max_s": "backoff_max_s",
-        "backoff_jitter": "backoff_jitter",
-    }
+    _COPY_TYPES: ClassVar[list[str]] = [
+        "int8", "text", "text", "jsonb", "int4", "timestamptz", "timestamptz", "int4",
+        "float8", "float8", "float8",
+    ]  # fmt: skip
 
-    def _bulk_params(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        return {key: [r[col] for r in rows] for key, col in self._BULK_COLUMNS.items()}
+    @staticmethod
+    def _copy_rows(
+        rows: list[dict[str, Any]], reserved: list[tuple[int, datetime]]
+    ) -> Iterator[tuple[Any, ...]]:
+        for r, (job_id, now) in zip(rows, reserved, strict=True):
+            run_at = r["run_at"] or now
+            yield (
+                job_id, r["queue"], r["task"], r["args"], r["priority"], run_at, run_at,
+                r["max_attempts"], r["backoff_base_s"], r["backoff_max_s"], r["backoff_jitter"],
+            )  # fmt: skip
 
     def insert_jobs_sync(
         self, conn: psycopg.Connection[Any], rows: list[dict[str, Any]]
     ) -> list[int]:
-        """Insert many jobs in one statement on a sync connection; ids in input order."""
+        """Insert many jobs on a sync connection, inside its current transaction if any (else
+        autocommit, where the ``COPY`` is atomic by itself): ids reserved in one statement, rows
+        sent with ``COPY``.
+        Returns the ids in input order."""
         if not rows:
             return []
-        with conn.cursor() as cur:
-            cur.execute(self.q["insert_jobs"], self._bulk_params(rows))
-            return [r[0] for r in cur.fetchall()]
+        with conn.cursor() as cur:  # no transaction block: the caller's, or autocommit
+            cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)})
+            reserved = cur.fetchall()
+            with cur.copy(self.q["copy_jobs"]) as copy:
+                copy.set_types(self._COPY_TYPES)
+                for row in self._copy_rows(rows, reserved):
+                    copy.write_row(row)
+        return [job_id for job_id, _ in reserved]
 
     async def insert_jobs(
         self, conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]]
@@ -198,8 +209,16 @@ class Store:
         """Async twin of :meth:`insert_jobs_sync`."""
         if not rows:
             return []
-        cur = await conn.execute(self.q["insert_jobs"], self._bulk_params(rows))
-        return [r[0] for r in await cur.fetchall()]
+        async with conn.cursor() as cur:
+            await cur.execute(
+                self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)}
+            )
+            reserved = await cur.fetchall()
+            async with cur.copy(self.q["copy_jobs"]) as copy:
+                copy.set_types(self._COPY_TYPES)
+                for row in self._copy_rows(rows, reserved):
+                    await copy.write_row(row)
+        return [job_id for job_id, _ in reserved]
 
     # ---- workers ------------------------------------------------------------------------------
 
@@ -212,18 +231,18 @@ class Store:
         worker_id: str,
         lease_s: float,
     ) -> list[dict[str, Any]]:
-        """Claim up to ``limit`` due pending jobs (``FOR UPDATE SKIP LOCKED``) and commit.
+        """Claim up to ``limit`` due pending jobs (``FOR UPDATE SKIP LOCKED``): one statement,
+        which commits by itself on an autocommit connection (the worker's pool).
 
         Returns the claimed rows as dicts (``id, queue, task, args, attempt, max_attempts,
         backoff_*, schedule_name, scheduled_for, run_at``); ``attempt`` is already incremented.
         """
-        async with conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                self.q["claim_jobs"],
-                {"queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": lease_s},
-            )
-            return await cur.fetchall()
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            self.q["claim_jobs"],
+            {"queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": lease_s},
+        )
+        return await cur.fetchall()
 
     async def complete_jobs(
         self, conn: psycopg.AsyncConnection[Any], worker_id: str, outcomes: list[dict[str, Any]]
@@ -247,9 +266,9 @@ class Store:
             "errors": [o.get("error") for o in outcomes],
             "tracebacks": [o.get("traceback") for o in outcomes],
         }
-        async with conn.transaction():
-            cur = await conn.execute(self.q["complete_jobs"], params)
-            return {row[0] for row in await cur.fetchall()}
+        # one statement (autocommit on the worker's pool): no BEGIN/COMMIT round trips
+        cur = await conn.execute(self.q["complete_jobs"], params)
+        return {row[0] for row in await cur.fetchall()}
 
     # ---- leader ------------------------------------------------------------------------------
 

@@ -208,12 +208,13 @@ class Worker:
         delay_s = Backoff(
             job["backoff_base_s"], job["backoff_max_s"], job["backoff_jitter"]
         ).delay_s(job["attempt"])
-        # wake up for the retry ourselves: a retry sends no NOTIFY
-        asyncio.get_running_loop().call_later(delay_s, self._wake.set)
         log.warning(
             "job_failed", outcome=outcome.value, error=error, retry_in_s=round(delay_s, 3), **fields
         )
         await self._complete(job, JobState.PENDING, outcome, error=error, tb=tb, delay_s=delay_s)
+        # Wake up for the retry ourselves (a retry sends no NOTIFY). The timer starts once the
+        # outcome is written, as run_at = the database's now() at that write + delay_s.
+        asyncio.get_running_loop().call_later(delay_s, self._wake.set)
 
     async def _complete(
         self,

@@ -358,17 +358,15 @@ SELECT EXISTS (
     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
       AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0)) AS held;
 
--- name: insert_jobs
--- Bulk enqueue: one statement (and one notification per queue) for any number of jobs.
-INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
-                           backoff_base_s, backoff_max_s, backoff_jitter)
-SELECT j.queue, j.task, j.args, j.priority, coalesce(j.run_at, now()), coalesce(j.run_at, now()),
-       j.max_attempts, j.backoff_base_s, j.backoff_max_s, j.backoff_jitter
-FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::integer[],
-            %(run_ats)s::timestamptz[], %(max_attempts)s::integer[],
-            %(backoff_base_s)s::double precision[], %(backoff_max_s)s::double precision[],
-            %(backoff_jitter)s::double precision[])
-     WITH ORDINALITY AS j(queue, task, args, priority, run_at, max_attempts, backoff_base_s,
-                          backoff_max_s, backoff_jitter, n)
-ORDER BY j.n
-RETURNING id;
+-- name: reserve_job_ids
+-- Bulk enqueue, step 1: ids for the rows about to be copied (so they can be returned in
+-- order, which COPY cannot do), and the clock for "due now".
+SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) AS id, now() AS now
+FROM generate_series(1, %(n)s);
+
+-- name: copy_jobs
+-- Bulk enqueue, step 2: COPY (several times faster than a multi-row INSERT from Python). The
+-- statement-level insert trigger fires once, so one notification per queue.
+COPY {schema}.jobs (id, queue, task, args, priority, run_at, first_run_at, max_attempts,
+                    backoff_base_s, backoff_max_s, backoff_jitter)
+FROM STDIN;

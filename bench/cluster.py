@@ -1,0 +1,193 @@
+"""Benchmarks that run real ``scheduler run`` processes: W4 (cron with 2 replicas, with and
+without a SIGKILL of the leader) and W6 (idle queries per second, RSS while draining).
+
+Each replica is ``python -m scheduler run --import bench.tasks`` with default settings
+(``SCHEDULER_LOG_LEVEL=warning``), on its own fresh database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+
+from .workloads import fresh_db, insert_noops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CRON_CONFIG = """\
+timezone: UTC
+imports: [bench.tasks]
+schedules:
+  - name: every_second
+    cron: "* * * * * *"
+    task: bench.noop
+"""
+
+IDLE_CONFIG = """\
+timezone: UTC
+imports: [bench.tasks]
+schedules:
+  - name: yearly
+    cron: "0 0 1 1 *"
+    task: bench.noop
+"""
+
+
+def start_replica(url: str, config: str | None, log_dir: Path, **env: str) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
+    environ.update(
+        SCHEDULER_DATABASE_URL=url,
+        SCHEDULER_LOG_LEVEL="warning",
+        SCHEDULER_LOG_FORMAT="json",
+        PYTHONPATH=str(ROOT),
+        **env,
+    )
+    args = [sys.executable, "-m", "scheduler", "run", "--import", "bench.tasks"]
+    if config is not None:
+        path = log_dir / "schedules.yaml"
+        path.write_text(config)
+        args += ["--config", str(path)]
+    log = open(log_dir / f"replica-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(args, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_replicas(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_for(url: str, sql: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not conn.execute(sql).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(sql)
+            time.sleep(0.02)
+
+
+@dataclass
+class CronResult:
+    expected: int
+    missing: int
+    duplicate: int
+    lateness_ms: list[float]
+
+
+def w4_cron(admin_url: str, duration_s: float, kill_leader_at_s: float | None) -> CronResult:
+    """An every-second schedule, 2 replicas, ``duration_s`` seconds; optionally SIGKILL the
+    leader process after ``kill_leader_at_s``. Counts the whole seconds of the window that
+    have no succeeded run (missing) or more than one (duplicate), and the start lateness
+    (claim time - fire time, database clock) of every run."""
+    url = fresh_db(admin_url, "bench_w4")
+    with tempfile.TemporaryDirectory(prefix="bench-w4-") as tmp:
+        procs = [start_replica(url, CRON_CONFIG, Path(tmp)) for _ in range(2)]
+        try:
+            wait_for(url, "SELECT count(*) FROM scheduler.job_runs")  # both up, cron firing
+            time.sleep(1.0)
+            with psycopg.connect(url, autocommit=True) as conn:
+                start = conn.execute("SELECT date_trunc('second', now())").fetchone()[0]
+                if kill_leader_at_s is not None:
+                    time.sleep(kill_leader_at_s)
+                    holder = conn.execute("SELECT holder FROM scheduler.leader").fetchone()[0]
+                    pid = int(holder.split(":")[1])
+                    os.kill(pid, signal.SIGKILL)
+                    time.sleep(duration_s - kill_leader_at_s)
+                else:
+                    time.sleep(duration_s)
+                end = start + timedelta(seconds=duration_s)
+                time.sleep(1.0)  # let the last fire times run
+                rows = conn.execute(
+                    """SELECT j.scheduled_for, count(r.id) FILTER (WHERE r.outcome = 'succeeded'),
+                              min(extract(epoch FROM r.started_at - j.scheduled_for)) * 1000
+                       FROM scheduler.jobs AS j
+                       LEFT JOIN scheduler.job_runs AS r ON r.job_id = j.id
+                       WHERE j.schedule_name = 'every_second'
+                         AND j.scheduled_for > %s AND j.scheduled_for <= %s
+                       GROUP BY j.scheduled_for""",
+                    [start, end],
+                ).fetchall()
+        finally:
+            stop_replicas(procs)
+    runs = {r[0]: r[1] for r in rows}
+    expected = int(duration_s)
+    return CronResult(
+        expected=expected,
+        missing=expected - sum(1 for n in runs.values() if n >= 1),
+        duplicate=sum(1 for n in runs.values() if n > 1),
+        lateness_ms=sorted(float(r[2]) for r in rows if r[2] is not None),
+    )
+
+
+def _transactions(conn: psycopg.Connection, dbname: str) -> int:
+    return conn.execute(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", [dbname]
+    ).fetchone()[0]
+
+
+def w6_idle(admin_url: str, replicas: int, window_s: float) -> float:
+    """Transactions per second per replica (``pg_stat_database`` delta, which counts each
+    autocommit statement) of ``replicas`` idle replicas (one yearly schedule, no jobs) over
+    ``window_s`` seconds, after a 3 s warm-up."""
+    dbname = f"bench_w6_{replicas}"
+    url = fresh_db(admin_url, dbname)
+    with tempfile.TemporaryDirectory(prefix="bench-w6-") as tmp:
+        procs = [start_replica(url, IDLE_CONFIG, Path(tmp)) for _ in range(replicas)]
+        try:
+            wait_for(url, "SELECT count(*) FROM scheduler.leader")
+            time.sleep(3.0)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_stat_force_next_flush()")
+                before = _transactions(admin, dbname)
+                time.sleep(window_s)
+                after = _transactions(admin, dbname)
+        finally:
+            stop_replicas(procs)
+    return (after - before) / window_s / replicas
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def w6_rss_under_drain(admin_url: str, n: int) -> tuple[float, float]:
+    """Peak RSS (MB, sampled every 20 ms from /proc) of one replica (concurrency 100) while
+    it drains ``n`` no-op jobs; also returns its drain rate (jobs/s) as a cross-check."""
+    url = fresh_db(admin_url, "bench_w6_rss")
+    insert_noops(url, n)
+    with tempfile.TemporaryDirectory(prefix="bench-w6-") as tmp:
+        proc = start_replica(url, None, Path(tmp), SCHEDULER_CONCURRENCY="100")
+        peak = 0.0
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                started = time.monotonic()
+                while (
+                    conn.execute(
+                        "SELECT count(*) FROM scheduler.jobs WHERE state = 'succeeded'"
+                    ).fetchone()[0]
+                    < n
+                ):
+                    peak = max(peak, _rss_mb(proc.pid))
+                    time.sleep(0.02)
+                elapsed = time.monotonic() - started
+        finally:
+            stop_replicas([proc])
+    return peak, n / elapsed
