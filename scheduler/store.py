@@ -210,9 +210,7 @@ class Store:
         if not rows:
             return []
         async with conn.cursor() as cur:
-            await cur.execute(
-                self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)}
-            )
+            await cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)})
             reserved = await cur.fetchall()
             async with cur.copy(self.q["copy_jobs"]) as copy:
                 copy.set_types(self._COPY_TYPES)

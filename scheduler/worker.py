@@ -45,6 +45,7 @@ log = get_logger("scheduler.worker")
 
 TRACEBACK_LIMIT = 16_000  # characters kept of a traceback (the end, where the error is)
 ERROR_LIMIT = 2_000
+MAX_COMPLETION_BATCH = 1_000  # outcomes per completion statement
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._completions: asyncio.Queue[_Completion] = asyncio.Queue()
+        self._writing = 0  # outcomes in the completion write under way
         self._executor = ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="scheduler-job"
         )
@@ -99,7 +101,17 @@ class Worker:
             backoff = 0.1
             while not stop.is_set():
                 self._wake.clear()
-                free = self.settings.concurrency - len(self._running)
+                # Slots free when a handler returns, before its outcome is written, so the
+                # next claim overlaps the completion write; at most one batch of unwritten
+                # outcomes is let run ahead (backpressure when writes are slow).
+                concurrency = self.settings.concurrency
+                free = min(
+                    concurrency - len(self._running),
+                    2 * concurrency
+                    - len(self._running)
+                    - self._completions.qsize()
+                    - self._writing,
+                )
                 claimed = 0
                 if free > 0:
                     try:
@@ -166,7 +178,7 @@ class Worker:
         except UnknownTaskError as exc:
             self._leases.pop(job["id"], None)
             log.error("job_dead", reason="unknown_task", **fields)
-            await self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=str(exc))
+            self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=str(exc))
             return
         try:
             if registered.is_async:
@@ -190,7 +202,7 @@ class Worker:
         finally:
             self._leases.pop(job["id"], None)
         log.info("job_succeeded", **fields)
-        await self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
+        self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
 
     async def _failed(
         self,
@@ -203,7 +215,7 @@ class Worker:
         """Retry with backoff, or dead-letter at max_attempts."""
         if job["attempt"] >= job["max_attempts"]:
             log.error("job_dead", reason="max_attempts", error=error, **fields)
-            await self._complete(job, JobState.DEAD, outcome, error=error, tb=tb)
+            self._complete(job, JobState.DEAD, outcome, error=error, tb=tb)
             return
         delay_s = Backoff(
             job["backoff_base_s"], job["backoff_max_s"], job["backoff_jitter"]
@@ -211,12 +223,15 @@ class Worker:
         log.warning(
             "job_failed", outcome=outcome.value, error=error, retry_in_s=round(delay_s, 3), **fields
         )
-        await self._complete(job, JobState.PENDING, outcome, error=error, tb=tb, delay_s=delay_s)
+        written = self._complete(
+            job, JobState.PENDING, outcome, error=error, tb=tb, delay_s=delay_s
+        )
         # Wake up for the retry ourselves (a retry sends no NOTIFY). The timer starts once the
         # outcome is written, as run_at = the database's now() at that write + delay_s.
-        asyncio.get_running_loop().call_later(delay_s, self._wake.set)
+        loop = asyncio.get_running_loop()
+        written.add_done_callback(lambda _: loop.call_later(delay_s, self._wake.set))
 
-    async def _complete(
+    def _complete(
         self,
         job: dict[str, Any],
         state: JobState,
@@ -225,9 +240,12 @@ class Worker:
         error: str | None = None,
         tb: str | None = None,
         delay_s: float = 0.0,
-    ) -> None:
+    ) -> asyncio.Future[bool]:
+        """Queue an attempt's outcome for the next batched write and return at once, so the
+        slot frees while the write happens (claims overlap completions). The future resolves
+        when the outcome is written: ``False`` when it was fenced off."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        await self._completions.put(
+        self._completions.put_nowait(
             _Completion(
                 {
                     "id": job["id"],
@@ -241,15 +259,15 @@ class Worker:
                 done,
             )
         )
-        if not await done:
-            log.warning("job_completion_fenced", job_id=job["id"], attempt=job["attempt"])
+        return done
 
     async def _flush_completions(self) -> None:
         """Write completions in batches: whatever is queued when the previous write ends."""
         while True:
             batch = [await self._completions.get()]
-            while not self._completions.empty():
+            while not self._completions.empty() and len(batch) < MAX_COMPLETION_BATCH:
                 batch.append(self._completions.get_nowait())
+            self._writing = len(batch)
             backoff = 0.1
             while True:
                 try:
@@ -263,9 +281,18 @@ class Worker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
             for c in batch:
+                written = c.outcome["id"] in changed
+                if not written:
+                    log.warning(
+                        "job_completion_fenced",
+                        job_id=c.outcome["id"],
+                        attempt=c.outcome["attempt"],
+                    )
                 if not c.done.done():
-                    c.done.set_result(c.outcome["id"] in changed)
+                    c.done.set_result(written)
                 self._completions.task_done()
+            self._writing = 0
+            self._wake.set()  # slots held back by unwritten outcomes are free again
 
     async def _drain(self) -> None:
         if not self._running:
