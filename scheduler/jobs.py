@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool
 
 from .errors import DatabaseNotConfiguredError
 from .settings import Settings, get_settings
-from .store import Store
+from .store import BulkJob, Store
 from .tasks import Task, get_task, task_name
 
 
@@ -110,8 +110,28 @@ def dotted_path(path: tuple[Any, ...]) -> str:
     return out
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # built once, not per call
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
+
+
+def _checked_args(args: Mapping[str, Any] | None) -> dict[str, Any]:
+    if args is None:
+        return {}
+    if not isinstance(args, Mapping):
+        raise TypeError(f"args must be a mapping of keyword arguments, not {args!r}")
+    checked = dict(args)
+    problems = [f"{dotted_path(p)}: {r}" for p, r in json_problems(checked, ("args",))]
+    if problems:
+        raise ValueError("args cannot be stored as JSON: " + "; ".join(problems))
+    return checked
+
+
+def args_json(args: Mapping[str, Any] | None) -> str:
+    """:func:`to_jsonb`'s checks, returning the JSON text (for ``COPY``); same errors."""
+    return _dumps(_checked_args(args))
 
 
 def to_jsonb(args: Mapping[str, Any] | None) -> Jsonb:
@@ -122,14 +142,7 @@ def to_jsonb(args: Mapping[str, Any] | None) -> Jsonb:
         ValueError: a value JSON or PostgreSQL ``jsonb`` cannot store (see
             :func:`json_problems`), every problem listed with its path.
     """
-    if args is None:
-        args = {}
-    if not isinstance(args, Mapping):
-        raise TypeError(f"args must be a mapping of keyword arguments, not {args!r}")
-    problems = [f"{dotted_path(p)}: {r}" for p, r in json_problems(dict(args), ("args",))]
-    if problems:
-        raise ValueError("args cannot be stored as JSON: " + "; ".join(problems))
-    return Jsonb(dict(args), dumps=_dumps)
+    return Jsonb(_checked_args(args), dumps=_dumps)
 
 
 # ---- the default connection (when the caller passes none) ------------------------------------
@@ -352,24 +365,29 @@ def schedule_many(
     *,
     connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
 ) -> list[int] | Awaitable[list[int]]:
-    """Enqueue many jobs with one INSERT (one notification per queue).
+    """Enqueue many jobs with one ``COPY`` (one notification per queue).
 
     Every job is validated before anything is written (same rules and errors as
     :func:`schedule_at`). Idempotency keys are not supported in bulk. With ``connection``
-    the INSERT joins the caller's transaction (sync, or async: returns an awaitable).
+    the rows join the caller's transaction (sync, or async: returns an awaitable); without,
+    they are committed at once on the default pool.
 
     Returns:
         The job ids, in the order of ``jobs``.
     """
     settings = get_settings()
     options: dict[tuple[Any, ...], dict[str, Any]] = {}  # task options, looked up once
-    rows = []
+    rows: list[BulkJob] = []
     for j in jobs:
         _check_run_at(j.run_at)
         key = (task_name(j.task), j.queue, j.priority, j.max_attempts)
-        if key not in options:
-            options[key] = _job_options(j.task, j.queue, j.priority, j.max_attempts, settings)
-        rows.append({**options[key], "run_at": j.run_at, "args": to_jsonb(j.args)})
+        o = options.get(key)
+        if o is None:
+            o = options[key] = _job_options(j.task, j.queue, j.priority, j.max_attempts, settings)
+        rows.append(
+            (o["queue"], o["task"], args_json(j.args), o["priority"], j.run_at,
+             o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"], o["backoff_jitter"])
+        )  # fmt: skip
     store = Store(settings.schema_name)
     return _on_connection(connection, settings, store.insert_jobs_sync, store.insert_jobs, rows)
 
@@ -383,9 +401,13 @@ def enqueue_many(
     max_attempts: int | None = None,
     connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
 ) -> list[int] | Awaitable[list[int]]:
-    """Enqueue one job of ``task`` per item of ``args_list``, due now, in one INSERT; see
-    :func:`schedule_many`. Returns the ids in order."""
-    return schedule_many(
-        [JobSpec(task, None, args, queue, priority, max_attempts) for args in args_list],
-        connection=connection,
-    )
+    """Enqueue one job of ``task`` per item of ``args_list``, due now, in one ``COPY``; see
+    :func:`schedule_many` (same errors). Returns the ids in order."""
+    settings = get_settings()
+    o = _job_options(task, queue, priority, max_attempts, settings)
+    head = (o["queue"], o["task"])
+    tail = (o["priority"], None, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
+            o["backoff_jitter"])  # fmt: skip
+    rows: list[BulkJob] = [(*head, args_json(args), *tail) for args in args_list]
+    store = Store(settings.schema_name)
+    return _on_connection(connection, settings, store.insert_jobs_sync, store.insert_jobs, rows)

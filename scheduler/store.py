@@ -29,6 +29,11 @@ _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 
+# One job of a bulk enqueue: (queue, task, args as JSON text, priority, run_at or None for
+# "now", max_attempts, backoff_base_s, backoff_max_s, backoff_jitter).
+BulkJob = tuple[str, str, str, int, datetime | None, int, float, float, float]
+
+
 def _read(name: str) -> str:
     return resources.files("scheduler").joinpath("sql", name).read_text(encoding="utf-8")
 
@@ -169,26 +174,25 @@ class Store:
                     return int(row[0])
         raise RuntimeError("idempotency key kept changing hands; giving up after 3 tries")
 
+    # COPY column types; args is sent as JSON text and parsed by the server as jsonb
     _COPY_TYPES: ClassVar[list[str]] = [
-        "int8", "text", "text", "jsonb", "int4", "timestamptz", "timestamptz", "int4",
+        "int8", "text", "text", "text", "int4", "timestamptz", "timestamptz", "int4",
         "float8", "float8", "float8",
     ]  # fmt: skip
 
     @staticmethod
     def _copy_rows(
-        rows: list[dict[str, Any]], reserved: list[tuple[int, datetime]]
+        rows: list[BulkJob], reserved: list[tuple[int, datetime]]
     ) -> Iterator[tuple[Any, ...]]:
-        for r, (job_id, now) in zip(rows, reserved, strict=True):
-            run_at = r["run_at"] or now
-            yield (
-                job_id, r["queue"], r["task"], r["args"], r["priority"], run_at, run_at,
-                r["max_attempts"], r["backoff_base_s"], r["backoff_max_s"], r["backoff_jitter"],
-            )  # fmt: skip
+        for (queue, task, args, priority, run_at, attempts, base, cap, jitter), (
+            job_id,
+            now,
+        ) in zip(rows, reserved, strict=True):
+            at = run_at or now
+            yield job_id, queue, task, args, priority, at, at, attempts, base, cap, jitter
 
-    def insert_jobs_sync(
-        self, conn: psycopg.Connection[Any], rows: list[dict[str, Any]]
-    ) -> list[int]:
-        """Insert many jobs on a sync connection, inside its current transaction if any (else
+    def insert_jobs_sync(self, conn: psycopg.Connection[Any], rows: list[BulkJob]) -> list[int]:
+        """Insert many jobs (:data:`BulkJob` tuples) on a sync connection, inside its current transaction if any (else
         autocommit, where the ``COPY`` is atomic by itself): ids reserved in one statement, rows
         sent with ``COPY``.
         Returns the ids in input order."""
@@ -204,7 +208,7 @@ class Store:
         return [job_id for job_id, _ in reserved]
 
     async def insert_jobs(
-        self, conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]]
+        self, conn: psycopg.AsyncConnection[Any], rows: list[BulkJob]
     ) -> list[int]:
         """Async twin of :meth:`insert_jobs_sync`."""
         if not rows:
