@@ -134,31 +134,72 @@ def w4_cron(admin_url: str, duration_s: float, kill_leader_at_s: float | None) -
     )
 
 
-def _transactions(conn: psycopg.Connection, dbname: str) -> int:
-    return conn.execute(
-        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", [dbname]
-    ).fetchone()[0]
+def _server_log(admin: psycopg.Connection) -> Path | None:
+    """The embedded server's log file (``<data_directory>/log``), when this process can read
+    it; ``None`` for another server."""
+    try:
+        data_dir = admin.execute("SHOW data_directory").fetchone()[0]
+        path = Path(data_dir) / "log"
+        path.open("rb").close()
+        return path
+    except (OSError, psycopg.Error):
+        return None
 
 
-def w6_idle(admin_url: str, replicas: int, window_s: float) -> float:
-    """Transactions per second per replica (``pg_stat_database`` delta, which counts each
-    autocommit statement) of ``replicas`` idle replicas (one yearly schedule, no jobs) over
-    ``window_s`` seconds, after a 3 s warm-up."""
+def _count_logged_statements(log_path: Path, offset: int, start: str, end: str) -> int:
+    """Statements logged (``log_statement = all``) between two marker statements."""
+    with log_path.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    window = text[text.index(start) : text.index(end)]
+    return (
+        sum(
+            1
+            for line in window.splitlines()
+            if "LOG:  statement:" in line or ("LOG:  execute " in line and "</" not in line)
+        )
+        - 1
+    )  # the start marker itself
+
+
+def w6_idle(admin_url: str, replicas: int, window_s: float) -> tuple[float, str]:
+    """Statements per second per replica of ``replicas`` idle replicas (one yearly schedule,
+    no jobs) over ``window_s`` seconds, after a 3 s warm-up. Counted from the server log
+    (``log_statement = all`` on the benchmark database: every statement, BEGIN and COMMIT
+    included) when it is readable, else from ``pg_stat_database`` transaction deltas.
+    Returns (rate, source)."""
     dbname = f"bench_w6_{replicas}"
     url = fresh_db(admin_url, dbname)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        log_path = _server_log(admin)
+        if log_path:
+            admin.execute(f"ALTER DATABASE \"{dbname}\" SET log_statement = 'all'")
     with tempfile.TemporaryDirectory(prefix="bench-w6-") as tmp:
         procs = [start_replica(url, IDLE_CONFIG, Path(tmp)) for _ in range(replicas)]
         try:
             wait_for(url, "SELECT count(*) FROM scheduler.leader")
             time.sleep(3.0)
-            with psycopg.connect(admin_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_stat_force_next_flush()")
-                before = _transactions(admin, dbname)
+            marker = f"w6-{replicas}-{time.monotonic_ns()}"
+            offset = log_path.stat().st_size if log_path else 0
+            with psycopg.connect(url, autocommit=True) as conn:
+                before = _transactions(conn, dbname)
+                conn.execute(f"SELECT '{marker}-start'")
                 time.sleep(window_s)
-                after = _transactions(admin, dbname)
+                conn.execute(f"SELECT '{marker}-end'")
+                after = _transactions(conn, dbname)
         finally:
             stop_replicas(procs)
-    return (after - before) / window_s / replicas
+    if log_path:
+        count = _count_logged_statements(log_path, offset, f"{marker}-start", f"{marker}-end")
+        return count / window_s / replicas, "statements (server log)"
+    return (after - before - 3) / window_s / replicas, "transactions (pg_stat_database)"
+
+
+def _transactions(conn: psycopg.Connection, dbname: str) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    return conn.execute(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", [dbname]
+    ).fetchone()[0]
 
 
 def _rss_mb(pid: int) -> float:

@@ -164,8 +164,8 @@ def main() -> int:
         if "W6" in only:
             window = 10.0 if q else 30.0
             for replicas in (1, 3):
-                per = cluster.w6_idle(dsn, replicas, window)
-                row(f"W6 idle: {replicas} replica(s), per replica", f"{per:>9.2f} statements/s")
+                per, source = cluster.w6_idle(dsn, replicas, window)
+                row(f"W6 idle: {replicas} replica(s), per replica", f"{per:>9.2f} {source}/s")
             peak, drain = cluster.w6_rss_under_drain(dsn, n)
             row(
                 "W6 RSS of a replica draining W1",

@@ -71,8 +71,7 @@ def w1_drain(admin_url: str, n: int, concurrency: int) -> float:
     async def all_done(conn) -> bool:
         # as cheap as the peers' check (an index probe, not a count every 10 ms)
         cur = await conn.execute(
-            "SELECT NOT EXISTS (SELECT 1 FROM scheduler.jobs "
-            "WHERE state IN ('pending', 'running'))"
+            "SELECT NOT EXISTS (SELECT 1 FROM scheduler.jobs WHERE state IN ('pending', 'running'))"
         )
         return (await cur.fetchone())[0]
 
