@@ -356,3 +356,41 @@ def test_lock_session_has_timeouts_that_end_a_hung_leader(db_url):
             return list(rows)
 
     assert asyncio.run(scenario()) == ["5s", "5s", "5s"]
+
+
+def test_replica_materialises_cron_fire_times_ahead_of_time(db, db_url):
+    """With the default look-ahead, each fire time's job exists before it is due, so a worker
+    can start it on a timer at the second."""
+    from scheduler.config import load_config_text
+    from scheduler.service import Replica
+
+    config = load_config_text(
+        "timezone: UTC\nimports: [tests.acceptance.app_tasks]\nschedules:\n"
+        "  - name: every_second\n    cron: '* * * * * *'\n    task: acceptance.tick\n"
+    )
+
+    async def scenario() -> None:
+        replica = Replica(db_url, Settings(), config)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(replica.run(stop))
+        try:
+            async with asyncio.timeout(15):
+                while (
+                    db.execute(
+                        "SELECT count(*) FROM scheduler.job_runs WHERE outcome = 'succeeded'"
+                    ).fetchone()[0]
+                    < 3
+                ):
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await runner
+
+    asyncio.run(scenario())
+    rows = db.execute(
+        "SELECT j.created_at < j.scheduled_for, r.started_at >= j.scheduled_for "
+        "FROM scheduler.jobs AS j JOIN scheduler.job_runs AS r ON r.job_id = j.id "
+        "WHERE j.schedule_name = 'every_second' ORDER BY j.scheduled_for OFFSET 1"
+    ).fetchall()
+    assert len(rows) >= 2
+    assert all(ahead and not_early for ahead, not_early in rows), rows

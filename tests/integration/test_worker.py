@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from scheduler import enqueue, task
+from scheduler import enqueue, enqueue_many, task
 from scheduler.settings import Settings
 from scheduler.store import Store
 from scheduler.worker import Worker
@@ -295,3 +295,34 @@ def test_retries_wake_the_worker_without_polling(db, db_url):
         return await _count(c, "state = 'dead'") == 1
 
     asyncio.run(_run_worker_until(db_url, dead, timeout=10, poll_interval_s=30))
+
+
+ACTIVE = {"now": 0, "peak": 0}
+
+
+@task(name="test_worker.tracked")
+async def tracked() -> None:
+    ACTIVE["now"] += 1
+    ACTIVE["peak"] = max(ACTIVE["peak"], ACTIVE["now"])
+    await asyncio.sleep(0.002)
+    ACTIVE["now"] -= 1
+
+
+def test_never_runs_more_handlers_than_concurrency_while_writes_overlap_claims(db, db_url):
+    """Slots free before outcomes are written, yet at most `concurrency` handlers run at once
+    and every job succeeds exactly once."""
+    ACTIVE.update(now=0, peak=0)
+    with psycopg.connect(db_url) as conn:
+        enqueue_many(tracked, [{}] * 300, connection=conn)
+        conn.commit()
+
+    async def all_done(c):
+        return await _count(c, "state = 'succeeded'") == 300
+
+    asyncio.run(_run_worker_until(db_url, all_done, concurrency=10))
+    assert ACTIVE["peak"] == 10
+    runs = db.execute(
+        "SELECT count(*), count(DISTINCT job_id), min(outcome), max(outcome) "
+        "FROM scheduler.job_runs"
+    ).fetchone()
+    assert runs == (300, 300, "succeeded", "succeeded")
