@@ -6,16 +6,18 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
               connect (dedicated connection, outside the pool)
                   │
                   ▼
-    ┌────────▶ follower ── every leader_retry_s (0.5): pg_try_advisory_lock(key) ──┐
-    │             ▲                                                             │ got it
-    │             │ lock not granted                                            ▼
-    │             └──────────────────────────────────────────────────────── candidate
+    ┌────────▶ follower ── waits INSIDE PostgreSQL: pg_advisory_lock(key) under ──┐
+    │             ▲        lock_timeout 10 s (no polling; granted the moment the   │
+    │             │        leader's session ends)                                 │ granted
+    │             └── timeout: compare config with the leader's, wait again       ▼
+    │                                                                         candidate
     │                                                                           │ INSERT ... term+1
     │                                                                           ▼
     │                                                              leader (term N): reconcile once,
-    │                                                              then tick: fence + materialise,
-    │                                                              at least every heartbeat_s (1)
-    │                                                                           │
+    │                                                              then every heartbeat_s (2): one
+    │                                                              statement (heartbeat + fence +
+    │                                                              next work times); materialise /
+    │                                                              rescue only when due
     │  fence fails (lock not held by this session, term moved on),              │
     │  connection error, or stop requested                                      ▼
     └──────────────── backoff (0.5 → 5) ◀────────────────────────────── stepping down:
@@ -26,13 +28,18 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
   ``statement_timeout`` = ``leader_session_timeout_s`` (5): a leader that hangs (SIGSTOP,
   blocked loop) between statements, inside a tick's transaction or inside a statement goes
   idle, PostgreSQL ends its session and frees the lock,
-  and a follower takes over within about that time plus ``leader_retry_s`` (measured: ~6 s).
-  The leader's own ticks keep its session busy every ``heartbeat_s``. When the hung process
+  and the waiting follower is granted the lock at once (measured: ~5 s in all).
+  The leader's heartbeat keeps its session busy every ``heartbeat_s``. When the hung process
   resumes, its next statement fails (session gone): it steps down and campaigns again.
-* Crash (SIGKILL): PostgreSQL frees the lock when the backend sees the socket close (~ms); a
-  follower leads at its next try, within ``leader_retry_s``.
-* Graceful stop (SIGTERM): the leader unlocks before closing; a follower leads within
-  ``leader_retry_s``.
+  The follower's wait itself is a statement, so ``statement_timeout`` is lifted for it
+  alone (``SET LOCAL``); if a follower hangs just as it is granted the lock, its session
+  goes idle and ``idle_session_timeout`` frees the lock as for a hung leader.
+* Crash (SIGKILL): PostgreSQL frees the lock when the backend sees the socket close (~ms) and
+  grants it to a waiting follower in the same moment.
+* Graceful stop (SIGTERM): the leader unlocks before closing; a waiting follower is granted
+  the lock at once. A follower asked to stop cancels its wait (``cancel_safe``).
+* Idle cost: the leader sends one statement per ``heartbeat_s``; a follower one wait per
+  10 s plus a config check.
 * Database restart: every session dies; replicas reconnect with backoff (0.5 s doubling to
   5 s), so one leads within ~5 s of PostgreSQL accepting connections.
 * Transaction-mode poolers (PgBouncer) break session locks: after ``pg_try_advisory_lock`` the
@@ -94,7 +101,8 @@ class LeaderElector:
     Args:
         url: libpq URL of a direct (session-mode) connection.
         store: statements for the schema.
-        settings: timings (``leader_retry_s``, ``heartbeat_s``, ``leader_session_timeout_s``).
+        settings: timings (``leader_retry_s`` = first reconnect backoff, ``heartbeat_s``,
+            ``leader_session_timeout_s``).
         holder: this replica's id, recorded in the ``leader`` row.
         config_hash: hash of this replica's schedules file, recorded when elected.
         on_elected: ``await on_elected(conn, term)`` once per term, before the first tick,

@@ -5,7 +5,8 @@ A tick is one transaction on the leader's lock session:
 1. fence: ``leader_fence`` heartbeats and returns the database ``now()`` only while this
    session holds the advisory lock and its term is current; otherwise nothing is written
    (:class:`LeadershipLostError`);
-2. lock the due schedules (``next_run_at <= now``, not paused, ``FOR UPDATE``);
+2. lock the due schedules (``next_run_at <= now + materialise_ahead_s``, not paused,
+   ``FOR UPDATE``; ``overlap_policy: skip`` schedules only when ``next_run_at <= now``);
 3. plan each schedule's fire times from its persisted ``next_run_at`` (never from "now", so a
    slow tick loses nothing) with :func:`plan`;
 4. insert one job per chosen fire time (``ON CONFLICT DO NOTHING``: the unique
@@ -13,6 +14,14 @@ A tick is one transaction on the leader's lock session:
    ``overlap_policy: skip`` a unique index allows one live job per schedule), record the fire
    times not run in ``skipped_fire_times``, and advance ``next_run_at`` — all in the same
    transaction, so a crash leaves all or nothing.
+
+Look-ahead: fire times up to ``materialise_ahead_s`` (1 s) ahead become jobs whose ``run_at``
+is the fire time; the insert notification carries that time and workers start the job on a
+timer, so cron jobs start within milliseconds of the second. The leader does not tick on a
+fixed period: its heartbeat returns when the next materialisation is due and it sleeps until
+then (at most ``heartbeat_s``). ``overlap_policy: skip`` is decided at the fire time itself
+(a job materialised early would count as "live" against the previous one), so those
+schedules are materialised when due.
 
 Lateness and policies (``late = now - fire time``, database clock):
 

@@ -1,6 +1,6 @@
 """High availability under real faults: real `scheduler run` processes, a real PostgreSQL.
 
-Leader timings use the default settings (leader_retry_s 0.5, heartbeat_s 1,
+Leader timings use the default settings (heartbeat_s 2, followers waiting inside PostgreSQL,
 leader_session_timeout_s 5); worker leases are short (2 s) to keep the tests quick. After each
 fault the SQL invariants are checked: one job per fire time, no fire time missing, no job left
 running, every job finished or pending.
