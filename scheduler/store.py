@@ -149,8 +149,11 @@ class Store:
         that job's id instead of inserting.
         """
         with conn.cursor() as cur:
-            for _ in range(3):
+            if params.get("idempotency_key") is None:
                 cur.execute(self.q["insert_job"], params)
+                return int(cur.fetchone()[0])  # type: ignore[index]
+            for _ in range(3):
+                cur.execute(self.q["insert_job_idempotent"], params)
                 row = cur.fetchone()
                 if row:
                     return int(row[0])
@@ -163,8 +166,11 @@ class Store:
     async def insert_job(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> int:
         """Async twin of :meth:`insert_job_sync`."""
         async with conn.cursor() as cur:
-            for _ in range(3):
+            if params.get("idempotency_key") is None:
                 await cur.execute(self.q["insert_job"], params)
+                return int((await cur.fetchone())[0])  # type: ignore[index]
+            for _ in range(3):
+                await cur.execute(self.q["insert_job_idempotent"], params)
                 row = await cur.fetchone()
                 if row:
                     return int(row[0])

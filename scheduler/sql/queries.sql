@@ -20,6 +20,17 @@ SELECT version, name, applied_at FROM {schema}.migrations ORDER BY version;
 INSERT INTO {schema}.migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: insert_job
+-- A job without an idempotency key: a plain INSERT (ON CONFLICT would make every insert a
+-- speculative insertion, with its extra WAL record, for a key that is NULL).
+INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
+                           backoff_base_s, backoff_max_s, backoff_jitter)
+VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
+        coalesce(%(run_at)s::timestamptz, now()), coalesce(%(run_at)s::timestamptz, now()),
+        %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s)
+RETURNING id;
+
+-- name: insert_job_idempotent
+-- With an idempotency key: nothing is inserted while a live job holds the key.
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
                            backoff_base_s, backoff_max_s, backoff_jitter, idempotency_key)
 VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
