@@ -81,34 +81,6 @@ def w1_drain(admin_url: str, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
-def w1_reference(admin_url: str, n: int, batch: int = 100) -> float:
-    """The same claim + complete statements in a bare loop: the ceiling for W1."""
-    url = fresh_db(admin_url, "bench_w1_ref")
-    insert_noops(url, n)
-
-    async def drain() -> float:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            started = time.perf_counter()
-            done = 0
-            while done < n:
-                jobs = await STORE.claim_jobs(
-                    conn, queues=["default"], limit=batch, worker_id="ref", lease_s=30
-                )
-                outcomes = [
-                    {
-                        "id": j["id"],
-                        "attempt": j["attempt"],
-                        "state": "succeeded",
-                        "outcome": "succeeded",
-                    }
-                    for j in jobs
-                ]
-                done += len(await STORE.complete_jobs(conn, "ref", outcomes))
-            return n / (time.perf_counter() - started)
-
-    return asyncio.run(drain())
-
-
 def w2_enqueue(admin_url: str, singles: int, bulk: int) -> tuple[float, float, float, float]:
     url = fresh_db(admin_url, "bench_w2")
     set_default_database_url(url)
@@ -196,27 +168,18 @@ WITH due AS (
 SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempt), '{}') AS attempts
 FROM claimed
 \\gset
-WITH outcome AS (
-    SELECT o.*, 'succeeded'::text AS state, 0::double precision AS delay_s,
-           'succeeded'::text AS outcome, NULL::text AS error, NULL::text AS traceback
-    FROM unnest(:ids::bigint[], :attempts::integer[]) AS o(id, attempt)
-), changed AS (
+WITH changed AS (
     UPDATE scheduler.jobs AS j
-    SET state = o.state,
-        run_at = CASE WHEN o.state = 'pending'
-                      THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
-        finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END,
-        lease_expires_at = NULL, last_error = o.error, updated_at = now()
-    FROM outcome AS o
+    SET state = 'succeeded', finished_at = now(), lease_expires_at = NULL, last_error = NULL,
+        updated_at = now()
+    FROM unnest(:ids::bigint[], :attempts::integer[]) AS o(id, attempt)
     WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = 'pgbench' || :client_id
       AND j.attempt = o.attempt
     RETURNING j.id, j.attempt, j.locked_at
 )
-INSERT INTO scheduler.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome,
-                                error, traceback)
-SELECT c.id, c.attempt, 'pgbench' || :client_id, c.locked_at, now(), o.outcome, o.error,
-       o.traceback
-FROM changed AS c JOIN outcome AS o ON o.id = c.id;
+INSERT INTO scheduler.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome)
+SELECT c.id, c.attempt, 'pgbench' || :client_id, c.locked_at, now(), 'succeeded'
+FROM changed AS c;
 """
 
 

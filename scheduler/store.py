@@ -264,6 +264,16 @@ class Store:
         """
         if not outcomes:
             return set()
+        if all(o["outcome"] == "succeeded" for o in outcomes):
+            cur = await conn.execute(
+                self.q["complete_succeeded"],
+                {
+                    "worker_id": worker_id,
+                    "ids": [o["id"] for o in outcomes],
+                    "attempts": [o["attempt"] for o in outcomes],
+                },
+            )
+            return {row[0] for row in await cur.fetchall()}
         params = {
             "worker_id": worker_id,
             "ids": [o["id"] for o in outcomes],

@@ -315,6 +315,23 @@ RETURNING id;
 -- name: database_now
 SELECT now() AS now;
 
+-- name: complete_succeeded
+-- complete_jobs for a batch in which every attempt succeeded (the common case under load):
+-- two arrays to send instead of seven. Same fence, same rows written.
+WITH changed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'succeeded', finished_at = now(), lease_expires_at = NULL, last_error = NULL,
+        updated_at = now()
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS o(id, attempt)
+    WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = %(worker_id)s
+      AND j.attempt = o.attempt
+    RETURNING j.id, j.attempt, j.locked_at
+)
+INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome)
+SELECT c.id, c.attempt, %(worker_id)s, c.locked_at, now(), 'succeeded'
+FROM changed AS c
+RETURNING job_id;
+
 -- name: extend_leases
 -- One statement for every job this worker runs; a job missing from the result was rescued
 -- (its lease had expired) and belongs to a newer attempt now.
