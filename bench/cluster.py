@@ -87,6 +87,7 @@ class CronResult:
     missing: int
     duplicate: int
     lateness_ms: list[float]
+    takeover_s: float | None  # SIGKILL of the leader -> new term recorded (polled every 2 ms)
 
 
 def w4_cron(admin_url: str, duration_s: float, kill_leader_at_s: float | None) -> CronResult:
@@ -102,12 +103,18 @@ def w4_cron(admin_url: str, duration_s: float, kill_leader_at_s: float | None) -
             time.sleep(1.0)
             with psycopg.connect(url, autocommit=True) as conn:
                 start = conn.execute("SELECT date_trunc('second', now())").fetchone()[0]
+                takeover_s = None
                 if kill_leader_at_s is not None:
                     time.sleep(kill_leader_at_s)
-                    holder = conn.execute("SELECT holder FROM scheduler.leader").fetchone()[0]
-                    pid = int(holder.split(":")[1])
-                    os.kill(pid, signal.SIGKILL)
-                    time.sleep(duration_s - kill_leader_at_s)
+                    holder, term = conn.execute(
+                        "SELECT holder, term FROM scheduler.leader"
+                    ).fetchone()
+                    os.kill(int(holder.split(":")[1]), signal.SIGKILL)
+                    killed = time.monotonic()
+                    while conn.execute("SELECT term FROM scheduler.leader").fetchone()[0] == term:
+                        time.sleep(0.002)
+                    takeover_s = time.monotonic() - killed
+                    time.sleep(max(0.0, duration_s - kill_leader_at_s - takeover_s))
                 else:
                     time.sleep(duration_s)
                 end = start + timedelta(seconds=duration_s)
@@ -131,6 +138,7 @@ def w4_cron(admin_url: str, duration_s: float, kill_leader_at_s: float | None) -
         missing=expected - sum(1 for n in runs.values() if n >= 1),
         duplicate=sum(1 for n in runs.values() if n > 1),
         lateness_ms=sorted(float(r[2]) for r in rows if r[2] is not None),
+        takeover_s=takeover_s,
     )
 
 

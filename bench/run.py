@@ -151,7 +151,8 @@ def main() -> int:
                 row(
                     label,
                     f"{r.expected} fire times: {r.missing} missing, {r.duplicate} duplicate; "
-                    + lateness(r.lateness_ms),
+                    + lateness(r.lateness_ms)
+                    + (f"; new leader after {r.takeover_s * 1000:.0f} ms" if r.takeover_s else ""),
                 )
         if "W5" in only:
             size = 100_000 if q else 1_000_000
