@@ -117,21 +117,38 @@ def _dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def _checked_args(args: Mapping[str, Any] | None) -> dict[str, Any]:
+_SCALARS = (str, int, bool, type(None))
+
+
+def _checked_args(args: Mapping[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """Validated copy of ``args`` and, when the fast path applies, its JSON text.
+
+    Fast path (most job arguments: one level of strings, numbers, booleans, nulls): the JSON
+    text itself shows the two things the encoder lets through, ``\\u0000`` and surrogates
+    (escaped as ``\\ud...``; a false alarm only falls back to the full check). Anything else
+    is checked by :func:`json_problems`, which names every problem with its path.
+    """
     if args is None:
-        return {}
+        return {}, "{}"
     if not isinstance(args, Mapping):
         raise TypeError(f"args must be a mapping of keyword arguments, not {args!r}")
     checked = dict(args)
+    if all(type(k) is str for k in checked) and all(
+        type(v) in _SCALARS or (type(v) is float and math.isfinite(v)) for v in checked.values()
+    ):
+        text = _dumps(checked)
+        if "\\u0000" not in text and "\\ud" not in text:
+            return checked, text
     problems = [f"{dotted_path(p)}: {r}" for p, r in json_problems(checked, ("args",))]
     if problems:
         raise ValueError("args cannot be stored as JSON: " + "; ".join(problems))
-    return checked
+    return checked, None
 
 
 def args_json(args: Mapping[str, Any] | None) -> str:
     """:func:`to_jsonb`'s checks, returning the JSON text (for ``COPY``); same errors."""
-    return _dumps(_checked_args(args))
+    checked, text = _checked_args(args)
+    return text if text is not None else _dumps(checked)
 
 
 def to_jsonb(args: Mapping[str, Any] | None) -> Jsonb:
@@ -142,7 +159,7 @@ def to_jsonb(args: Mapping[str, Any] | None) -> Jsonb:
         ValueError: a value JSON or PostgreSQL ``jsonb`` cannot store (see
             :func:`json_problems`), every problem listed with its path.
     """
-    return Jsonb(_checked_args(args), dumps=_dumps)
+    return Jsonb(_checked_args(args)[0], dumps=_dumps)
 
 
 # ---- the default connection (when the caller passes none) ------------------------------------

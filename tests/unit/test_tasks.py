@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler import DuplicateTaskError, UnknownTaskError, task
 from scheduler.tasks import get_task, task_name
@@ -54,3 +56,35 @@ def test_settings_reject_heartbeat_slower_than_half_the_session_timeout():
     with pytest.raises(ValidationError, match="lower-case SQL identifier"):
         Settings(schema_name="Robert'); DROP TABLE jobs;--")
     assert Settings(queues="a, b").queues == ["a", "b"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=5),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=8),
+            st.lists(st.text(max_size=3), max_size=2),
+        ),
+        max_size=4,
+    )
+)
+def test_args_fast_path_agrees_with_the_full_check(args):
+    """args_json's fast path for flat arguments rejects exactly what json_problems rejects,
+    and what it accepts round-trips through JSON."""
+    import json
+
+    from scheduler.jobs import args_json, json_problems
+
+    problems = list(json_problems(args, ("args",)))
+    try:
+        text = args_json(args)
+    except ValueError:
+        assert problems
+    else:
+        assert not problems
+        assert json.loads(text) == args
