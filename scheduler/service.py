@@ -69,6 +69,7 @@ class Replica:
         )
         config_hash = config.config_hash() if config else None
         direct_url = settings.direct_database_url or url
+        self._next_prune = 0.0
         self.elector = LeaderElector(
             direct_url,
             self.store,
@@ -123,6 +124,23 @@ class Replica:
             now, materialise_at = result.now, result.materialise_at
         if beat["rescue_at"] is not None and beat["rescue_at"] <= now:
             await maintenance.rescue_expired_leases(conn, self.store, holder=self.id, term=term)
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time >= self._next_prune:
+            s = self.settings
+            pruned = await maintenance.prune(
+                conn,
+                self.store,
+                holder=self.id,
+                term=term,
+                succeeded_s=s.retention_succeeded_s,
+                dead_s=s.retention_dead_s,
+                batch=s.retention_batch,
+            )
+            # a backlog is worked off one batch budget per tick, the ticks back to back, so
+            # materialisation and rescue still get their turn between budgets
+            self._next_prune = loop_time + (0.0 if pruned.more else s.retention_interval_s)
+            if pruned.more:
+                return 0.0
         wake = min(
             (t for t in (materialise_at, beat["rescue_at"]) if t is not None and t > now),
             default=None,

@@ -61,6 +61,26 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
 
+    # retention (the leader prunes)
+    retention_succeeded_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="succeeded and cancelled jobs (and their runs) are deleted this long after "
+        "they finished (default 7 days)",
+    )
+    retention_dead_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="dead jobs (dead letters), their runs and skipped-fire-time records are "
+        "deleted this long after they finished (default 30 days)",
+    )
+    retention_interval_s: float = Field(
+        default=60.0, gt=0, description="how often the leader prunes"
+    )
+    retention_batch: int = Field(
+        default=1000, ge=1, le=100_000, description="rows deleted per pruning transaction"
+    )
+
     # leader
     leader_retry_s: float = Field(
         default=0.5,

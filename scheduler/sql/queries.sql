@@ -398,3 +398,35 @@ FROM generate_series(1, %(n)s);
 COPY {schema}.jobs (id, queue, task, args, priority, run_at, first_run_at, max_attempts,
                     backoff_base_s, backoff_max_s, backoff_jitter)
 FROM STDIN;
+
+-- name: prune_jobs
+-- Leader only, one bounded batch: finished jobs older than their retention, with their runs
+-- (ON DELETE CASCADE). A cron job is deleted only when its fire time is before its
+-- schedule's next_run_at (or the schedule is gone): the materialiser never plans a fire time
+-- before next_run_at, and next_run_at never moves back, so deleting the row that guarded
+-- UNIQUE (schedule_name, scheduled_for) cannot make that fire time run again. Uses the
+-- partial index jobs_state_finished (state, finished_at).
+WITH doomed AS (
+    SELECT j.id
+    FROM {schema}.jobs AS j
+    WHERE ((j.state IN ('succeeded', 'cancelled')
+            AND j.finished_at < now() - make_interval(secs => %(succeeded_s)s))
+        OR (j.state = 'dead' AND j.finished_at < now() - make_interval(secs => %(dead_s)s)))
+      AND (j.schedule_name IS NULL OR NOT EXISTS (
+              SELECT 1 FROM {schema}.schedules AS s
+              WHERE s.name = j.schedule_name AND s.next_run_at <= j.scheduled_for))
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {schema}.jobs AS j
+USING doomed AS d
+WHERE j.id = d.id
+RETURNING j.state;
+
+-- name: prune_skipped_fire_times
+-- The record of skipped fire times ages out with the dead-letter retention.
+DELETE FROM {schema}.skipped_fire_times
+WHERE id IN (SELECT id FROM {schema}.skipped_fire_times
+             WHERE recorded_at < now() - make_interval(secs => %(dead_s)s)
+             LIMIT %(limit)s)
+RETURNING id;
