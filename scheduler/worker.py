@@ -91,6 +91,8 @@ class Worker:
         )
         self.listening = asyncio.Event()
         self._leases: dict[int, int] = {}  # running job id -> attempt
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # running job id -> its task
+        self._cancelling: set[int] = set()  # job ids an operator cancelled
         self._interrupted: list[tuple[int, int]] = []  # cancelled at shutdown: (id, attempt)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -164,6 +166,7 @@ class Worker:
             )
             t = asyncio.create_task(self._execute(job), name=f"scheduler-job-{job['id']}")
             self._running.add(t)
+            self._tasks[job["id"]] = t
             t.add_done_callback(self._job_done)
         return len(jobs)
 
@@ -194,6 +197,11 @@ class Worker:
                 work = loop.run_in_executor(self._executor, lambda: registered.func(**args))
             await asyncio.wait_for(work, registered.timeout_s)
         except asyncio.CancelledError:
+            if job["id"] in self._cancelling:  # scheduler jobs cancel, not a shutdown
+                self._complete(
+                    job, JobState.CANCELLED, RunOutcome.CANCELLED, error="cancelled by operator"
+                )
+                return
             self._interrupted.append((job["id"], job["attempt"]))
             raise
         except TimeoutError:
@@ -207,6 +215,8 @@ class Worker:
             return
         finally:
             self._leases.pop(job["id"], None)
+            self._tasks.pop(job["id"], None)
+            self._cancelling.discard(job["id"])
         self._log.info("job_succeeded", **fields)
         self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
 
@@ -326,20 +336,21 @@ class Worker:
             attempts = [self._leases[i] for i in ids]
             try:
                 async with self.pool.connection() as conn:
-                    kept = {
-                        r[0]
-                        for r in await (
-                            await conn.execute(
-                                self.store.q["extend_leases"],
-                                {
-                                    "ids": ids,
-                                    "attempts": attempts,
-                                    "worker_id": self.worker_id,
-                                    "lease_s": self.settings.lease_s,
-                                },
-                            )
-                        ).fetchall()
-                    }
+                    rows = await (
+                        await conn.execute(
+                            self.store.q["extend_leases"],
+                            {
+                                "ids": ids,
+                                "attempts": attempts,
+                                "worker_id": self.worker_id,
+                                "lease_s": self.settings.lease_s,
+                            },
+                        )
+                    ).fetchall()
+                kept = {r[0] for r in rows}
+                for job_id, cancel in rows:
+                    if cancel:
+                        self._cancel(job_id)
             except psycopg.Error as exc:
                 self._log.warning(
                     "lease_extension_failed", error=str(exc).strip()[:300], jobs=len(ids)
@@ -348,6 +359,15 @@ class Worker:
             for job_id in set(ids) - kept:
                 if job_id in self._leases:  # not finished meanwhile: its lease was rescued
                     self._log.warning("job_lease_lost", job_id=job_id)
+
+    def _cancel(self, job_id: int) -> None:
+        """An operator asked this job to stop: cancel its task (an async handler stops at its
+        next await; a sync handler's thread cannot be stopped and runs to its end)."""
+        task = self._tasks.get(job_id)
+        if task is not None and job_id not in self._cancelling:
+            self._cancelling.add(job_id)
+            self._log.warning("job_cancel_requested", job_id=job_id)
+            task.cancel()
 
     async def _release_interrupted(self) -> None:
         """Jobs cut off by the shutdown go back to pending without burning an attempt."""

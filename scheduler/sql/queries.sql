@@ -334,13 +334,14 @@ RETURNING job_id;
 
 -- name: extend_leases
 -- One statement for every job this worker runs; a job missing from the result was rescued
--- (its lease had expired) and belongs to a newer attempt now.
+-- (its lease had expired) and belongs to a newer attempt now. ``cancel`` is true when an
+-- operator asked the job to stop (scheduler jobs cancel).
 UPDATE {schema}.jobs AS j
 SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
 FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
 WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
   AND j.locked_by = %(worker_id)s
-RETURNING j.id;
+RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel;
 
 -- name: release_jobs
 -- Graceful shutdown: unfinished jobs go back to pending, due now, without burning an attempt.
@@ -428,5 +429,83 @@ RETURNING j.state;
 DELETE FROM {schema}.skipped_fire_times
 WHERE id IN (SELECT id FROM {schema}.skipped_fire_times
              WHERE recorded_at < now() - make_interval(secs => %(dead_s)s)
+             LIMIT %(limit)s)
+RETURNING id;
+
+-- name: jobs_list
+-- scheduler jobs list / dead-letters list: newest first; every filter optional.
+SELECT id, state, queue, task, schedule_name, scheduled_for, attempt, max_attempts, run_at,
+       finished_at, last_error
+FROM {schema}.jobs
+WHERE (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(schedule)s::text IS NULL OR schedule_name = %(schedule)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: job_get
+SELECT id, state, queue, task, args, priority, run_at, first_run_at, attempt, max_attempts,
+       backoff_base_s, backoff_max_s, backoff_jitter, locked_by, locked_at, lease_expires_at,
+       schedule_name, scheduled_for, term, origin, idempotency_key, last_error,
+       cancel_requested_at, created_at, updated_at, finished_at
+FROM {schema}.jobs WHERE id = %(id)s;
+
+-- name: job_runs_of
+SELECT attempt, outcome, worker_id, started_at, finished_at, error, traceback
+FROM {schema}.job_runs WHERE job_id = %(id)s ORDER BY attempt;
+
+-- name: job_events_of
+SELECT at, event, detail FROM {schema}.job_events WHERE job_id = %(id)s ORDER BY id;
+
+-- name: jobs_retry
+-- A dead or cancelled job goes back to pending, due now, with its attempt budget renewed:
+-- max_attempts = attempts used + the original budget (attempt numbers keep counting, so
+-- job_runs keeps one row per attempt). Recorded in job_events.
+WITH retried AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'pending', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
+        cancel_requested_at = NULL,
+        retry_budget = coalesce(j.retry_budget, j.max_attempts),
+        max_attempts = j.attempt + coalesce(j.retry_budget, j.max_attempts),
+        updated_at = now()
+    WHERE j.state IN ('dead', 'cancelled')
+      AND (%(ids)s::bigint[] IS NULL OR j.id = ANY(%(ids)s::bigint[]))
+      AND (%(state)s::text IS NULL OR j.state = %(state)s)
+      AND (%(task)s::text IS NULL OR j.task = %(task)s)
+    RETURNING j.id, j.attempt, j.max_attempts
+)
+INSERT INTO {schema}.job_events (job_id, event, detail)
+SELECT id, 'retried', format('attempts %%s..%%s', attempt + 1, max_attempts) FROM retried
+RETURNING job_id;
+
+-- name: job_cancel
+-- A pending job is cancelled at once; a running one is asked to stop (its worker sees
+-- cancel_requested_at when it next extends its leases and cancels an async handler; a sync
+-- handler runs to its end). Recorded in job_events.
+WITH changed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
+        finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END,
+        cancel_requested_at = CASE WHEN j.state = 'running' THEN now() END,
+        updated_at = now()
+    WHERE j.id = %(id)s AND j.state IN ('pending', 'running')
+    RETURNING j.id, j.state
+)
+INSERT INTO {schema}.job_events (job_id, event)
+SELECT id, CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END
+FROM changed
+RETURNING event;
+
+-- name: dead_letters_purge
+-- Dead jobs finished before the cut-off, with their runs and events (ON DELETE CASCADE),
+-- in one bounded batch.
+DELETE FROM {schema}.jobs
+WHERE id IN (SELECT id FROM {schema}.jobs
+             WHERE state = 'dead' AND finished_at < now() - make_interval(secs => %(older_than_s)s)
+               AND (%(task)s::text IS NULL OR task = %(task)s)
+               AND (schedule_name IS NULL OR NOT EXISTS (  -- the fire-time guard of prune_jobs
+                       SELECT 1 FROM {schema}.schedules AS s
+                       WHERE s.name = schedule_name AND s.next_run_at <= scheduled_for))
              LIMIT %(limit)s)
 RETURNING id;

@@ -326,3 +326,38 @@ def test_never_runs_more_handlers_than_concurrency_while_writes_overlap_claims(d
         "FROM scheduler.job_runs"
     ).fetchone()
     assert runs == (300, 300, "succeeded", "succeeded")
+
+
+@task(name="test_worker.forever")
+async def forever() -> None:
+    await asyncio.sleep(3600)
+
+
+def test_cancel_stops_a_running_async_handler_at_the_next_lease_extension(db, db_url):
+    from scheduler import operations
+
+    with psycopg.connect(db_url) as conn:
+        job_id = enqueue(forever, connection=conn)
+        conn.commit()
+
+    async def scenario() -> None:
+        async def running(c):
+            return await _count(c, "state = 'running'") == 1
+
+        async def cancelled(c):
+            if await _count(c, "state = 'running'") == 1:
+                await operations.cancel(c, Store("scheduler"), job_id)
+            return await _count(c, "state = 'cancelled'") == 1
+
+        # lease_s 0.3: leases are extended (and cancel requests seen) every 0.1 s
+        await _run_worker_until(db_url, cancelled, timeout=10, lease_s=0.3)
+
+    asyncio.run(scenario())
+    run = db.execute(
+        "SELECT outcome, error FROM scheduler.job_runs WHERE job_id = %s", [job_id]
+    ).fetchall()
+    assert run == [("cancelled", "cancelled by operator")]
+    events = db.execute(
+        "SELECT event FROM scheduler.job_events WHERE job_id = %s", [job_id]
+    ).fetchall()
+    assert events == [("cancel_requested",)]

@@ -1,0 +1,131 @@
+"""`scheduler jobs ...` and `scheduler dead-letters ...` against a real database."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+from scheduler import enqueue
+
+
+def _dead_job(db, task: str = "acceptance.always_fails", days_ago: int = 0) -> int:
+    """A dead job with three failed runs, as a worker would leave it."""
+    job_id = db.execute(
+        """INSERT INTO scheduler.jobs (task, state, attempt, max_attempts, finished_at,
+                                       last_error)
+           VALUES (%s, 'dead', 3, 3, now() - make_interval(days => %s), 'ValueError: boom')
+           RETURNING id""",
+        [task, days_ago],
+    ).fetchone()[0]
+    db.execute(
+        """INSERT INTO scheduler.job_runs (job_id, attempt, worker_id, started_at, finished_at,
+                                           outcome, error, traceback)
+           SELECT %s, a, 'w1', now(), now(), 'failed', 'ValueError: boom',
+                  'Traceback (most recent call last):\n  ValueError: boom'
+           FROM generate_series(1, 3) AS a""",
+        [job_id],
+    )
+    return job_id
+
+
+def test_jobs_list_filters_and_json(db, db_url, run_cli):
+    with psycopg.connect(db_url) as conn:
+        a = enqueue("acceptance.echo", args={"message": "hi"}, queue="mail", connection=conn)
+        enqueue("acceptance.tick", connection=conn)
+        conn.commit()
+    dead = _dead_job(db)
+
+    out = run_cli("jobs", "list", "--queue", "mail")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:4] == ["id", "state", "queue", "task"]
+    assert len(lines) == 2 and lines[1].split()[:4] == [
+        str(a),
+        "pending",
+        "mail",
+        "acceptance.echo",
+    ]
+
+    out = run_cli("jobs", "list", "--state", "dead", "--json")
+    rows = json.loads(out.stdout)
+    assert [(r["id"], r["state"], r["last_error"]) for r in rows] == [
+        (dead, "dead", "ValueError: boom")
+    ]
+    assert run_cli("jobs", "list", "--state", "nonsense").returncode == 2
+
+
+def test_jobs_show_has_every_attempt_with_error_and_traceback(db, run_cli):
+    dead = _dead_job(db)
+    out = run_cli("jobs", "show", str(dead))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("ValueError: boom") >= 4  # last_error + 3 attempts
+    for attempt in (1, 2, 3):
+        assert f"attempt {attempt}: failed on w1" in out.stdout
+    assert "Traceback (most recent call last):" in out.stdout
+    shown = json.loads(run_cli("jobs", "show", str(dead), "--json").stdout)
+    assert [r["attempt"] for r in shown["runs"]] == [1, 2, 3]
+    missing = run_cli("jobs", "show", "999999")
+    assert missing.returncode == 1 and "no job 999999" in missing.stderr
+
+
+def test_jobs_retry_renews_the_budget_and_is_recorded(db, run_cli):
+    dead = _dead_job(db)
+    out = run_cli("jobs", "retry", str(dead))
+    assert out.returncode == 0, out.stderr
+    state, attempt, max_attempts = db.execute(
+        "SELECT state, attempt, max_attempts FROM scheduler.jobs WHERE id = %s", [dead]
+    ).fetchone()
+    assert (state, attempt, max_attempts) == ("pending", 3, 6)  # attempts 4..6 granted
+    assert db.execute(
+        "SELECT event, detail FROM scheduler.job_events WHERE job_id = %s", [dead]
+    ).fetchall() == [("retried", "attempts 4..6")]
+    again = run_cli("jobs", "retry", str(dead))  # pending now: nothing to retry
+    assert again.returncode == 1 and "not dead or cancelled" in again.stderr
+
+
+def test_jobs_cancel_pending_and_running(db, db_url, run_cli):
+    with psycopg.connect(db_url) as conn:
+        pending = enqueue("acceptance.tick", connection=conn)
+        running = enqueue("acceptance.tick", connection=conn)
+        conn.commit()
+    db.execute(
+        "UPDATE scheduler.jobs SET state = 'running', attempt = 1, locked_by = 'w', "
+        "locked_at = now(), lease_expires_at = now() + interval '30 s' WHERE id = %s",
+        [running],
+    )
+    assert "cancelled" in run_cli("jobs", "cancel", str(pending)).stdout
+    assert "asked to stop" in run_cli("jobs", "cancel", str(running)).stdout
+    rows = {
+        r[0]: (r[1], r[2])
+        for r in db.execute(
+            "SELECT id, state, cancel_requested_at IS NOT NULL FROM scheduler.jobs"
+        ).fetchall()
+    }
+    assert rows[pending] == ("cancelled", False) and rows[running] == ("running", True)
+    finished = run_cli("jobs", "cancel", str(pending))
+    assert finished.returncode == 1 and "has finished" in finished.stderr
+
+
+def test_dead_letters_list_retry_all_and_purge(db, run_cli):
+    old = _dead_job(db, days_ago=40)
+    recent = _dead_job(db, task="acceptance.echo", days_ago=1)
+    listed = json.loads(run_cli("dead-letters", "list", "--json").stdout)
+    assert {r["id"] for r in listed} == {old, recent}
+
+    out = run_cli("dead-letters", "retry", "--all", "--task", "acceptance.echo")
+    assert out.stdout.strip() == "1 dead letter(s) back to pending"
+    assert db.execute("SELECT state FROM scheduler.jobs WHERE id = %s", [recent]).fetchone() == (
+        "pending",
+    )
+    assert run_cli("dead-letters", "retry").returncode == 2  # --all is required
+
+    bad = run_cli("dead-letters", "purge", "--older-than", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+    out = run_cli("dead-letters", "purge", "--older-than", "30d")
+    assert out.stdout.strip() == "1 dead letter(s) purged"
+    assert db.execute("SELECT count(*) FROM scheduler.jobs WHERE id = %s", [old]).fetchone()[0] == 0
+    assert (
+        db.execute("SELECT count(*) FROM scheduler.job_runs WHERE job_id = %s", [old]).fetchone()[0]
+        == 0
+    )
