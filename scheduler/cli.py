@@ -6,6 +6,7 @@
     scheduler schedules list [--json] | pause NAME | resume NAME | trigger NAME
     scheduler schedules next (--cron EXPR [--timezone TZ] | NAME --config FILE)
                              [--after ISO8601] [--count N]
+    scheduler status [--json]
     scheduler jobs list [--state S] [--queue Q] [--task T] [--schedule NAME] [--limit N] [--json]
     scheduler jobs show ID [--json] | retry ID | cancel ID
     scheduler dead-letters list [--task T] [--limit N] [--json]
@@ -294,6 +295,32 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    report = _with_connection(_settings(args), operations.status)
+    if args.json:
+        print(json.dumps(report, default=_cell, indent=2))
+        return 0
+    leader = report["leader"]
+    print(
+        f"leader: {leader['holder']}, term {leader['term']}, since {_cell(leader['elected_at'])}"
+        f", heartbeat {_cell(leader['heartbeat_at'])}"
+        if leader
+        else "leader: none elected yet"
+    )
+    sections = [
+        ("replicas", ["id", "version", "queues", "concurrency", "started_at",
+                      "heartbeat_age_s", "leader"]),
+        ("queues", ["queue", "due", "scheduled", "running", "succeeded", "dead", "cancelled",
+                    "lag_s"]),
+        ("schedules_in_trouble", ["name", "problem", "fire_time", "detail"]),
+    ]  # fmt: skip
+    for key, columns in sections:
+        rows = report[key]
+        print(f"\n{key.replace('_', ' ')}:")
+        print(_table(rows, columns) if rows else "  (none)")
+    return 0
+
+
 def _cmd_next(args: argparse.Namespace) -> int:
     try:
         if args.cron:
@@ -370,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--after", help="ISO-8601 instant (default now; no offset = in the zone)")
     q.add_argument("--count", type=int, default=10, help="how many fire times (default 10)")
     p.set_defaults(func=cmd_schedules)
+
+    p = sub.add_parser(
+        "status", help="leader, live replicas, queue depths and lag, schedules in trouble"
+    )
+    p.add_argument("--json", action="store_true", help="JSON output for scripts")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("jobs", help="list, show, retry or cancel jobs")
     jsub = p.add_subparsers(dest="action", required=True)

@@ -72,6 +72,7 @@ async def prune(
     succeeded_s: float,
     dead_s: float,
     batch: int,
+    stale_replicas_s: float | None = None,
 ) -> Pruned:
     """Delete expired finished jobs (and their runs) and old skipped-fire-time records, in
     batches of ``batch`` rows, one autocommit statement each, on the leader's lock session.
@@ -85,6 +86,7 @@ async def prune(
             ``finished_at``.
         dead_s: retention of ``dead`` jobs and of ``skipped_fire_times`` rows, seconds.
         batch: rows per transaction.
+        stale_replicas_s: also delete ``replicas`` rows silent for this long (None: keep).
 
     Raises:
         psycopg.Error: the statement failed (earlier batches stay deleted, which is
@@ -101,6 +103,10 @@ async def prune(
         if not more:
             break
     skipped = len(await store.fetch(conn, "prune_skipped_fire_times", params))
+    if stale_replicas_s is not None:
+        gone = await store.fetch(conn, "replicas_prune", {"stale_s": stale_replicas_s})
+        if gone:
+            log.warning("replicas_aged_out", replicas=[r["id"] for r in gone], term=term)
     result = Pruned(**counts, skipped_fire_times=skipped, more=more)
     if sum(counts.values()) or skipped:
         log.info("jobs_pruned", term=term, **counts, skipped_fire_times=skipped, more=more)

@@ -124,3 +124,17 @@ async def purge_dead_letters(
         total += deleted
         if deleted < PURGE_BATCH:
             return total
+
+
+async def status(conn: psycopg.AsyncConnection[Any], store: Store) -> dict[str, Any]:
+    """What ``scheduler status`` shows: ``leader`` (holder, term, elected_at, heartbeat_at, or
+    None), ``replicas`` (every registered replica with its heartbeat age in seconds and
+    whether it leads; a replica silent for 3 x ``replica_heartbeat_s`` ages out), ``queues``
+    (depth by state and ``lag_s``, the age of the oldest due-but-unclaimed job) and
+    ``schedules_in_trouble`` (latest fire time dead, or missed)."""
+    return {
+        "leader": await store.current_leader(conn),
+        "replicas": await store.fetch(conn, "status_replicas"),
+        "queues": await store.fetch(conn, "status_queues"),
+        "schedules_in_trouble": await store.fetch(conn, "status_schedules_in_trouble"),
+    }

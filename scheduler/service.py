@@ -8,6 +8,7 @@ everything has stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import maintenance, materialiser
+from . import __version__, maintenance, materialiser
 from .config import SchedulesConfig
 from .errors import LeadershipLostError
 from .jobs import set_default_database_url
@@ -135,6 +136,7 @@ class Replica:
                 succeeded_s=s.retention_succeeded_s,
                 dead_s=s.retention_dead_s,
                 batch=s.retention_batch,
+                stale_replicas_s=3 * s.replica_heartbeat_s,
             )
             # a backlog is worked off one batch budget per tick, the ticks back to back, so
             # materialisation and rescue still get their turn between budgets
@@ -146,6 +148,30 @@ class Replica:
             default=None,
         )
         return _seconds_until(wake, now, self.settings.heartbeat_s)
+
+    async def _register(self, stop: asyncio.Event) -> None:
+        """Keep this replica's row in ``replicas`` fresh (for ``scheduler status``); remove
+        it on a graceful stop. A database outage only delays the next refresh."""
+        host, pid, _ = self.id.split(":")
+        row = {
+            "id": self.id,
+            "host": host,
+            "pid": int(pid),
+            "version": __version__,
+            "queues": self.settings.queues,
+            "concurrency": self.settings.concurrency,
+        }
+        while not stop.is_set():
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(self.store.q["replica_heartbeat"], row)
+            except psycopg.Error as exc:
+                log.warning("replica_heartbeat_failed", error=str(exc).strip()[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.replica_heartbeat_s)
+        with contextlib.suppress(psycopg.Error):
+            async with self.pool.connection() as conn:
+                await conn.execute(self.store.q["replica_remove"], {"id": self.id})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; returns after a graceful shutdown."""
@@ -160,6 +186,7 @@ class Replica:
         loops = [
             asyncio.create_task(self.elector.run(stop), name="scheduler-leader"),
             asyncio.create_task(self.worker.run(stop), name="scheduler-worker"),
+            asyncio.create_task(self._register(stop), name="scheduler-register"),
         ]
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)

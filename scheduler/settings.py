@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
 
+    replica_heartbeat_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often a replica refreshes its row in the replicas table; rows silent "
+        "for 3x this long age out",
+    )
+
     # retention (the leader prunes)
     retention_succeeded_s: float = Field(
         default=7 * 86400.0,

@@ -509,3 +509,57 @@ WHERE id IN (SELECT id FROM {schema}.jobs
                        WHERE s.name = schedule_name AND s.next_run_at <= scheduled_for))
              LIMIT %(limit)s)
 RETURNING id;
+
+-- name: replica_heartbeat
+INSERT INTO {schema}.replicas AS r (id, host, pid, version, queues, concurrency)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(queues)s, %(concurrency)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: replica_remove
+DELETE FROM {schema}.replicas WHERE id = %(id)s;
+
+-- name: replicas_prune
+-- Leader: replicas silent for longer than the cut-off (crashed, partitioned) age out.
+DELETE FROM {schema}.replicas
+WHERE heartbeat_at < now() - make_interval(secs => %(stale_s)s)
+RETURNING id;
+
+-- name: status_replicas
+SELECT r.id, r.host, r.pid, r.version, array_to_string(r.queues, ',') AS queues,
+       r.concurrency, r.started_at, r.heartbeat_at,
+       round(extract(epoch FROM now() - r.heartbeat_at)::numeric, 1) AS heartbeat_age_s,
+       (l.holder = r.id) AS leader
+FROM {schema}.replicas AS r LEFT JOIN {schema}.leader AS l ON true
+ORDER BY r.started_at;
+
+-- name: status_queues
+-- Depth by queue and state, and the oldest due-but-unclaimed job (lag) per queue.
+SELECT queue,
+       count(*) FILTER (WHERE state = 'pending' AND run_at <= now()) AS due,
+       count(*) FILTER (WHERE state = 'pending' AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       round(extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE state = 'pending' AND run_at <= now()))::numeric, 3) AS lag_s
+FROM {schema}.jobs
+GROUP BY queue
+ORDER BY queue;
+
+-- name: status_schedules_in_trouble
+-- Schedules whose latest fire time failed (its job is dead) or was not run (skipped after
+-- the schedule's last materialised fire time), with what happened.
+SELECT s.name, 'dead' AS problem, j.scheduled_for AS fire_time, j.last_error AS detail
+FROM {schema}.schedules AS s
+JOIN LATERAL (SELECT scheduled_for, state, last_error FROM {schema}.jobs
+              WHERE schedule_name = s.name ORDER BY scheduled_for DESC LIMIT 1) AS j ON true
+WHERE j.state = 'dead'
+UNION ALL
+SELECT s.name, 'missed: ' || k.reason, k.last_fire_time,
+       coalesce(k.fire_times::text, 'over 10000') || ' fire time(s) not run'
+FROM {schema}.schedules AS s
+JOIN LATERAL (SELECT reason, last_fire_time, fire_times FROM {schema}.skipped_fire_times
+              WHERE schedule_name = s.name ORDER BY last_fire_time DESC LIMIT 1) AS k ON true
+WHERE s.last_fire_at IS NULL OR k.last_fire_time >= s.last_fire_at
+ORDER BY 1;

@@ -129,3 +129,55 @@ def test_dead_letters_list_retry_all_and_purge(db, run_cli):
         db.execute("SELECT count(*) FROM scheduler.job_runs WHERE job_id = %s", [old]).fetchone()[0]
         == 0
     )
+
+
+def test_status_shows_leader_replicas_queues_and_schedules_in_trouble(db, run_cli, start_replica):
+    db.execute(
+        """INSERT INTO scheduler.schedules (name, cron, timezone, task, max_attempts,
+               backoff_base_s, backoff_max_s, backoff_jitter, definition_hash, next_run_at,
+               last_fire_at)
+           VALUES ('nightly', '30 3 * * *', 'UTC', 'acceptance.tick', 3, 1, 10, 0, 'h',
+                   '2030-01-01T03:30:00Z', '2029-12-31T03:30:00Z')"""
+    )
+    db.execute(
+        """INSERT INTO scheduler.jobs (task, state, attempt, finished_at, last_error,
+                                       schedule_name, scheduled_for, origin)
+           VALUES ('acceptance.tick', 'dead', 3, now(), 'ValueError: nope', 'nightly',
+                   '2029-12-31T03:30:00Z', 'cron')"""
+    )
+    db.execute(  # a replica that stopped heartbeating an hour ago
+        """INSERT INTO scheduler.replicas (id, host, pid, version, queues, concurrency,
+                                           heartbeat_at)
+           VALUES ('gone:1:abc', 'gone', 1, '0.0.1', '{default}', 10, now() - interval '1 h')"""
+    )
+    db.execute(  # due an hour ago on a queue nobody works: lag
+        "INSERT INTO scheduler.jobs (task, queue, run_at) "
+        "VALUES ('acceptance.tick', 'nobody', now() - interval '1 h')"
+    )
+    replica = start_replica(
+        "run",
+        "--import",
+        "tests.acceptance.app_tasks",
+        env={"SCHEDULER_RETENTION_INTERVAL_S": "0.2"},
+    )
+
+    def registered():
+        rows = db.execute("SELECT id FROM scheduler.replicas").fetchall()
+        return rows if rows and all(not r[0].startswith("gone") for r in rows) else None
+
+    from tests.conftest import wait_until
+
+    wait_until(registered, timeout=30)  # registered, and the stale one aged out
+    report = json.loads(run_cli("status", "--json").stdout)
+    assert report["leader"]["holder"].split(":")[1] == str(replica.pid)
+    (me,) = report["replicas"]
+    assert me["leader"] is True and me["queues"] == "default" and me["concurrency"] == 10
+    queues = {q["queue"]: q for q in report["queues"]}
+    assert queues["nobody"]["due"] == 1 and float(queues["nobody"]["lag_s"]) >= 3600
+    assert queues["default"]["dead"] == 1
+    (trouble,) = report["schedules_in_trouble"]
+    assert trouble["name"] == "nightly" and trouble["problem"] == "dead"
+    text = run_cli("status").stdout
+    assert "leader:" in text and "replicas:" in text and "nightly" in text
+    replica.stop()
+    assert db.execute("SELECT count(*) FROM scheduler.replicas").fetchone()[0] == 0
