@@ -68,6 +68,7 @@ from typing import Any
 
 import psycopg
 
+from . import metrics
 from .errors import LeadershipLostError, PoolerError
 from .log import get_logger
 from .settings import Settings
@@ -189,6 +190,7 @@ class LeaderElector:
         return waiter.result()
 
     def _step_down(self) -> None:
+        metrics.LEADER.set(0)
         self.term = None
         self.is_leader.clear()
 
@@ -215,6 +217,9 @@ class LeaderElector:
                 )
             self.term = await self.store.elect(conn, self.holder, self.config_hash)
             log.info("leader_elected", holder=self.holder, term=self.term)
+            metrics.ELECTIONS.inc()
+            metrics.LEADER.set(1)
+            metrics.LEADER_TERM.set(self.term)
             self.is_leader.set()
             async with conn.transaction():
                 if await self.store.fence(conn, self.holder, self.term) is None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from . import metrics
 from .errors import LeadershipLostError
 from .log import get_logger
 from .store import Store
@@ -47,6 +48,8 @@ async def rescue_expired_leases(
             raise LeadershipLostError(f"term {term} is no longer current for {holder}")
         rows = await store.fetch(conn, "rescue_expired_leases", {"limit": RESCUE_BATCH})
     rescued = [r["job_id"] for r in rows]
+    for r in rows:
+        metrics.JOBS_RESCUED.labels(r["queue"], r["task"]).inc()
     if rescued:
         log.warning("jobs_rescued", jobs=rescued, term=term, reason="lease expired")
     return rescued

@@ -45,6 +45,7 @@ every-second schedule is one row, not millions.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -52,6 +53,7 @@ from typing import Any
 
 import psycopg
 
+from . import metrics
 from .config import MisfirePolicy, OverlapPolicy
 from .cron import Cron
 from .errors import CronError, LeadershipLostError
@@ -298,6 +300,8 @@ async def tick(
                     reason="overlap",
                     schedules=[r["schedule_name"] for r in overlap],
                 )
+                for r in overlap:
+                    metrics.FIRE_TIMES.labels(r["schedule_name"], "overlap").inc()
         if skips:
             await conn.execute(
                 store.q["record_skips"],
@@ -314,6 +318,10 @@ async def tick(
             await conn.execute(store.q["schedules_advance"], advance)
         next_rows = await store.fetch(conn, "schedules_next_due", {"ahead_s": ahead_s})
         materialise_at = next_rows[0]["materialise_at"] if next_rows else None
+    for name, n in Counter(names).items():
+        metrics.FIRE_TIMES.labels(name, "materialised").inc(n)
+    for name, s in skips:
+        metrics.FIRE_TIMES.labels(name, s.reason).inc(s.count or COUNT_CAP)
     if names:
         log.info("fire_times_materialised", jobs=inserted, fire_times=len(names), term=term)
     return TickResult(

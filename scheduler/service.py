@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import __version__, maintenance, materialiser
+from . import __version__, maintenance, materialiser, metrics
 from .config import SchedulesConfig
 from .errors import LeadershipLostError
 from .jobs import set_default_database_url
@@ -80,6 +80,7 @@ class Replica:
             on_elected=self._on_elected,
             tick=self._tick,
         )
+        self.health_port: int | None = None  # bound port of /metrics etc., once serving
         self.worker = Worker(self.pool, direct_url, self.store, settings, self.id)
 
     async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
@@ -149,6 +150,14 @@ class Replica:
         )
         return _seconds_until(wake, now, self.settings.heartbeat_s)
 
+    @staticmethod
+    async def _beat(stop: asyncio.Event, health: metrics.HealthServer | None) -> None:
+        """Liveness: proves every second that the event loop turns (``/healthz``)."""
+        while health is not None and not stop.is_set():
+            health.beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
     async def _register(self, stop: asyncio.Event) -> None:
         """Keep this replica's row in ``replicas`` fresh (for ``scheduler status``); remove
         it on a graceful stop. A database outage only delays the next refresh."""
@@ -183,7 +192,15 @@ class Replica:
             queues=self.settings.queues,
             concurrency=self.settings.concurrency,
         )
+        health = None
+        if self.settings.metrics_port is not None:
+            health = metrics.HealthServer(
+                self.url, self.store, self.settings.metrics_host, self.settings.metrics_port
+            )
+            health.start()
+            self.health_port = health.port
         loops = [
+            asyncio.create_task(self._beat(stop, health), name="scheduler-beat"),
             asyncio.create_task(self.elector.run(stop), name="scheduler-leader"),
             asyncio.create_task(self.worker.run(stop), name="scheduler-worker"),
             asyncio.create_task(self._register(stop), name="scheduler-register"),
@@ -199,6 +216,8 @@ class Replica:
                 await asyncio.wait(loops)
                 raise failed[0].exception()  # type: ignore[misc]
         finally:
+            if health is not None:
+                health.stop()
             await self.pool.close()
             log.info("replica_stopped", replica=self.id)
 

@@ -138,6 +138,17 @@ class Settings(BaseSettings):
     backoff_max_s: float = Field(default=3600.0, gt=0)
     backoff_jitter: float = Field(default=0.1, ge=0, le=1)
 
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of /metrics, /healthz and /readyz (unset: no HTTP server)",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address the metrics/health port binds to (0.0.0.0 in a container)",
+    )
+
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = Field(default="info")
 

@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from . import metrics
 from .errors import UnknownTaskError
 from .jobs import JobState, RunOutcome
 from .leader import KEEPALIVES
@@ -160,6 +161,8 @@ class Worker:
                 lease_s=self.settings.lease_s,
             )
         for job in jobs:
+            metrics.JOBS_CLAIMED.labels(job["queue"], job["task"]).inc()
+            metrics.JOB_LATENESS.labels(job["queue"]).observe(max(0.0, job["lateness_s"]))
             self._leases[job["id"]] = job["attempt"]
             self._log.debug(
                 "job_claimed", job_id=job["id"], task=job["task"], attempt=job["attempt"]
@@ -186,9 +189,12 @@ class Worker:
             registered = get_task(job["task"])
         except UnknownTaskError as exc:
             self._leases.pop(job["id"], None)
+            self._tasks.pop(job["id"], None)
+            metrics.JOBS_DEAD.labels(job["queue"], job["task"]).inc()
             self._log.error("job_dead", reason="unknown_task", **fields)
             self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=str(exc))
             return
+        started = time.monotonic()
         try:
             if registered.is_async:
                 work = registered.func(**args)
@@ -198,6 +204,7 @@ class Worker:
             await asyncio.wait_for(work, registered.timeout_s)
         except asyncio.CancelledError:
             if job["id"] in self._cancelling:  # scheduler jobs cancel, not a shutdown
+                metrics.JOBS_CANCELLED.labels(job["queue"], job["task"]).inc()
                 self._complete(
                     job, JobState.CANCELLED, RunOutcome.CANCELLED, error="cancelled by operator"
                 )
@@ -217,6 +224,10 @@ class Worker:
             self._leases.pop(job["id"], None)
             self._tasks.pop(job["id"], None)
             self._cancelling.discard(job["id"])
+            metrics.JOB_DURATION.labels(job["queue"], job["task"]).observe(
+                time.monotonic() - started
+            )
+        metrics.JOBS_SUCCEEDED.labels(job["queue"], job["task"]).inc()
         self._log.info("job_succeeded", **fields)
         self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
 
@@ -230,9 +241,11 @@ class Worker:
     ) -> None:
         """Retry with backoff, or dead-letter at max_attempts."""
         if job["attempt"] >= job["max_attempts"]:
+            metrics.JOBS_DEAD.labels(job["queue"], job["task"]).inc()
             self._log.error("job_dead", reason="max_attempts", error=error, **fields)
             self._complete(job, JobState.DEAD, outcome, error=error, tb=tb)
             return
+        metrics.JOBS_FAILED.labels(job["queue"], job["task"]).inc()
         delay_s = Backoff(
             job["backoff_base_s"], job["backoff_max_s"], job["backoff_jitter"]
         ).delay_s(job["attempt"])

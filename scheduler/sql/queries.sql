@@ -81,7 +81,8 @@ FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
           j.backoff_base_s, j.backoff_max_s, j.backoff_jitter,
-          j.schedule_name, j.scheduled_for, j.run_at;
+          j.schedule_name, j.scheduled_for, j.run_at,
+          extract(epoch FROM now() - j.run_at)::float8 AS lateness_s;
 
 -- name: complete_jobs
 -- Fenced batch completion: a row changes only if it is still running this attempt of this
@@ -372,12 +373,14 @@ WITH expired AS (
         updated_at = now()
     FROM expired AS e
     WHERE j.id = e.id
-    RETURNING j.id, j.attempt, j.locked_by, j.locked_at, j.state, j.last_error
+    RETURNING j.id, j.attempt, j.locked_by, j.locked_at, j.state, j.last_error, j.queue, j.task
+), runs AS (
+    INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome,
+                                   error)
+    SELECT id, attempt, locked_by, locked_at, now(), 'lost', last_error FROM moved
+    ON CONFLICT (job_id, attempt) DO NOTHING
 )
-INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
-SELECT id, attempt, locked_by, locked_at, now(), 'lost', last_error FROM moved
-ON CONFLICT (job_id, attempt) DO NOTHING
-RETURNING job_id;
+SELECT id AS job_id, queue, task, state FROM moved;
 
 -- name: lock_held
 -- Does this backend hold the leader lock? False behind a transaction-mode pooler, where the
