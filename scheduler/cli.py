@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from . import embedded, log, operations, schedules
 from .config import load_config
 from .cron import Cron
-from .errors import ConfigError
+from .errors import ConfigError, MigrationPrivilegeError
 from .jobs import JobState
 from .settings import Settings
 from .store import Store
@@ -66,7 +66,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     log.configure(settings.log_format, settings.log_level)
-    applied = asyncio.run(migrate(_database_url(settings), settings))
+    try:
+        applied = asyncio.run(migrate(_database_url(settings), settings))
+    except MigrationPrivilegeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 
@@ -101,7 +105,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             for issue in exc.issues:
                 print(issue, file=sys.stderr)
             return 1
-    asyncio.run(run_replica(_database_url(settings), settings, config))
+    try:
+        asyncio.run(run_replica(_database_url(settings), settings, config))
+    except MigrationPrivilegeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     if any(t.name.startswith("scheduler-job") and t.is_alive() for t in threading.enumerate()):
         # Sync handlers cut off by the shutdown were released to pending (they will run
         # again); their threads cannot be stopped, so leave without waiting for them.

@@ -10,7 +10,8 @@ Every error derives from :class:`SchedulerError`, so ``except SchedulerError`` c
     │   └── DuplicateTaskError two different functions registered under one name
     ├── DatabaseNotConfiguredError  no connection given and SCHEDULER_DATABASE_URL unset
     ├── LeadershipLostError    the leader lost its lock session or term while committing
-    └── PoolerError            the lock session is not a real session (transaction-mode pooler)
+    ├── PoolerError            the lock session is not a real session (transaction-mode pooler)
+    └── MigrationPrivilegeError migrations are pending and this role may not apply them
 
 Bad *values* passed to the Python API (a naive ``run_at``, args that are not JSON) raise the
 built-in ``ValueError`` / ``TypeError`` as Python users expect.
@@ -88,3 +89,8 @@ class LeadershipLostError(SchedulerError):
 class PoolerError(SchedulerError):
     """The advisory lock is not held by this backend after taking it: the connection goes
     through a transaction-mode pooler. Set ``SCHEDULER_DIRECT_DATABASE_URL``."""
+
+
+class MigrationPrivilegeError(SchedulerError):
+    """Migrations are pending and the connecting role lacks the privileges to apply them
+    (a least-privilege service role): run ``scheduler migrate`` as the schema's owner."""

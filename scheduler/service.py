@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import __version__, maintenance, materialiser, metrics
 from .config import SchedulesConfig
-from .errors import LeadershipLostError
+from .errors import LeadershipLostError, MigrationPrivilegeError
 from .jobs import set_default_database_url
 from .leader import KEEPALIVES, LeaderElector
 from .log import get_logger
@@ -223,9 +223,22 @@ class Replica:
 
 
 async def migrate(url: str, settings: Settings) -> list[str]:
-    """Apply pending migrations; returns the names applied."""
+    """Apply pending migrations; returns the names applied.
+
+    Raises:
+        MigrationPrivilegeError: migrations are pending and the role may not apply them.
+    """
+    store = Store(settings.schema_name)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        applied = await Store(settings.schema_name).migrate(conn)
+        try:
+            applied = await store.migrate(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            pending = [f"{m.version:04d}_{m.name}" for m in await store.pending_migrations(conn)]
+            raise MigrationPrivilegeError(
+                f"migrations {', '.join(pending)} are pending and this database role may not "
+                f"apply them ({str(exc).strip()}): run `scheduler migrate` as the owner of "
+                f"schema {settings.schema_name!r} (see docs/operations.md)"
+            ) from None
     return [f"{m.version:04d}_{m.name}" for m in applied]
 
 

@@ -109,6 +109,8 @@ class Store:
 
         Returns the migrations applied by this call (empty when the schema is current).
         """
+        if not await self.pending_migrations(conn):
+            return []  # read-only check: a least-privilege role may start when current
         applied_now: list[Migration] = []
         for migration in migrations():
             async with conn.transaction():
