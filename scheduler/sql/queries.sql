@@ -356,7 +356,8 @@ RETURNING j.id;
 
 -- name: rescue_expired_leases
 -- Leader only: running jobs whose worker stopped extending the lease (crashed, hung, cut off)
--- go back to pending, due now, or to dead at max_attempts; a 'lost' run is recorded.
+-- go back to pending, due now, or to dead at max_attempts, or to cancelled when an operator
+-- had asked them to stop; a 'lost' run is recorded.
 WITH expired AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'running' AND lease_expires_at < now()
@@ -365,9 +366,11 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     UPDATE {schema}.jobs AS j
-    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'pending' END,
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'  -- jobs cancel
+                     WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'pending' END,
         run_at = now(),
-        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                             OR j.attempt >= j.max_attempts THEN now() END,
         lease_expires_at = NULL,
         last_error = 'lease expired: worker ' || j.locked_by || ' stopped extending it',
         updated_at = now()

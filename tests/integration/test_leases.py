@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from scheduler import enqueue, maintenance, task
+from scheduler import enqueue, maintenance, operations, task
 from scheduler.settings import Settings
 from scheduler.store import Store
 from scheduler.worker import Worker
@@ -86,25 +86,28 @@ def test_expired_lease_is_rescued_with_a_lost_run_and_dead_at_max_attempts(db, d
     with psycopg.connect(db_url, autocommit=True) as conn:
         retry = enqueue(slow, args={"seconds": 0}, max_attempts=3, connection=conn)
         last = enqueue(slow, args={"seconds": 0}, max_attempts=1, connection=conn)
+        cancelled = enqueue(slow, args={"seconds": 0}, max_attempts=3, connection=conn)
 
     async def scenario() -> list[int]:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
             claimed = await STORE.claim_jobs(
                 c, queues=["default"], limit=5, worker_id="dead-worker", lease_s=0.1
             )
-            assert len(claimed) == 2
+            assert len(claimed) == 3
+            assert await operations.cancel(c, STORE, cancelled) == "cancel_requested"
             await asyncio.sleep(0.3)  # the worker "died": nobody extends the leases
             assert await STORE.try_lock_leader(c)
             term = await STORE.elect(c, "L", None)
             return await maintenance.rescue_expired_leases(c, STORE, holder="L", term=term)
 
-    assert sorted(asyncio.run(scenario())) == sorted([retry, last])
+    assert sorted(asyncio.run(scenario())) == sorted([retry, last, cancelled])
     states = dict(db.execute("SELECT id, state FROM scheduler.jobs").fetchall())
-    assert states == {retry: "pending", last: "dead"}
+    # a job an operator had asked to stop is not run again
+    assert states == {retry: "pending", last: "dead", cancelled: "cancelled"}
     runs = db.execute(
         "SELECT job_id, attempt, outcome, worker_id FROM scheduler.job_runs ORDER BY job_id"
     ).fetchall()
-    assert runs == [(retry, 1, "lost", "dead-worker"), (last, 1, "lost", "dead-worker")]
+    assert runs == [(j, 1, "lost", "dead-worker") for j in sorted([retry, last, cancelled])]
 
 
 def test_async_timeout_is_recorded_and_retried(db, db_url):
