@@ -181,3 +181,27 @@ def test_status_shows_leader_replicas_queues_and_schedules_in_trouble(db, run_cl
     assert "leader:" in text and "replicas:" in text and "nightly" in text
     replica.stop()
     assert db.execute("SELECT count(*) FROM scheduler.replicas").fetchone()[0] == 0
+
+
+def test_no_password_reaches_the_logs(db, db_url, start_replica, run_cli, cli_env):
+    from psycopg.conninfo import make_conninfo
+
+    from tests.conftest import wait_until
+
+    secret_url = make_conninfo(db_url, password="hunter2-do-not-log")
+    env = {"SCHEDULER_DATABASE_URL": secret_url, "SCHEDULER_LOG_LEVEL": "debug"}
+    with psycopg.connect(db_url) as conn:
+        enqueue("acceptance.tick", connection=conn)
+        conn.commit()
+    replica = start_replica("run", "--import", "tests.acceptance.app_tasks", env=env)
+    wait_until(
+        lambda: db.execute(
+            "SELECT count(*) FROM scheduler.jobs WHERE state = 'succeeded'"
+        ).fetchone()[0],
+        timeout=30,
+    )
+    status = run_cli("status", env={**cli_env, **env})
+    replica.stop()
+    output = replica.output()
+    assert "leader_elected" in output and "job_succeeded" in output  # it did log
+    assert "hunter2" not in output and "hunter2" not in status.stdout + status.stderr
