@@ -161,8 +161,9 @@ class Worker:
                 lease_s=self.settings.lease_s,
             )
         for job in jobs:
-            metrics.JOBS_CLAIMED.labels(job["queue"], job["task"]).inc()
-            metrics.JOB_LATENESS.labels(job["queue"]).observe(max(0.0, job["lateness_s"]))
+            m = metrics.for_job(job["queue"], job["task"])
+            m.claimed.inc()
+            m.lateness.observe(max(0.0, job["lateness_s"]))
             self._leases[job["id"]] = job["attempt"]
             self._log.debug(
                 "job_claimed", job_id=job["id"], task=job["task"], attempt=job["attempt"]
@@ -224,10 +225,9 @@ class Worker:
             self._leases.pop(job["id"], None)
             self._tasks.pop(job["id"], None)
             self._cancelling.discard(job["id"])
-            metrics.JOB_DURATION.labels(job["queue"], job["task"]).observe(
-                time.monotonic() - started
-            )
-        metrics.JOBS_SUCCEEDED.labels(job["queue"], job["task"]).inc()
+            m = metrics.for_job(job["queue"], job["task"])
+            m.duration.observe(time.monotonic() - started)
+        m.succeeded.inc()
         self._log.info("job_succeeded", **fields)
         self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
 
