@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,7 @@ MAX_COMPLETION_BATCH = 1_000  # outcomes per completion statement
 @dataclass
 class _Completion:
     outcome: dict[str, Any]
-    done: asyncio.Future[bool] = field(repr=False)
+    on_written: Callable[[], object] | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -252,13 +253,13 @@ class Worker:
         self._log.warning(
             "job_failed", outcome=outcome.value, error=error, retry_in_s=round(delay_s, 3), **fields
         )
-        written = self._complete(
-            job, JobState.PENDING, outcome, error=error, tb=tb, delay_s=delay_s
-        )
         # Wake up for the retry ourselves (a retry sends no NOTIFY). The timer starts once the
         # outcome is written, as run_at = the database's now() at that write + delay_s.
         loop = asyncio.get_running_loop()
-        written.add_done_callback(lambda _: loop.call_later(delay_s, self._wake.set))
+        self._complete(
+            job, JobState.PENDING, outcome, error=error, tb=tb, delay_s=delay_s,
+            on_written=lambda: loop.call_later(delay_s, self._wake.set),
+        )  # fmt: skip
 
     def _complete(
         self,
@@ -269,11 +270,11 @@ class Worker:
         error: str | None = None,
         tb: str | None = None,
         delay_s: float = 0.0,
-    ) -> asyncio.Future[bool]:
+        on_written: Callable[[], object] | None = None,
+    ) -> None:
         """Queue an attempt's outcome for the next batched write and return at once, so the
-        slot frees while the write happens (claims overlap completions). The future resolves
-        when the outcome is written: ``False`` when it was fenced off."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        slot frees while the write happens (claims overlap completions). ``on_written`` is
+        called once the write committed (whether or not the outcome was fenced off)."""
         self._completions.put_nowait(
             _Completion(
                 {
@@ -285,10 +286,9 @@ class Worker:
                     "traceback": tb,
                     "delay_s": delay_s,
                 },
-                done,
+                on_written,
             )
         )
-        return done
 
     async def _flush_completions(self) -> None:
         """Write completions in batches: whatever is queued when the previous write ends."""
@@ -319,8 +319,8 @@ class Worker:
                         job_id=c.outcome["id"],
                         attempt=c.outcome["attempt"],
                     )
-                if not c.done.done():
-                    c.done.set_result(written)
+                if c.on_written is not None:
+                    c.on_written()
                 self._completions.task_done()
             self._writing = 0
             self._wake.set()  # slots held back by unwritten outcomes are free again
