@@ -318,8 +318,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     sections = [
         ("replicas", ["id", "version", "queues", "concurrency", "started_at",
                       "heartbeat_age_s", "leader"]),
-        ("queues", ["queue", "due", "scheduled", "running", "succeeded", "dead", "cancelled",
-                    "lag_s"]),
+        ("queues", ["queue", "due", "scheduled", "running", "dead", "lag_s"]),
         ("schedules_in_trouble", ["name", "problem", "fire_time", "detail"]),
     ]  # fmt: skip
     for key, columns in sections:
