@@ -36,7 +36,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .log import get_logger
-from .store import Store, migrations
+from .store import Store
 
 log = get_logger("scheduler.metrics")
 
@@ -117,6 +117,7 @@ class _QueueCollector(Collector):
         )
         try:
             with psycopg.connect(self.url, autocommit=True, connect_timeout=2) as conn:
+                conn.execute(self.store.q["probe_timeout"])
                 rows = conn.execute(self.store.q["status_queues"]).fetchall()
         except psycopg.Error as exc:
             log.warning("metrics_query_failed", error=str(exc).strip()[:300])
@@ -198,16 +199,10 @@ class HealthServer:
         """``None`` when the database answers and is fully migrated, else why not."""
         try:
             with psycopg.connect(self.url, autocommit=True, connect_timeout=2) as conn:
-                conn.execute("SET statement_timeout = 2000")
-                exists = conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL", [f"{self.store.schema}.migrations"]
-                ).fetchone()
-                done = (
-                    {r[0] for r in conn.execute(self.store.q["migrations_applied"]).fetchall()}
-                    if exists and exists[0]
-                    else set()
-                )
+                conn.execute(self.store.q["probe_timeout"])
+                missing = [
+                    f"{m.version:04d}_{m.name}" for m in self.store.pending_migrations_sync(conn)
+                ]
         except psycopg.Error as exc:
             return f"database unreachable: {str(exc).strip()[:200]}"
-        missing = [f"{m.version:04d}_{m.name}" for m in migrations() if m.version not in done]
         return f"migrations not applied: {', '.join(missing)}" if missing else None

@@ -133,13 +133,23 @@ class Store:
     async def pending_migrations(self, conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
         """Shipped migrations that the database has not applied yet."""
         cur = await conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", [f"{self.schema}.migrations"]
+            self.q["migrations_table_exists"], {"table": f'"{self.schema}".migrations'}
         )
         row = await cur.fetchone()
         if not row or not row[0]:
             return list(migrations())
         cur = await conn.execute(self.q["migrations_applied"])
         done = {r[0] for r in await cur.fetchall()}
+        return [m for m in migrations() if m.version not in done]
+
+    def pending_migrations_sync(self, conn: psycopg.Connection[Any]) -> list[Migration]:
+        """Sync twin of :meth:`pending_migrations` (for the readiness probe's thread)."""
+        row = conn.execute(
+            self.q["migrations_table_exists"], {"table": f'"{self.schema}".migrations'}
+        ).fetchone()
+        if not row or not row[0]:
+            return list(migrations())
+        done = {r[0] for r in conn.execute(self.q["migrations_applied"]).fetchall()}
         return [m for m in migrations() if m.version not in done]
 
     # ---- enqueue (sync and async: the caller's connection may be either) -----------------------

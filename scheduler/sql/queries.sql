@@ -13,6 +13,13 @@ CREATE TABLE IF NOT EXISTS {schema}.migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- name: probe_timeout
+-- Health probes must answer in time even when the database is slow.
+SET statement_timeout = 2000;
+
+-- name: migrations_table_exists
+SELECT to_regclass(%(table)s) IS NOT NULL;
+
 -- name: migrations_applied
 SELECT version, name, applied_at FROM {schema}.migrations ORDER BY version;
 
