@@ -51,7 +51,7 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
   session (freeing the lock) within ~8-10 s, and the old leader's next statement fails, so it
   steps down.
 * Materialisation runs on the lock session itself, so when the session dies its transaction
-  dies with it; each transaction first runs ``leader_fence`` (lock still held by this backend,
+  dies with it; each transaction first runs ``leader_heartbeat`` (lock still held by this backend,
   term current). ``UNIQUE (schedule_name, scheduled_for)`` is the last guard.
 * ``leader`` row: holder, term, elected_at, heartbeat_at, config_hash: audit and liveness,
   not the lock. Followers compare the leader's ``config_hash`` with their own schedules file

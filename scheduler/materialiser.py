@@ -2,7 +2,7 @@
 
 A tick is one transaction on the leader's lock session:
 
-1. fence: ``leader_fence`` heartbeats and returns the database ``now()`` only while this
+1. fence: ``leader_heartbeat`` heartbeats and returns the database ``now()`` only while this
    session holds the advisory lock and its term is current; otherwise nothing is written
    (:class:`LeadershipLostError`);
 2. lock the due schedules (``next_run_at <= now + materialise_ahead_s``, not paused,

@@ -371,8 +371,8 @@ class Store:
         not commit anything as leader).
         """
         cur = await conn.execute(
-            self.q["leader_fence"],
-            {"holder": holder, "term": term, "key": self.leader_key, "now": now},
+            self.q["leader_heartbeat"],
+            {"holder": holder, "term": term, "key": self.leader_key, "now": now, "ahead_s": 0},
         )
         row = await cur.fetchone()
         return row[0] if row else None
@@ -387,7 +387,13 @@ class Store:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             self.q["leader_heartbeat"],
-            {"holder": holder, "term": term, "key": self.leader_key, "ahead_s": ahead_s},
+            {
+                "holder": holder,
+                "term": term,
+                "key": self.leader_key,
+                "ahead_s": ahead_s,
+                "now": None,
+            },
         )
         return await cur.fetchone()
 

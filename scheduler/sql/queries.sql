@@ -159,22 +159,11 @@ SET holder = EXCLUDED.holder, term = l.term + 1, elected_at = now(), heartbeat_a
     config_hash = EXCLUDED.config_hash
 RETURNING term;
 
--- name: leader_fence
--- Heartbeat and fence in one: matches only while this session still holds the advisory lock
--- and the term is current. Returns the clock for the caller's tick: the database's, unless a
--- test injects one.
-UPDATE {schema}.leader
-SET heartbeat_at = now()
-WHERE holder = %(holder)s AND term = %(term)s
-  AND EXISTS (
-      SELECT 1 FROM pg_locks
-      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
-        AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
-RETURNING coalesce(%(now)s::timestamptz, now()) AS now;
-
 -- name: leader_heartbeat
--- The idle leader's only statement: heartbeat and fence as leader_fence, and in the same
--- round trip when the next materialisation and the next lease rescue are due.
+-- Heartbeat and fence in one: matches only while this session still holds the advisory lock
+-- and the term is current. The idle leader's only statement (it also says when the next
+-- materialisation and the next lease rescue are due); inside a tick's transaction it is the
+-- fence, returning the clock for the tick: the database's, unless a test injects one.
 UPDATE {schema}.leader
 SET heartbeat_at = now()
 WHERE holder = %(holder)s AND term = %(term)s
@@ -182,7 +171,7 @@ WHERE holder = %(holder)s AND term = %(term)s
       SELECT 1 FROM pg_locks
       WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
-RETURNING now() AS now,
+RETURNING coalesce(%(now)s::timestamptz, now()) AS now,
           (SELECT min(CASE WHEN s.overlap_policy = 'skip' THEN s.next_run_at
                            ELSE s.next_run_at - make_interval(secs => %(ahead_s)s) END)
            FROM {schema}.schedules AS s
