@@ -8,9 +8,10 @@
   budget, so attempt numbers keep counting up and ``job_runs`` keeps one row per attempt.
   Recorded in ``job_events`` (``retried``).
 * **cancel**: a ``pending`` job becomes ``cancelled`` at once. For a ``running`` job the
-  handler is asked to stop: ``cancel_requested_at`` is set, and the worker running it sees
-  it when it next extends its leases (every ``lease_s / 3``, 10 s by default) and cancels an
-  async handler at its next ``await``; the attempt is recorded as ``cancelled``. A sync
+  handler is asked to stop: ``cancel_requested_at`` is set and a notification tells the
+  worker running it, which cancels an async handler at its next ``await`` (a worker that
+  missed the notification sees the request at its next lease extension, within
+  ``lease_s / 3``); the attempt is recorded as ``cancelled``. A sync
   handler's thread cannot be interrupted: it runs to its end, but its outcome is recorded as
   ``cancelled`` all the same.
 * **purge**: dead letters finished more than a given time ago, with their runs and events,
@@ -105,7 +106,13 @@ async def cancel(conn: psycopg.AsyncConnection[Any], store: Store, job_id: int) 
     """Cancel a pending job (``"cancelled"``) or ask a running one to stop
     (``"cancel_requested"``); ``None`` when the job does not exist or has finished."""
     rows = await store.fetch(conn, "job_cancel", {"id": job_id})
-    return rows[0]["event"] if rows else None
+    if not rows:
+        return None
+    if rows[0]["event"] == "cancel_requested":
+        await conn.execute(
+            store.q["notify_cancel"], {"channel": store.cancel_channel, "id": job_id}
+        )
+    return rows[0]["event"]
 
 
 async def purge_dead_letters(

@@ -99,6 +99,7 @@ class Store:
         self.q = queries(schema)
         self.leader_key = leader_lock_key(schema)
         self.notify_channel = f"{schema}.jobs"
+        self.cancel_channel = f"{schema}.cancel"
         self.jobs_table = f'"{schema}".jobs'  # schema is a validated identifier
 
     # ---- migrations -------------------------------------------------------------------------

@@ -416,8 +416,10 @@ class Worker:
             asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        """LISTEN for inserted jobs; reconnect with backoff (polling covers the gap)."""
+        """LISTEN for inserted jobs and cancel requests; reconnect with backoff (polling and
+        lease extensions cover the gap)."""
         channel = sql.Identifier(self.store.notify_channel)
+        cancel_channel = sql.Identifier(self.store.cancel_channel)
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -425,11 +427,16 @@ class Worker:
                     self.listen_url, autocommit=True, **KEEPALIVES
                 ) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(channel))
+                    await conn.execute(sql.SQL("LISTEN {}").format(cancel_channel))
                     self.listening.set()
                     self._wake.set()  # jobs may have arrived while we were not listening
                     backoff = 0.5
                     async for notify in conn.notifies():
-                        self._on_notify(notify.payload)
+                        if notify.channel == self.store.cancel_channel:
+                            with contextlib.suppress(ValueError):
+                                self._cancel(int(notify.payload))  # ignored if not ours
+                        else:
+                            self._on_notify(notify.payload)
             except psycopg.Error as exc:
                 self.listening.clear()
                 self._log.warning(

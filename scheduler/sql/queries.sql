@@ -499,6 +499,11 @@ SELECT id, CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'cancel_requested
 FROM changed
 RETURNING event;
 
+-- name: notify_cancel
+-- Sent after job_cancel asked a running job to stop: its worker cancels the handler at once
+-- (the next lease extension would also tell it, within lease_s / 3).
+SELECT pg_notify(%(channel)s, %(id)s::text);
+
 -- name: dead_letters_purge
 -- Dead jobs finished before the cut-off, with their runs and events (ON DELETE CASCADE),
 -- in one bounded batch.

@@ -333,8 +333,26 @@ async def forever() -> None:
     await asyncio.sleep(3600)
 
 
-def test_cancel_stops_a_running_async_handler_at_the_next_lease_extension(db, db_url):
+def test_cancel_stops_a_running_async_handler_at_once(db, db_url):
+    """With a 30 s lease (extensions every 10 s), only the notification can stop it in time."""
     from scheduler import operations
+
+    with psycopg.connect(db_url) as conn:
+        job_id = enqueue(forever, connection=conn)
+        conn.commit()
+
+    async def cancelled(c):
+        if await _count(c, "state = 'running' AND cancel_requested_at IS NULL") == 1:
+            await operations.cancel(c, Store("scheduler"), job_id)
+        return await _count(c, "state = 'cancelled'") == 1
+
+    asyncio.run(_run_worker_until(db_url, cancelled, timeout=5, lease_s=30))
+    assert db.execute(
+        "SELECT outcome FROM scheduler.job_runs WHERE job_id = %s", [job_id]
+    ).fetchall() == [("cancelled",)]
+
+
+def test_cancel_stops_a_running_async_handler_at_the_next_lease_extension(db, db_url):
 
     with psycopg.connect(db_url) as conn:
         job_id = enqueue(forever, connection=conn)
@@ -345,8 +363,9 @@ def test_cancel_stops_a_running_async_handler_at_the_next_lease_extension(db, db
             return await _count(c, "state = 'running'") == 1
 
         async def cancelled(c):
-            if await _count(c, "state = 'running'") == 1:
-                await operations.cancel(c, Store("scheduler"), job_id)
+            if await _count(c, "state = 'running' AND cancel_requested_at IS NULL") == 1:
+                # the request without its notification (as if the worker missed it)
+                await Store("scheduler").fetch(c, "job_cancel", {"id": job_id})
             return await _count(c, "state = 'cancelled'") == 1
 
         # lease_s 0.3: leases are extended (and cancel requests seen) every 0.1 s
