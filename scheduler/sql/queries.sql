@@ -482,9 +482,9 @@ SELECT id, 'retried', format('attempts %%s..%%s', attempt + 1, max_attempts) FRO
 RETURNING job_id;
 
 -- name: job_cancel
--- A pending job is cancelled at once; a running one is asked to stop (its worker sees
--- cancel_requested_at when it next extends its leases and cancels an async handler; a sync
--- handler runs to its end). Recorded in job_events.
+-- A pending job is cancelled at once; a running one is asked to stop (notify_cancel tells its
+-- worker at once, and its next lease extension returns cancel_requested_at too; the worker
+-- cancels an async handler, a sync handler runs to its end). Recorded in job_events.
 WITH changed AS (
     UPDATE {schema}.jobs AS j
     SET state = CASE WHEN j.state = 'pending' THEN 'cancelled' ELSE j.state END,
