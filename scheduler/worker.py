@@ -13,6 +13,9 @@ Loop of one replica (``concurrency`` slots)::
                         failure, attempt < max → pending, run_at = now() + backoff
                         failure, attempt = max → dead (dead letter)
                         task not registered  → dead at once, with that reason
+                        cancelled by an operator (NOTIFY, or seen at a lease extension)
+                                             → cancelled (async handlers stop at their
+                                               next await; a sync handler's thread runs on)
 
 Completion is fenced: the UPDATE matches ``id, state = 'running', locked_by, attempt``, so a
 worker that lost its job (lease rescued by the leader) cannot overwrite a newer attempt.
