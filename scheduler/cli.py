@@ -6,7 +6,7 @@
     scheduler schedules list [--json] | pause NAME | resume NAME | trigger NAME
     scheduler schedules next (--cron EXPR [--timezone TZ] | NAME --config FILE)
                              [--after ISO8601] [--count N]
-    scheduler status [--json]
+    scheduler status [--json]                                   (these three: cli_jobs.py)
     scheduler jobs list [--state S] [--queue Q] [--task T] [--schedule NAME] [--limit N] [--json]
     scheduler jobs show ID [--json] | retry ID | cancel ID
     scheduler dead-letters list [--task T] [--limit N] [--json]
@@ -31,17 +31,16 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
-from . import embedded, log, operations, schedules
+from . import embedded, log, schedules
 from .config import load_config
 from .cron import Cron
 from .errors import ConfigError, MigrationPrivilegeError
-from .jobs import JobState
 from .settings import Settings
 from .store import Store
 from .tasks import import_modules
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {}
     if getattr(args, "queues", None):
         overrides["queues"] = args.queues
@@ -50,7 +49,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _database_url(settings: Settings) -> str:
+def resolve_database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
     url = embedded.start(settings.embedded_dir)
@@ -64,10 +63,10 @@ def _database_url(settings: Settings) -> str:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .service import migrate
 
-    settings = _settings(args)
+    settings = settings_from(args)
     log.configure(settings.log_format, settings.log_level)
     try:
-        applied = asyncio.run(migrate(_database_url(settings), settings))
+        applied = asyncio.run(migrate(resolve_database_url(settings), settings))
     except MigrationPrivilegeError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -90,7 +89,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .service import run_replica
 
-    settings = _settings(args)
+    settings = settings_from(args)
     log.configure(settings.log_format, settings.log_level)
     try:
         import_modules(args.imports or [])
@@ -106,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(issue, file=sys.stderr)
             return 1
     try:
-        asyncio.run(run_replica(_database_url(settings), settings, config))
+        asyncio.run(run_replica(resolve_database_url(settings), settings, config))
     except MigrationPrivilegeError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -121,24 +120,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_connection(settings: Settings, action: Callable[..., Awaitable[Any]]) -> Any:
+def with_connection(settings: Settings, action: Callable[..., Awaitable[Any]]) -> Any:
     async def run() -> Any:
-        url = _database_url(settings)
+        url = resolve_database_url(settings)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             return await action(conn, Store(settings.schema_name))
 
     return asyncio.run(run())
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
@@ -147,14 +146,14 @@ def _cell(value: Any) -> str:
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     action = args.action
     if action == "next":
         return _cmd_next(args)
     if action == "list":
-        rows = _with_connection(settings, schedules.list_schedules)
+        rows = with_connection(settings, schedules.list_schedules)
         if args.json:
-            print(json.dumps(rows, default=_cell, indent=2))
+            print(json.dumps(rows, default=cell, indent=2))
         else:
             for r in rows:
                 r["state"] = (
@@ -171,11 +170,11 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 "misfire_policy",
                 "overlap_policy",
             ]
-            print(_table(rows, columns))
+            print(table(rows, columns))
         return 0
     operation = {"pause": schedules.pause, "resume": schedules.resume, "trigger": schedules.trigger}
     try:
-        result = _with_connection(
+        result = with_connection(
             settings, lambda conn, store: operation[action](conn, store, args.name)
         )
     except LookupError as exc:
@@ -195,136 +194,6 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         print(f"no schedule named {args.name!r}", file=sys.stderr)
         return 1
     print(f"{args.name}: {action}d")
-    return 0
-
-
-JOB_COLUMNS = ["id", "state", "queue", "task", "schedule_name", "attempt", "max_attempts",
-               "run_at", "finished_at", "last_error"]  # fmt: skip
-
-
-def _print_jobs(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(rows, default=_cell, indent=2))
-    else:
-        for r in rows:
-            r["last_error"] = (r["last_error"] or "")[:60] or None
-        print(_table(rows, JOB_COLUMNS))
-
-
-def _show(job: dict[str, Any]) -> str:
-    lines = [f"{k:<20} {_cell(v)}" for k, v in job.items() if k not in ("runs", "events")]
-    for run in job["runs"]:
-        lines.append(
-            f"\nattempt {run['attempt']}: {run['outcome']} on {_cell(run['worker_id'])}, "
-            f"{_cell(run['started_at'])} -> {_cell(run['finished_at'])}"
-        )
-        if run["error"]:
-            lines.append(f"  error: {run['error']}")
-        if run["traceback"]:
-            lines.append("  " + run["traceback"].rstrip().replace("\n", "\n  "))
-    for event in job["events"]:
-        lines.append(f"\n{_cell(event['at'])} {event['event']} {event['detail'] or ''}".rstrip())
-    return "\n".join(lines)
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if args.action == "list":
-        rows = _with_connection(
-            settings,
-            lambda conn, store: operations.list_jobs(
-                conn,
-                store,
-                state=args.state,
-                queue=args.queue,
-                task=args.task,
-                schedule=args.schedule,
-                limit=args.limit,
-            ),
-        )
-        _print_jobs(rows, args.json)
-        return 0
-    if args.action == "show":
-        job = _with_connection(settings, lambda c, st: operations.show_job(c, st, args.id))
-        if job is None:
-            print(f"no job {args.id}", file=sys.stderr)
-            return 1
-        print(json.dumps(job, default=_cell, indent=2) if args.json else _show(job))
-        return 0
-    if args.action == "retry":
-        done = _with_connection(settings, lambda c, st: operations.retry(c, st, ids=[args.id]))
-        if not done:
-            print(f"job {args.id}: not retried: no such job, or it is not dead or cancelled",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-        print(f"job {args.id}: back to pending with a renewed attempt budget")
-        return 0
-    event = _with_connection(settings, lambda c, st: operations.cancel(c, st, args.id))
-    if event is None:
-        print(f"job {args.id}: not cancelled: no such job, or it has finished", file=sys.stderr)
-        return 1
-    print(
-        f"job {args.id}: cancelled"
-        if event == "cancelled"
-        else f"job {args.id}: running; its handler is asked to stop"
-    )
-    return 0
-
-
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if args.action == "list":
-        rows = _with_connection(
-            settings,
-            lambda c, st: operations.list_jobs(
-                c, st, state="dead", task=args.task, limit=args.limit
-            ),
-        )
-        _print_jobs(rows, args.json)
-        return 0
-    if args.action == "retry":
-        done = _with_connection(
-            settings, lambda c, st: operations.retry(c, st, state="dead", task=args.task)
-        )
-        print(f"{len(done)} dead letter(s) back to pending")
-        return 0
-    try:
-        older_than_s = operations.parse_duration(args.older_than)
-    except ValueError as exc:
-        print(f"--older-than: {exc}", file=sys.stderr)
-        return 2
-    n = _with_connection(
-        settings,
-        lambda c, st: operations.purge_dead_letters(
-            c, st, older_than_s=older_than_s, task=args.task
-        ),
-    )
-    print(f"{n} dead letter(s) purged")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    report = _with_connection(_settings(args), operations.status)
-    if args.json:
-        print(json.dumps(report, default=_cell, indent=2))
-        return 0
-    leader = report["leader"]
-    print(
-        f"leader: {leader['holder']}, term {leader['term']}, since {_cell(leader['elected_at'])}"
-        f", heartbeat {_cell(leader['heartbeat_at'])}"
-        if leader
-        else "leader: none elected yet"
-    )
-    sections = [
-        ("replicas", ["id", "version", "queues", "concurrency", "started_at",
-                      "heartbeat_age_s", "leader"]),
-        ("queues", ["queue", "due", "scheduled", "running", "dead", "lag_s"]),
-        ("schedules_in_trouble", ["name", "problem", "fire_time", "detail"]),
-    ]  # fmt: skip
-    for key, columns in sections:
-        rows = report[key]
-        print(f"\n{key.replace('_', ' ')}:")
-        print(_table(rows, columns) if rows else "  (none)")
     return 0
 
 
@@ -405,43 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--count", type=int, default=10, help="how many fire times (default 10)")
     p.set_defaults(func=cmd_schedules)
 
-    p = sub.add_parser(
-        "status", help="leader, live replicas, queue depths and lag, schedules in trouble"
-    )
-    p.add_argument("--json", action="store_true", help="JSON output for scripts")
-    p.set_defaults(func=cmd_status)
+    from . import cli_jobs  # here, not at the top: cli_jobs imports this module's helpers
 
-    p = sub.add_parser("jobs", help="list, show, retry or cancel jobs")
-    jsub = p.add_subparsers(dest="action", required=True)
-    q = jsub.add_parser("list", help="jobs, newest first")
-    q.add_argument("--state", choices=[s.value for s in JobState])
-    q.add_argument("--queue")
-    q.add_argument("--task")
-    q.add_argument("--schedule", help="jobs of this schedule")
-    q.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    q.add_argument("--json", action="store_true", help="JSON output for scripts")
-    q = jsub.add_parser("show", help="one job with every attempt, error and traceback")
-    q.add_argument("id", type=int)
-    q.add_argument("--json", action="store_true", help="JSON output for scripts")
-    q = jsub.add_parser("retry", help="a dead or cancelled job back to pending, budget renewed")
-    q.add_argument("id", type=int)
-    q = jsub.add_parser("cancel", help="cancel a pending job, or ask a running one to stop")
-    q.add_argument("id", type=int)
-    p.set_defaults(func=cmd_jobs)
-
-    p = sub.add_parser("dead-letters", help="list, retry or purge dead jobs")
-    dsub = p.add_subparsers(dest="action", required=True)
-    q = dsub.add_parser("list", help="dead jobs, newest first")
-    q.add_argument("--task")
-    q.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    q.add_argument("--json", action="store_true", help="JSON output for scripts")
-    q = dsub.add_parser("retry", help="every dead job (of --task) back to pending")
-    q.add_argument("--all", action="store_true", required=True, help="required: all of them")
-    q.add_argument("--task")
-    q = dsub.add_parser("purge", help="delete dead jobs finished before a cut-off")
-    q.add_argument("--older-than", required=True, help="e.g. 30d, 12h, 90s, P7D")
-    q.add_argument("--task")
-    p.set_defaults(func=cmd_dead_letters)
+    cli_jobs.add_parsers(sub)
     return parser
 
 
