@@ -9,11 +9,12 @@ fast.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import psycopg
 import pytest
@@ -96,3 +97,33 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s: {predicate.__doc__ or predicate}")
         time.sleep(interval)
+
+
+async def wait_until_async(
+    predicate: Callable[[], object], timeout: float, interval: float = 0.05
+) -> object:
+    """:func:`wait_until` for a coroutine: polls without blocking the event loop (so a
+    replica running on the same loop keeps working)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate.__doc__ or predicate}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_replica(url: str, settings, config=None) -> AsyncIterator:
+    """An in-process ``Replica`` running on this event loop; stopped gracefully on exit."""
+    from scheduler.service import Replica
+
+    replica = Replica(url, settings, config)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(replica.run(stop))
+    try:
+        yield replica
+    finally:
+        stop.set()
+        await runner

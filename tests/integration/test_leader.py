@@ -15,6 +15,7 @@ from scheduler.errors import LeadershipLostError
 from scheduler.leader import LeaderElector
 from scheduler.settings import Settings
 from scheduler.store import Store
+from tests.conftest import running_replica, wait_until_async
 
 STORE = Store("scheduler")
 FAST = Settings(leader_retry_s=0.05, heartbeat_s=0.05, leader_session_timeout_s=5)
@@ -362,7 +363,6 @@ def test_replica_materialises_cron_fire_times_ahead_of_time(db, db_url):
     """With the default look-ahead, each fire time's job exists before it is due, so a worker
     can start it on a timer at the second."""
     from scheduler.config import load_config_text
-    from scheduler.service import Replica
 
     config = load_config_text(
         "timezone: UTC\nimports: [tests.acceptance.app_tasks]\nschedules:\n"
@@ -370,21 +370,13 @@ def test_replica_materialises_cron_fire_times_ahead_of_time(db, db_url):
     )
 
     async def scenario() -> None:
-        replica = Replica(db_url, Settings(), config)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(replica.run(stop))
-        try:
-            async with asyncio.timeout(15):
-                while (
-                    db.execute(
-                        "SELECT count(*) FROM scheduler.job_runs WHERE outcome = 'succeeded'"
-                    ).fetchone()[0]
-                    < 3
-                ):
-                    await asyncio.sleep(0.05)
-        finally:
-            stop.set()
-            await runner
+        async with running_replica(db_url, Settings(), config):
+            await wait_until_async(
+                lambda: db.execute(
+                    "SELECT count(*) >= 3 FROM scheduler.job_runs WHERE outcome = 'succeeded'"
+                ).fetchone()[0],
+                timeout=15,
+            )
 
     asyncio.run(scenario())
     rows = db.execute(

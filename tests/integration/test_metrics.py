@@ -9,9 +9,9 @@ import urllib.request
 import psycopg
 
 from scheduler import enqueue, metrics, task
-from scheduler.service import Replica
 from scheduler.settings import Settings
 from scheduler.store import Store
+from tests.conftest import running_replica, wait_until_async
 
 
 @task(name="test_metrics.ok")
@@ -51,25 +51,20 @@ def test_metrics_health_and_readiness_of_a_running_replica(db, db_url):
     results: dict[str, tuple[int, str]] = {}
 
     async def scenario() -> None:
-        replica = Replica(db_url, settings, None)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(replica.run(stop))
-        try:
-            async with asyncio.timeout(20):
-                while (
-                    db.execute(
+        async with running_replica(db_url, settings) as replica:
+            await wait_until_async(
+                lambda: (
+                    replica.elector.is_leader.is_set()
+                    and not db.execute(
                         "SELECT count(*) FROM scheduler.jobs WHERE state IN ('pending', 'running')"
                     ).fetchone()[0]
-                    or not replica.elector.is_leader.is_set()
-                ):
-                    await asyncio.sleep(0.05)
+                ),
+                timeout=20,
+            )
             port = replica.health_port
             assert port
             for path in ("/metrics", "/healthz", "/readyz", "/nope"):
                 results[path] = await asyncio.to_thread(_get, port, path)
-        finally:
-            stop.set()
-            await runner
 
     asyncio.run(scenario())
     code, text = results["/metrics"]

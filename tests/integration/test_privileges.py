@@ -12,8 +12,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from scheduler import enqueue, task
 from scheduler.errors import MigrationPrivilegeError
-from scheduler.service import Replica, migrate
+from scheduler.service import migrate
 from scheduler.settings import Settings
+from tests.conftest import running_replica, wait_until_async
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -45,22 +46,17 @@ def test_a_replica_runs_as_the_documented_least_privilege_role(db, db_url):
 
         async def scenario() -> None:
             assert await migrate(app_url, Settings()) == []  # current: no DDL needed
-            replica = Replica(app_url, Settings(), None)
-            stop = asyncio.Event()
-            runner = asyncio.create_task(replica.run(stop))
-            try:
-                async with asyncio.timeout(20):
-                    while (
-                        db.execute(
+            async with running_replica(app_url, Settings()) as replica:
+                await wait_until_async(
+                    lambda: (
+                        replica.elector.is_leader.is_set()
+                        and db.execute(
                             "SELECT state FROM scheduler.jobs WHERE id = %s", [job]
                         ).fetchone()[0]
-                        != "succeeded"
-                        or not replica.elector.is_leader.is_set()
-                    ):
-                        await asyncio.sleep(0.05)
-            finally:
-                stop.set()
-                await runner
+                        == "succeeded"
+                    ),
+                    timeout=20,
+                )
 
         asyncio.run(scenario())
         # with a migration pending, the role gets a clear refusal, not a traceback

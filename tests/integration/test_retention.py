@@ -9,10 +9,9 @@ from datetime import timedelta
 import psycopg
 
 from scheduler import maintenance, materialiser
-from scheduler.service import Replica
 from scheduler.settings import Settings
 from scheduler.store import Store
-from tests.conftest import wait_until
+from tests.conftest import running_replica, wait_until_async
 
 STORE = Store("scheduler")
 DAY = 86400.0
@@ -160,16 +159,8 @@ def test_the_leader_prunes_on_its_own(db, db_url):
     settings = Settings(retention_succeeded_s=DAY, retention_batch=10)
 
     async def scenario() -> None:
-        replica = Replica(db_url, settings, None)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(replica.run(stop))
-        try:
-            await asyncio.to_thread(
-                wait_until, lambda: _counts(db).get("succeeded") == 5, timeout=15
-            )
-        finally:
-            stop.set()
-            await runner
+        async with running_replica(db_url, settings):
+            await wait_until_async(lambda: _counts(db).get("succeeded") == 5, timeout=15)
 
     asyncio.run(scenario())
     assert _counts(db) == {"succeeded": 5}
