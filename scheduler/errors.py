@@ -5,16 +5,24 @@ Every error derives from :class:`SchedulerError`, so ``except SchedulerError`` c
     SchedulerError
     ├── ConfigError            a schedules file is invalid (carries every problem found, with file:line)
     ├── CronError              a cron expression or IANA time zone is invalid (also a ValueError)
+    ├── InvalidArgumentError   a value passed to the Python API is wrong: type, range, length,
+    │                          NUL or unpaired surrogate (also a ValueError and a TypeError)
+    ├── SettingsError          SCHEDULER_* settings or command-line options are invalid
     ├── TaskError
     │   ├── UnknownTaskError   no @task registered under that name (also a LookupError)
     │   └── DuplicateTaskError two different functions registered under one name
-    ├── DatabaseNotConfiguredError  no connection given and SCHEDULER_DATABASE_URL unset
+    ├── DatabaseError          the database cannot be used as configured
+    │   ├── DatabaseNotConfiguredError  no connection given and SCHEDULER_DATABASE_URL unset
+    │   ├── DatabaseUnavailableError    cannot connect, or no answer in time (URL redacted)
+    │   ├── SchemaNotMigratedError      the schema's tables are missing or behind the code
+    │   └── MigrationPrivilegeError     migrations are pending and this role may not apply them
     ├── LeadershipLostError    the leader lost its lock session or term while committing
-    ├── PoolerError            the lock session is not a real session (transaction-mode pooler)
-    └── MigrationPrivilegeError migrations are pending and this role may not apply them
+    └── PoolerError            the lock session is not a real session (transaction-mode pooler)
 
-Bad *values* passed to the Python API (a naive ``run_at``, args that are not JSON) raise the
-built-in ``ValueError`` / ``TypeError`` as Python users expect.
+Every value that reaches the database from the Python API is checked before any SQL runs
+(:mod:`scheduler.limits`), so a bad value raises :class:`InvalidArgumentError`, never a psycopg
+error. ``InvalidArgumentError`` is also a ``ValueError`` and a ``TypeError``, so code written
+against the built-in exceptions keeps working.
 """
 
 from __future__ import annotations
@@ -66,6 +74,22 @@ class CronError(SchedulerError, ValueError):
     """A cron expression or a time zone name is invalid; the message says why."""
 
 
+class InvalidArgumentError(SchedulerError, ValueError, TypeError):
+    """A value passed to the Python API (``enqueue``, ``schedule_at``, ``@task``...) is of the
+    wrong type, out of range, too long, or holds text PostgreSQL cannot store (NUL, unpaired
+    surrogates). The message names the argument and the reason; nothing was written."""
+
+
+class SettingsError(SchedulerError):
+    """One or more ``SCHEDULER_*`` settings (or the command-line options that override them)
+    are invalid. ``problems`` has one line per bad setting, naming it and the reason, with
+    any secret (a password in a URL) redacted."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
 class TaskError(SchedulerError):
     """Problems with the task registry."""
 
@@ -78,8 +102,22 @@ class DuplicateTaskError(TaskError):
     """Two different functions were registered under the same task name."""
 
 
-class DatabaseNotConfiguredError(SchedulerError):
+class DatabaseError(SchedulerError):
+    """The database cannot be used as configured; the message says why, without secrets."""
+
+
+class DatabaseNotConfiguredError(DatabaseError):
     """No psycopg connection was passed and ``SCHEDULER_DATABASE_URL`` is not set."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The database could not be reached: a malformed URL, a refused or timed-out connection,
+    authentication failure, or a missing database. The URL in the message is redacted."""
+
+
+class SchemaNotMigratedError(DatabaseError):
+    """The configured schema has no scheduler tables, or migrations are pending that this
+    command will not apply: run ``scheduler migrate``."""
 
 
 class LeadershipLostError(SchedulerError):
@@ -91,6 +129,6 @@ class PoolerError(SchedulerError):
     through a transaction-mode pooler. Set ``SCHEDULER_DIRECT_DATABASE_URL``."""
 
 
-class MigrationPrivilegeError(SchedulerError):
+class MigrationPrivilegeError(DatabaseError):
     """Migrations are pending and the connecting role lacks the privileges to apply them
     (a least-privilege service role): run ``scheduler migrate`` as the schema's owner."""

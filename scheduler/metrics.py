@@ -74,6 +74,24 @@ FIRE_TIMES = Counter(
     "scheduler_fire_times", "Cron fire times by outcome", ["schedule", "outcome"],
     registry=REGISTRY,
 )  # fmt: skip
+THREADS_STUCK = Gauge(
+    "scheduler_handler_threads_stuck",
+    "Sync handler threads still running past their task's timeout_s (each holds a slot)",
+    registry=REGISTRY,
+)
+LOOP_CRASHES = Counter(
+    "scheduler_loop_crashes", "Internal loops that crashed and were restarted", ["loop"],
+    registry=REGISTRY,
+)  # fmt: skip
+SCHEDULE_ERRORS = Counter(
+    "scheduler_schedule_errors", "Schedules whose materialisation failed (retried later)",
+    ["schedule"], registry=REGISTRY,
+)  # fmt: skip
+COMPLETIONS_DROPPED = Counter(
+    "scheduler_completions_dropped",
+    "Attempt outcomes that could not be written even alone (the lease is then left to expire)",
+    registry=REGISTRY,
+)
 
 
 class JobMetrics:

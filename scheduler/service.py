@@ -169,10 +169,12 @@ class Replica:
             "version": __version__,
             "queues": self.settings.queues,
             "concurrency": self.settings.concurrency,
+            "config_hash": self.config.config_hash() if self.config else None,
         }
         while not stop.is_set():
             try:
                 async with self.pool.connection() as conn:
+                    row["stuck_threads"] = self.worker.stuck_threads()
                     await conn.execute(self.store.q["replica_heartbeat"], row)
             except psycopg.Error as exc:
                 log.warning("replica_heartbeat_failed", error=str(exc).strip()[:300])

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
 
+    unknown_task_retry_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="a job whose task this replica does not know is retried with backoff "
+        "(another replica, e.g. a newer release in a rolling deploy, may know it) until it "
+        "has been due this long, then dead-lettered; 0 dead-letters it at once",
+    )
+
     replica_heartbeat_s: float = Field(
         default=10.0,
         gt=0,

@@ -100,6 +100,10 @@ class Worker:
         self._cancelling: set[int] = set()  # job ids an operator cancelled
         self._interrupted: list[tuple[int, int]] = []  # cancelled at shutdown: (id, attempt)
 
+    def stuck_threads(self) -> int:
+        """Sync handler threads still running past their task's ``timeout_s``."""
+        return 0
+
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until ``stop`` is set, then let running jobs finish within
         ``shutdown_grace_s`` and write their outcomes."""

@@ -518,9 +518,11 @@ WHERE id IN (SELECT id FROM {schema}.jobs
 RETURNING id;
 
 -- name: replica_heartbeat
-INSERT INTO {schema}.replicas AS r (id, host, pid, version, queues, concurrency)
-VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(queues)s, %(concurrency)s)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+INSERT INTO {schema}.replicas AS r (id, host, pid, version, queues, concurrency, config_hash,
+                                    stuck_threads)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(queues)s, %(concurrency)s, %(config_hash)s,
+        %(stuck_threads)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stuck_threads = EXCLUDED.stuck_threads;
 
 -- name: replica_remove
 DELETE FROM {schema}.replicas WHERE id = %(id)s;
@@ -533,7 +535,7 @@ RETURNING id;
 
 -- name: status_replicas
 SELECT r.id, r.host, r.pid, r.version, array_to_string(r.queues, ',') AS queues,
-       r.concurrency, r.started_at, r.heartbeat_at,
+       r.concurrency, r.stuck_threads, r.started_at, r.heartbeat_at,
        round(extract(epoch FROM now() - r.heartbeat_at)::numeric, 1) AS heartbeat_age_s,
        (l.holder = r.id) AS leader
 FROM {schema}.replicas AS r LEFT JOIN {schema}.leader AS l ON true
