@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from scheduler import enqueue, enqueue_many, schedule_at
-from scheduler.jobs import close_default_pools, set_default_database_url
+from scheduler.connections import close_default_pools, set_default_database_url
 from scheduler.service import Replica, migrate
 from scheduler.settings import Settings
 from scheduler.store import Store

@@ -7,6 +7,8 @@ Every error derives from :class:`SchedulerError`, so ``except SchedulerError`` c
     ├── CronError              a cron expression or IANA time zone is invalid (also a ValueError)
     ├── InvalidArgumentError   a value passed to the Python API is wrong: type, range, length,
     │                          NUL or unpaired surrogate (also a ValueError and a TypeError)
+    ├── IdempotencyKeyBusyError the live job holding an idempotency key kept finishing while
+    │                          enqueue looked it up (a race, retried 100 times first)
     ├── SettingsError          SCHEDULER_* settings or command-line options are invalid
     ├── TaskError
     │   ├── UnknownTaskError   no @task registered under that name (also a LookupError)
@@ -17,7 +19,8 @@ Every error derives from :class:`SchedulerError`, so ``except SchedulerError`` c
     │   ├── SchemaNotMigratedError      the schema's tables are missing or behind the code
     │   └── MigrationPrivilegeError     migrations are pending and this role may not apply them
     ├── LeadershipLostError    the leader lost its lock session or term while committing
-    └── PoolerError            the lock session is not a real session (transaction-mode pooler)
+    ├── PoolerError            the lock session is not a real session (transaction-mode pooler)
+    └── ReplicaFailedError     an internal loop of a replica kept crashing; the replica stopped
 
 Every value that reaches the database from the Python API is checked before any SQL runs
 (:mod:`scheduler.limits`), so a bad value raises :class:`InvalidArgumentError`, never a psycopg
@@ -80,6 +83,12 @@ class InvalidArgumentError(SchedulerError, ValueError, TypeError):
     surrogates). The message names the argument and the reason; nothing was written."""
 
 
+class IdempotencyKeyBusyError(SchedulerError):
+    """Enqueuing with an ``idempotency_key`` found the key held, then free, over and over: the
+    live job holding it kept finishing between the insert and the lookup. Nothing was
+    enqueued; calling again is safe."""
+
+
 class SettingsError(SchedulerError):
     """One or more ``SCHEDULER_*`` settings (or the command-line options that override them)
     are invalid. ``problems`` has one line per bad setting, naming it and the reason, with
@@ -132,3 +141,8 @@ class PoolerError(SchedulerError):
 class MigrationPrivilegeError(DatabaseError):
     """Migrations are pending and the connecting role lacks the privileges to apply them
     (a least-privilege service role): run ``scheduler migrate`` as the schema's owner."""
+
+
+class ReplicaFailedError(SchedulerError):
+    """An internal loop of a replica crashed too often (see :mod:`scheduler.supervision`);
+    the replica stopped gracefully and its process should exit non-zero."""

@@ -20,6 +20,9 @@ idempotency key    1-512 characters, no NUL or unpaired surrogates (a btree inde
 priority           an ``int`` (not a ``bool``) in PostgreSQL ``integer`` range
                    (-2,147,483,648 .. 2,147,483,647); lower runs first.
 max_attempts       an ``int`` from 1 to 2,147,483,647.
+durations          any ``*_s`` value (backoffs, timeouts, grace periods, settings): at most
+                   :data:`DURATION_MAX_S`, 10 years, so ``now() + delay`` stays inside
+                   PostgreSQL's interval and timestamp ranges.
 error, traceback   made storable by :func:`storable_text`: NUL and unpaired surrogates become
                    visible escapes, and the text is cut to 2,000 / 16,000 characters.
 =================  ===========================================================================
@@ -37,6 +40,7 @@ QUEUE_MAX = 100
 TASK_NAME_MAX = 200
 SCHEDULE_NAME_MAX = 200
 IDEMPOTENCY_KEY_MAX = 512
+DURATION_MAX_S = 10 * 365 * 86400.0  # longest duration in seconds: 10 years
 ERROR_MAX = 2_000  # characters of an attempt's error message kept (the start)
 TRACEBACK_MAX = 16_000  # characters of a traceback kept (the end, where the error is)
 
@@ -148,3 +152,19 @@ def storable_text(value: str, limit: int, *, keep: str = "head") -> str:
     if len(text) > limit:
         text = "..." + text[-(limit - 3) :] if keep == "tail" else text[: limit - 3] + "..."
     return text
+
+
+def exception_text(exc: BaseException, limit: int = ERROR_MAX) -> str:
+    """``"<Type>: <message>"`` for any exception, storable (see :func:`storable_text`) and
+    at most ``limit`` characters. Never raises: an exception whose ``str()`` raises is
+    described as ``<str() failed: ...>``."""
+    try:
+        name = type(exc).__name__
+        try:
+            message = str(exc)
+        except BaseException as inner:  # noqa: BLE001 - any __str__ may be hostile
+            message = f"<str() failed: {type(inner).__name__}>"
+        text = f"{name}: {message}" if message else name
+    except BaseException:  # noqa: BLE001 - a hostile type name
+        text = "<exception that cannot be described>"
+    return storable_text(text, limit)

@@ -25,6 +25,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from .errors import IdempotencyKeyBusyError
+
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -84,6 +86,32 @@ def leader_lock_key(schema: str) -> str:
 
 def _migrations_lock_key(schema: str) -> str:
     return f"scheduler.migrate:{schema}"
+
+
+# Each miss means the live job holding the key finished between our INSERT and our SELECT:
+# the system moves on, so trying again is safe; 3 tries failed under a real race.
+IDEMPOTENT_TRIES = 100
+
+
+def _key_busy(params: dict[str, Any]) -> IdempotencyKeyBusyError:
+    return IdempotencyKeyBusyError(
+        f"idempotency_key {params['idempotency_key']!r:.80}: the live job holding it finished "
+        f"{IDEMPOTENT_TRIES} times between inserting and reading; nothing was enqueued"
+    )
+
+
+def _outcome_arrays(worker_id: str, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The array parameters of ``complete_jobs`` and ``complete_jobs_fallback``."""
+    return {
+        "worker_id": worker_id,
+        "ids": [o["id"] for o in outcomes],
+        "attempts": [o["attempt"] for o in outcomes],
+        "states": [o["state"] for o in outcomes],
+        "delays_s": [float(o.get("delay_s") or 0.0) for o in outcomes],
+        "outcomes": [o["outcome"] for o in outcomes],
+        "errors": [o.get("error") for o in outcomes],
+        "tracebacks": [o.get("traceback") for o in outcomes],
+    }
 
 
 class Store:
@@ -160,12 +188,15 @@ class Store:
 
         With an ``idempotency_key`` that a live (pending/running) job already holds, returns
         that job's id instead of inserting.
+
+        Raises:
+            IdempotencyKeyBusyError: the key changed hands :data:`IDEMPOTENT_TRIES` times.
         """
         with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
                 cur.execute(self.q["insert_job"], params)
                 return int(cur.fetchone()[0])  # type: ignore[index]
-            for _ in range(3):
+            for _ in range(IDEMPOTENT_TRIES):
                 cur.execute(self.q["insert_job_idempotent"], params)
                 row = cur.fetchone()
                 if row:
@@ -174,7 +205,7 @@ class Store:
                 row = cur.fetchone()
                 if row:
                     return int(row[0])
-        raise RuntimeError("idempotency key kept changing hands; giving up after 3 tries")
+        raise _key_busy(params)
 
     async def insert_job(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> int:
         """Async twin of :meth:`insert_job_sync`."""
@@ -182,7 +213,7 @@ class Store:
             if params.get("idempotency_key") is None:
                 await cur.execute(self.q["insert_job"], params)
                 return int((await cur.fetchone())[0])  # type: ignore[index]
-            for _ in range(3):
+            for _ in range(IDEMPOTENT_TRIES):
                 await cur.execute(self.q["insert_job_idempotent"], params)
                 row = await cur.fetchone()
                 if row:
@@ -191,7 +222,7 @@ class Store:
                 row = await cur.fetchone()
                 if row:
                     return int(row[0])
-        raise RuntimeError("idempotency key kept changing hands; giving up after 3 tries")
+        raise _key_busy(params)
 
     # COPY column types; args is sent as JSON text and parsed by the server as jsonb
     _COPY_TYPES: ClassVar[list[str]] = [
@@ -287,19 +318,21 @@ class Store:
                 },
             )
             return {row[0] for row in await cur.fetchall()}
-        params = {
-            "worker_id": worker_id,
-            "ids": [o["id"] for o in outcomes],
-            "attempts": [o["attempt"] for o in outcomes],
-            "states": [o["state"] for o in outcomes],
-            "delays_s": [float(o.get("delay_s") or 0.0) for o in outcomes],
-            "outcomes": [o["outcome"] for o in outcomes],
-            "errors": [o.get("error") for o in outcomes],
-            "tracebacks": [o.get("traceback") for o in outcomes],
-        }
         # one statement (autocommit on the worker's pool): no BEGIN/COMMIT round trips
-        cur = await conn.execute(self.q["complete_jobs"], params)
+        cur = await conn.execute(self.q["complete_jobs"], _outcome_arrays(worker_id, outcomes))
         return {row[0] for row in await cur.fetchall()}
+
+    async def complete_job_fallback(
+        self, conn: psycopg.AsyncConnection[Any], worker_id: str, outcome: dict[str, Any]
+    ) -> tuple[bool, bool]:
+        """:meth:`complete_jobs` for one outcome whose batch write failed: the job's
+        transition is written even when its ``job_runs`` row cannot be (that attempt is
+        already recorded). Returns ``(changed, run_recorded)``."""
+        cur = await conn.execute(
+            self.q["complete_jobs_fallback"], _outcome_arrays(worker_id, [outcome])
+        )
+        row = await cur.fetchone()
+        return (True, bool(row[1])) if row else (False, False)
 
     # ---- leader ------------------------------------------------------------------------------
 
