@@ -10,7 +10,7 @@ File format::
         task: weekly_digest                 # required, a registered task after the imports
         args: {edition: weekly}             # optional keyword arguments, JSON values only
         timezone: UTC                       # optional, overrides the file default
-        queue: default                      # optional
+        queue: default                      # optional, [A-Za-z0-9_.:/-]+, <= 100 chars
         priority: 0                         # optional int, lower runs first
         max_attempts: 5                     # optional int >= 1
         backoff_base_s: 2                   # optional seconds > 0
@@ -33,7 +33,30 @@ not fit the task's signature. It then raises one :class:`~scheduler.errors.Confi
 reason), sorted by line; only a fully valid file yields a :class:`SchedulesConfig`. Issues of
 an unnamed schedule use ``schedules[<index>]`` as the schedule name. Types are strict, strings
 are never coerced (``max_attempts: "5"``, ``enabled: "yes"`` are errors). An empty file, or one
-with only comments, is valid and schedules nothing.
+with only comments, is valid and schedules nothing. Schedule, task and queue names follow the
+bounds of :mod:`scheduler.limits`, the same as the Python API's.
+
+Hostile files are refused quickly, before anything is built from them:
+
+* a file larger than :data:`MAX_FILE_BYTES` (10 MiB) is refused without reading the rest
+  (:func:`load_config_text`: text longer than that many characters); bytes that are not UTF-8
+  and characters YAML does not allow (NUL and other control characters, unpaired surrogates)
+  are refused with their line;
+* a document with more than :data:`MAX_VALUES` (1,000,000) values (keys, values, lists and
+  mappings), or nested deeper than :data:`MAX_DEPTH` (100) lists and mappings, counting what
+  aliases (``*name``) expand to: YAML shares an anchored value between its aliases, but every
+  check after parsing, the database and the tasks see it expanded, so a few hundred bytes of
+  nested aliases ("billion laughs") would cost minutes and gigabytes. The node graph is
+  measured once per distinct node (linear in the file), then built. An alias used inside its
+  own anchor (a recursive value) is refused too: JSON cannot hold it. Ordinary anchors and
+  merge keys (``<<: *defaults``) are unaffected;
+* integer literals longer than 1,000 characters, cron expressions longer than 1,000, time
+  zone names longer than 100, module names longer than 255 characters and more than 1,000
+  ``imports`` (each is an import attempt); values YAML cannot build (``!!int abc``, the date
+  ``2025-13-45``) are issues with their line, never a traceback.
+
+At most :data:`MAX_ISSUES` (1,000) issues are listed, then one saying how many more there are;
+reasons are cut to 2,000 characters and never hold NUL or unpaired surrogates (they print).
 
 Unset optional fields stay ``None``: the caller resolves queue/priority/max_attempts/backoff_*
 from the task's ``@task(...)`` defaults, then from the service settings, and the policy fields
@@ -44,12 +67,14 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import hashlib
 import inspect
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -57,19 +82,61 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from yaml.constructor import ConstructorError
 
 from . import tasks as _tasks
+from .arguments import dotted_path as _dotted
+from .arguments import json_problems
+from .config_yaml import (
+    MAX_DEPTH,
+    MAX_VALUES,
+    LineMapping,
+    LineSequence,
+    Loader,
+    line_of,
+    measure,
+    prescan,
+    short,
+)
 from .cron import Cron, validate_timezone
 from .errors import ConfigError, ConfigIssue, CronError
-from .jobs import dotted_path as _dotted
-from .jobs import json_problems
+from .limits import (
+    DURATION_MAX_S,
+    check_queue,
+    check_schedule_name,
+    check_task_name,
+    storable_text,
+)
 
 __all__ = ["MisfirePolicy", "OverlapPolicy", "ScheduleConfig", "SchedulesConfig"]
+__all__ += ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_ISSUES", "MAX_VALUES"]
 __all__ += ["load_config", "load_config_text"]
 
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+MAX_FILE_BYTES = 10 * 1024 * 1024  # a schedules file of 20,000 schedules is about 2 MB
+MAX_ISSUES = 1_000  # issues listed in one ConfigError; one more says how many were left out
+_CRON_MAX, _ZONE_MAX, _MODULE_MAX = 1_000, 100, 255
+_IMPORTS_MAX = 1_000  # modules in imports: each failed import searches sys.path (~0.1 ms)
+_REASON_MAX, _FIELD_MAX = 2_000, 200
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
 _INT32 = 2**31 - 1  # priority and max_attempts end up in PostgreSQL integer columns
 _FILE_KEYS = ["imports", "schedules", "timezone"]
 Path = tuple[str | int, ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def _cron_check(value: str) -> tuple[str, str | None]:
+    """``(normalised expression, None)`` or ``("", reason)``; validity is zone-independent.
+    Cached: thousands of schedules share a few expressions, and croniter's search is slow."""
+    try:
+        return Cron(value).expression, None
+    except CronError as exc:
+        return "", str(exc)
+
+
+def _bounded(value: str, what: str, maximum: int) -> str:
+    """``value`` unless it is longer than ``maximum`` characters (``ValueError``)."""
+    if len(value) > maximum:
+        raise ValueError(
+            f"{what} {short(value)} is too long: {len(value):,} characters, at most {maximum:,}"
+        )
+    return value
 
 
 def _canonical_hash(payload: Any) -> str:
@@ -122,40 +189,55 @@ class ScheduleConfig(BaseModel):
 
     name: str
     cron: str
-    task: str = Field(min_length=1)
+    task: str
     args: dict[str, Any] = Field(default_factory=dict)
     timezone: str = "UTC"
-    queue: str | None = Field(default=None, min_length=1)
+    queue: str | None = None
     priority: int | None = Field(default=None, ge=-_INT32 - 1, le=_INT32)
     max_attempts: int | None = Field(default=None, ge=1, le=_INT32)
-    backoff_base_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    backoff_max_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    backoff_base_s: float | None = Field(default=None, gt=0, le=DURATION_MAX_S, allow_inf_nan=False)
+    backoff_max_s: float | None = Field(default=None, gt=0, le=DURATION_MAX_S, allow_inf_nan=False)
     backoff_jitter: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     enabled: bool = True
     misfire_policy: MisfirePolicy | None = Field(default=None, strict=False)
     overlap_policy: OverlapPolicy | None = Field(default=None, strict=False)
     max_catch_up: int | None = Field(default=None, ge=1, le=_INT32)
-    misfire_grace_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    starting_deadline_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    misfire_grace_s: float | None = Field(
+        default=None, ge=0, le=DURATION_MAX_S, allow_inf_nan=False
+    )
+    starting_deadline_s: float | None = Field(
+        default=None, gt=0, le=DURATION_MAX_S, allow_inf_nan=False
+    )
 
+    # limits.check_* raise InvalidArgumentError, a ValueError: pydantic reports it as the
+    # field's problem, and the YAML file gets exactly the bounds of the Python API.
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(
-                f"schedule name {value!r} must be 1-200 characters from letters, digits and _ . : -"
-            )
-        return value
+        return check_schedule_name(value)
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, value: str) -> str:
+        return check_task_name(value)
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, value: str | None) -> str | None:
+        return None if value is None else check_queue(value)
 
     @field_validator("cron")
     @classmethod
     def _check_cron(cls, value: str) -> str:
-        return Cron(value).expression  # CronError is a ValueError; validity is zone-independent
+        expression, problem = _cron_check(_bounded(value, "cron expression", _CRON_MAX))
+        if problem is not None:
+            raise CronError(problem)  # a ValueError
+        return expression
 
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
-        validate_timezone(value)
+        validate_timezone(_bounded(value, "time zone", _ZONE_MAX))
         return value
 
     @field_validator("args", mode="before")
@@ -181,7 +263,7 @@ class ScheduleConfig(BaseModel):
             return kind(value)
         close = difflib.get_close_matches(str(value).lower(), allowed, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{_short(value)} is not one of {', '.join(allowed)}{hint}")
+        raise ValueError(f"{short(value)} is not one of {', '.join(allowed)}{hint}")
 
     @field_validator("backoff_max_s")
     @classmethod
@@ -221,8 +303,8 @@ class SchedulesConfig(BaseModel):
     @field_validator("schedules")
     @classmethod
     def _unique_names(cls, value: list[ScheduleConfig]) -> list[ScheduleConfig]:
-        names = [s.name for s in value]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(s.name for s in value)  # not names.count(n) per name: quadratic
+        duplicates = sorted(n for n, count in counts.items() if count > 1)
         if duplicates:
             raise ValueError(f"duplicate schedule names: {', '.join(duplicates)}")
         return value
@@ -234,84 +316,18 @@ class SchedulesConfig(BaseModel):
         return _canonical_hash(["scheduler.config/1", pairs])
 
 
-# -- YAML with line numbers ------------------------------------------------------------------
-
-
-class _Mapping(dict):  # type: ignore[type-arg]
-    line: int  # 1-based, like every line below
-    key_lines: dict[Any, int]
-    duplicates: list[tuple[Any, int, int]]  # (key, line, line of the first occurrence)
-
-
-class _Sequence(list):  # type: ignore[type-arg]
-    line: int
-    item_lines: list[int]
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences remember their line numbers."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Iterator[_Mapping]:
-    data = _Mapping()
-    data.line, data.key_lines, data.duplicates = node.start_mark.line + 1, {}, []
-    yield data
-    explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
-    loader.flatten_mapping(node)  # '<<' merges: merged pairs come first and may be overridden
-    merged = len(node.value) - explicit
-    from_merge: set[Any] = set()
-    for index, (key_node, value_node) in enumerate(node.value):
-        key = loader.construct_object(key_node)
-        try:
-            hash(key)
-        except TypeError:
-            context, problem = "while constructing a mapping", "found unhashable key"
-            raise ConstructorError(context, node.start_mark, problem, key_node.start_mark) from None
-        line = key_node.start_mark.line + 1
-        if index < merged:
-            from_merge.add(key)
-        else:
-            if key in data and key not in from_merge:
-                data.duplicates.append((key, line, data.key_lines[key]))
-            from_merge.discard(key)
-        data[key] = loader.construct_object(value_node)
-        data.key_lines[key] = line
-
-
-def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> Iterator[_Sequence]:
-    data = _Sequence()
-    data.line = node.start_mark.line + 1
-    data.item_lines = [item.start_mark.line + 1 for item in node.value]
-    yield data
-    data.extend(loader.construct_sequence(node))
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
-
-
-def _line_of(node: Any, path: tuple[Any, ...], default: int) -> int:
-    """Line of the deepest key or item along ``path`` that the loader recorded."""
-    line = default
-    for part in path:
-        if isinstance(node, _Mapping) and part in node.key_lines:
-            line, node = node.key_lines[part], node[part]
-        elif isinstance(node, _Sequence) and isinstance(part, int) and 0 <= part < len(node):
-            line, node = node.item_lines[part], node[part]
-        else:
-            break
-    return line
+def _valid(check: Callable[[Any], Any], value: Any) -> bool:
+    try:
+        check(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _unknown_key(key: Any, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(key)[:100], allowed, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key {str(key)!r}{hint}; allowed: {', '.join(allowed)}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return f"unknown key {short(str(key))}{hint}; allowed: {', '.join(allowed)}"
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -324,23 +340,34 @@ def load_config(path: str | os.PathLike[str], *, import_tasks: bool = True) -> S
     registered and accepts its ``args``; with False nothing is imported and tasks are not
     checked (for linting where the task code is not importable). Returns the validated
     :class:`SchedulesConfig`; raises :class:`ConfigError` listing every problem (line 0 when
-    the file cannot be read).
+    the file cannot be read, or is larger than :data:`MAX_FILE_BYTES`: then no more than that
+    is read, so a device or a runaway file cannot exhaust memory). Never touches a database.
     """
     filename = os.fspath(path)
     try:
-        with open(filename, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            [ConfigIssue(filename, 0, None, None, f"cannot read file: {exc}")]
-        ) from None
+        with open(filename, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        reason = storable_text(f"cannot read file: {exc}", _REASON_MAX)
+        raise ConfigError([ConfigIssue(filename, 0, None, None, reason)]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        reason = f"the file is larger than {MAX_FILE_BYTES:,} bytes (10 MiB); not read"
+        raise ConfigError([ConfigIssue(filename, 0, None, None, reason)])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        reason = f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot be decoded"
+        raise ConfigError([ConfigIssue(filename, line, None, None, reason)]) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
     return load_config_text(text, filename, import_tasks=import_tasks)
 
 
 def load_config_text(
     text: str, filename: str = "<string>", *, import_tasks: bool = True
 ) -> SchedulesConfig:
-    """Like :func:`load_config` for YAML already in memory; ``filename`` labels the issues."""
+    """Like :func:`load_config` for YAML already in memory; ``filename`` labels the issues.
+    Text longer than :data:`MAX_FILE_BYTES` characters is refused unparsed."""
     return _Checker(filename, import_tasks).load(text)
 
 
@@ -351,12 +378,20 @@ class _Checker:
         self.default_tz = "UTC"
         self.registered: dict[str, _tasks.Task] = {}
         self.seen: dict[str, int] = {}  # schedule name -> line of its first definition
+        self.walked: set[int] = set()  # ids of the mappings and lists checked for duplicates
 
     def issue(self, line: int, schedule: str | None, field: str | None, reason: str) -> None:
+        """Record a problem; field and reason may quote the file: bounded and printable."""
+        field = None if field is None else storable_text(field, _FIELD_MAX)
+        reason = storable_text(reason, _REASON_MAX)
         self.issues.append(ConfigIssue(self.filename, line, schedule, field, reason))
 
     def error(self) -> ConfigError:
-        return ConfigError(sorted(self.issues, key=lambda i: i.line))
+        issues = sorted(self.issues, key=lambda i: i.line)
+        if len(issues) > MAX_ISSUES:
+            more = f"... and {len(issues) - MAX_ISSUES:,} more problems not listed"
+            issues = [*issues[:MAX_ISSUES], ConfigIssue(self.filename, 0, None, None, more)]
+        return ConfigError(issues)
 
     def load(self, text: str) -> SchedulesConfig:
         data = self.parse(text)
@@ -365,24 +400,24 @@ class _Checker:
         for key in data:
             if key not in _FILE_KEYS:
                 self.issue(data.key_lines[key], None, str(key), _unknown_key(key, _FILE_KEYS))
-        self.duplicates(data, (), None, set())
+        self.duplicates(data, (), None)
         self.default_tz = default_tz = self.file_timezone(data)
         imports = self.imports(data)
         schedules = data.get("schedules")
         if "schedules" not in data:
             reason = "required key 'schedules' is missing (a list; use [] for none)"
             self.issue(data.line, None, "schedules", reason)
-        elif schedules is not None and not isinstance(schedules, _Sequence):
-            reason = f"must be a list of schedules, not {_short(schedules)}"
+        elif schedules is not None and not isinstance(schedules, LineSequence):
+            reason = f"must be a list of schedules, not {short(schedules)}"
             self.issue(data.key_lines["schedules"], None, "schedules", reason)
         models: list[ScheduleConfig] = []
-        if isinstance(schedules, _Sequence):
+        if isinstance(schedules, LineSequence):
             self.registered, self.seen = _tasks.registered_tasks(), {}
             for index, item in enumerate(schedules):
                 label, line = f"schedules[{index}]", schedules.item_lines[index]
-                if not isinstance(item, _Mapping):
+                if not isinstance(item, LineMapping):
                     reason = "each schedule must be a mapping with at least name, cron and task"
-                    self.issue(line, label, None, f"{reason}, not {_short(item)}")
+                    self.issue(line, label, None, f"{reason}, not {short(item)}")
                     continue
                 model = self.schedule(item, label, line)
                 models += [model] if model is not None else []
@@ -392,12 +427,25 @@ class _Checker:
             path=self.filename, timezone=default_tz, imports=imports, schedules=models
         )
 
-    def parse(self, text: str) -> _Mapping | None:
+    def parse(self, text: str) -> LineMapping | None:
+        if len(text) > MAX_FILE_BYTES:
+            self.issue(0, None, None, f"the text is longer than {MAX_FILE_BYTES:,} characters")
+            raise self.error()
+        bad = yaml.reader.Reader.NON_PRINTABLE.search(text)  # what YAML does not allow
+        if bad is not None:
+            line = text.count("\n", 0, bad.start()) + 1
+            column = bad.start() - text.rfind("\n", 0, bad.start())
+            char = bad.group()
+            kind = "an unpaired surrogate" if "\ud800" <= char <= "\udfff" else "a control"
+            reason = f"character U+{ord(char):04X} ({kind} character) at column {column}"
+            self.issue(line, None, None, reason + " is not allowed in YAML")
+            raise self.error()
         try:
-            data = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass
+            data = self.compose_and_construct(text)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            reason = f"YAML syntax error: {exc.problem}"
+            syntax = not isinstance(exc, ConstructorError)
+            reason = f"{'YAML syntax error' if syntax else 'invalid YAML value'}: {exc.problem}"
             reason += f" ({exc.context})" if exc.context else ""
             if "alias" in reason:
                 reason += "; a value starting with '*' must be quoted, e.g. cron: \"*/5 * * * *\""
@@ -408,37 +456,64 @@ class _Checker:
             line = text.count("\n", 0, position) + 1 if isinstance(position, int) else 0
             self.issue(line, None, None, f"YAML error: {exc}")
             raise self.error() from None
-        if data is not None and not isinstance(data, _Mapping):
+        if data is not None and not isinstance(data, LineMapping):
             kind = "list" if isinstance(data, list) else type(data).__name__
             reason = f"the top level is a {kind}; expected a mapping with keys "
             self.issue(getattr(data, "line", 0), None, None, reason + ", ".join(_FILE_KEYS))
             raise self.error()
         return data
 
-    def file_timezone(self, data: _Mapping) -> str:
+    def compose_and_construct(self, text: str) -> Any:
+        """The document built by the line-remembering loader, after :func:`prescan` and
+        :func:`measure` found it within MAX_VALUES and MAX_DEPTH (else an issue and the
+        ConfigError); YAML errors propagate."""
+        refused = prescan(text, Loader)
+        if refused is None:
+            loader = Loader(text)
+            try:
+                node = loader.get_single_node()
+                if node is None:
+                    return None
+                refused = measure(node)
+                if refused is None:
+                    return loader.construct_document(node)
+            finally:
+                loader.dispose()
+        self.issue(refused[0], None, None, refused[1])
+        raise self.error()
+
+    def file_timezone(self, data: LineMapping) -> str:
         value = data.get("timezone")
         if value is None:
             return "UTC"
         try:
             if not isinstance(value, str):
-                raise CronError(f"must be an IANA time zone name, not {_short(value)}")
-            validate_timezone(value)
-        except CronError as exc:
+                raise CronError(f"must be an IANA time zone name, not {short(value)}")
+            validate_timezone(_bounded(value, "time zone", _ZONE_MAX))
+        except ValueError as exc:  # CronError is one
             self.issue(data.key_lines["timezone"], None, "timezone", str(exc))
             return "UTC"  # placeholder so the schedules are still checked
         return value
 
-    def imports(self, data: _Mapping) -> list[str]:
+    def imports(self, data: LineMapping) -> list[str]:
         raw = data.get("imports")
-        if raw is not None and not isinstance(raw, _Sequence):
-            reason = f"must be a list of module names, not {_short(raw)}"
+        if raw is not None and not isinstance(raw, LineSequence):
+            reason = f"must be a list of module names, not {short(raw)}"
             self.issue(data.key_lines["imports"], None, "imports", reason)
-        if not isinstance(raw, _Sequence):
+        if not isinstance(raw, LineSequence):
+            return []
+        if len(raw) > _IMPORTS_MAX:
+            reason = f"lists {len(raw):,} modules, at most {_IMPORTS_MAX:,}; none imported"
+            self.issue(data.key_lines["imports"], None, "imports", reason)
             return []
         modules: list[str] = []
         for module, line in zip(raw, raw.item_lines, strict=True):
             if not isinstance(module, str) or not _MODULE.match(module):
-                self.issue(line, None, "imports", f"{_short(module)} is not a dotted module name")
+                self.issue(line, None, "imports", f"{short(module)} is not a dotted module name")
+                continue
+            if len(module) > _MODULE_MAX:
+                reason = f"module name {short(module)} is longer than {_MODULE_MAX} characters"
+                self.issue(line, None, "imports", reason)
                 continue
             modules.append(module)
             try:
@@ -449,33 +524,37 @@ class _Checker:
                 self.issue(line, None, "imports", reason)
         return modules
 
-    def schedule(self, item: _Mapping, label: str, item_line: int) -> ScheduleConfig | None:
+    def schedule(self, item: LineMapping, label: str, item_line: int) -> ScheduleConfig | None:
         registered, seen = self.registered, self.seen
         name = item.get("name")
-        schedule = name if isinstance(name, str) and name else label
-        self.duplicates(item, (), schedule, set())
+        schedule = name if _valid(check_schedule_name, name) else label  # printable, short
+        self.duplicates(item, (), schedule)
         if isinstance(name, str) and name in seen:
-            reason = f"duplicate schedule name {name!r} (first defined at line {seen[name]})"
+            reason = f"duplicate schedule name {short(name)} (first defined at line {seen[name]})"
             self.issue(item.key_lines["name"], schedule, "name", reason)
         elif isinstance(name, str):
             seen[name] = item.key_lines["name"]
-        payload = {"timezone": self.default_tz, **item}
+        fields = ScheduleConfig.model_fields  # unknown keys here: pydantic chokes on odd ones
+        unknown = [key for key in item if key not in fields]
+        for key in unknown:
+            self.issue(item.key_lines[key], schedule, str(key), _unknown_key(key, list(fields)))
+        payload = {"timezone": self.default_tz, **{k: v for k, v in item.items() if k in fields}}
         if isinstance(item.get("args"), dict):
             problems = list(json_problems(item["args"], ("args",)))
             for path, reason in problems:
-                self.issue(_line_of(item, path, item_line), schedule, _dotted(path), reason)
+                self.issue(line_of(item, path, item_line), schedule, _dotted(path), reason)
             payload["args"] = {} if problems else item["args"]  # reported precisely above
         task = item.get("task")
         if self.import_tasks and isinstance(task, str) and task and task not in registered:
             known = ", ".join(sorted(registered)) or "none (list their modules under 'imports:')"
-            reason = f"task {task!r} is not registered; registered tasks: {known}"
+            reason = f"task {short(task)} is not registered; registered tasks: {known}"
             self.issue(item.key_lines["task"], schedule, "task", reason)
         try:
             model = ScheduleConfig.model_validate(payload)
         except ValidationError as exc:
             for error in exc.errors():
                 loc = tuple(error["loc"])
-                line = _line_of(item, loc, item_line)
+                line = line_of(item, loc, item_line)
                 self.issue(line, schedule, _dotted(loc) or None, self.reason(error))
             return None
         if self.import_tasks and model.task in registered:
@@ -492,34 +571,30 @@ class _Checker:
         kind, loc = error["type"], tuple(error["loc"])
         if kind == "missing":
             return "required field is missing"
-        if kind == "extra_forbidden":
-            return _unknown_key(loc[-1], list(ScheduleConfig.model_fields))
         if kind == "value_error":
             return str(error["ctx"]["error"])
         if kind == "dict_type" and loc == ("args",):
-            return f"args must be a mapping of keyword arguments, not {_short(error['input'])}"
-        value = _short(error["input"])
+            return f"args must be a mapping of keyword arguments, not {short(error['input'])}"
+        value = short(error["input"])
         if kind in ("int_type", "float_type", "bool_type") and isinstance(error["input"], str):
             fix = "true or false" if kind == "bool_type" else "a number"
             return f"{error['msg']}, not the string {value} (write {fix} without quotes)"
         return f"{error['msg']} (got {value})"
 
-    def duplicates(self, node: Any, path: Path, schedule: str | None, active: set[int]) -> None:
+    def duplicates(self, node: Any, path: Path, schedule: str | None) -> None:
         """Report duplicate keys anywhere below ``node`` (not descending into the top-level
-        ``schedules``, whose items are walked with their own names)."""
-        if id(node) in active or not isinstance(node, (_Mapping, _Sequence)):
+        ``schedules``, whose items are walked with their own names). Each mapping is walked
+        once, however many aliases share it: linear in the file, each duplicate reported once."""
+        if id(node) in self.walked or not isinstance(node, (LineMapping, LineSequence)):
             return
-        active.add(id(node))
-        if isinstance(node, _Mapping):
+        self.walked.add(id(node))
+        if isinstance(node, LineMapping):
             for key, line, first in node.duplicates:
-                reason = (
-                    f"duplicate key {key!r} (first at line {first}); YAML would keep only the last"
-                )
-                self.issue(line, schedule, _dotted((*path, str(key))), reason)
+                reason = f"duplicate key {short(key)} (first at line {first}); YAML would keep"
+                self.issue(line, schedule, _dotted((*path, str(key))), reason + " only the last")
             for key, value in node.items():
                 if not (path == () and schedule is None and key == "schedules"):
-                    self.duplicates(value, (*path, str(key)), schedule, active)
+                    self.duplicates(value, (*path, str(key)), schedule)
         else:
             for index, value in enumerate(node):
-                self.duplicates(value, (*path, index), schedule, active)
-        active.discard(id(node))
+                self.duplicates(value, (*path, index), schedule)

@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydantic
 import pytest
 
-from scheduler import tasks
+from scheduler import config as config_module
+from scheduler import config_yaml, limits, tasks
 from scheduler.config import (
     MisfirePolicy,
     OverlapPolicy,
@@ -22,9 +24,11 @@ from scheduler.config import (
     load_config_text,
 )
 from scheduler.cron import Cron
-from scheduler.errors import ConfigError, ConfigIssue
+from scheduler.errors import ConfigError, ConfigIssue, InvalidArgumentError
 
 SAMPLE = "tests.unit.sample_tasks"
+MAX_FILE_BYTES = 10 * 1024 * 1024  # the bounds the module docstring promises
+MAX_ISSUES = 1_000
 ROOT = Path(__file__).resolve().parents[2]
 
 VALID = """\
@@ -355,7 +359,7 @@ def test_import_errors_name_the_module() -> None:
         ("{x: .inf}", "args.x", "jsonb rejects NaN and Infinity"),
         ("{x: -.inf}", "args.x", "jsonb rejects NaN and Infinity"),
         ('{x: "a\\0b"}', "args.x", "\\u0000"),
-        ('{"k\\0": 1}', "args.k\x00", "key contains \\u0000"),
+        ('{"k\\0": 1}', "args.k\\x00", "key contains \\u0000"),  # fields print: NUL escaped
         ("{1: one}", "args.1", "keys must be strings"),
         ("{items: [1, 2024-02-03]}", "args.items[1]", "is a date, not JSON"),
         ("{b: !!binary aGVsbG8=}", "args.b", "bytes is not JSON"),
@@ -674,3 +678,304 @@ def test_policy_fields_change_the_hash_only_when_set() -> None:
         hashes.add(changed.definition_hash())
     unset = digest.model_copy(update={"misfire_policy": None, "max_catch_up": None})
     assert unset.definition_hash() == digest.definition_hash()
+
+
+# -- hostile files: alias bombs, nesting, size (see also test_config_hostile.py) -------------------
+
+# Billion laughs: nine levels of nine aliases each, 9**9 (387 million) values once expanded.
+LEVELS = "abcdefghi"
+LAUGHS = "".join(
+    f"  {c}: &{c} [" + ",".join([f"*{LEVELS[n - 1]}" if n else "lol"] * 9) + "]\n"
+    for n, c in enumerate(LEVELS)
+)
+
+
+def refused(text: str, **kwargs: bool) -> ConfigIssue:
+    """The single issue of ``text`` (every hostile file below has exactly one)."""
+    issues = issues_of(text, **kwargs)
+    assert len(issues) == 1, issues
+    assert issues[0].file == "schedules.yaml" and issues[0].line > 0
+    return issues[0]
+
+
+@pytest.mark.timeout(10)
+def test_an_alias_bomb_in_args_is_refused_fast() -> None:
+    issue = refused(
+        'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    args:\n'
+        + textwrap.indent(LAUGHS, "    "),
+        import_tasks=False,
+    )
+    assert len(LAUGHS) < 400  # bytes
+    assert issue.reason.startswith(
+        "the document expands to more than 1,000,000 values through aliases"
+    )
+    assert issue.line == 12  # g (9**7 values) is the first level above the bound
+
+
+@pytest.mark.timeout(10)
+def test_an_alias_bomb_in_an_unknown_key_is_refused_fast() -> None:
+    issue = refused("laughs:\n" + LAUGHS + 'schedules:\n  - {name: a, cron: "@daily", task: t}\n')
+    assert "through aliases" in issue.reason and issue.line == 8
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "args: &r {x: [1, *r]}",
+        "args: {x: &r [*r]}",
+    ],
+)
+def test_a_value_that_contains_itself_is_refused(text: str) -> None:
+    issue = refused(
+        f'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    {text}\n',
+        import_tasks=False,
+    )
+    assert "contains itself through an alias" in issue.reason and issue.line == 5
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("depth", [101, 10_000])
+def test_deep_nesting_is_refused_not_a_recursion_error(depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    issue = refused(
+        f'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    args: {{x: {nested}}}\n',
+        import_tasks=False,
+    )
+    assert issue.line == 5 and "nest" in issue.reason
+
+
+@pytest.mark.timeout(10)
+def test_deep_block_nesting_is_refused() -> None:
+    block = "".join("  " * (n + 3) + f"k{n}:\n" for n in range(3_000))
+    text = 'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    args:\n' + block
+    issue = refused(text, import_tasks=False)
+    assert "deeper than 100 levels" in issue.reason
+
+
+@pytest.mark.timeout(10)
+def test_nesting_through_a_chain_of_aliases_is_refused() -> None:
+    chain = "c0: &c0 {x: 1}\n" + "".join(f"c{n}: &c{n} {{x: *c{n - 1}}}\n" for n in range(1, 200))
+    issue = refused(
+        chain + 'schedules:\n  - {name: a, cron: "@daily", task: t, args: {x: *c199}}\n'
+    )
+    assert "deeper than 100 levels once its aliases are expanded" in issue.reason
+
+
+def test_nesting_up_to_the_bound_loads() -> None:
+    # the file is level 1, schedules 2, the schedule 3, args 4: 96 more levels fit
+    nested = "[" * 96 + "]" * 96
+    config = load_config_text(
+        f'schedules:\n  - {{name: a, cron: "@daily", task: t, args: {{x: {nested}}}}}\n',
+        import_tasks=False,
+    )
+    value = config.schedules[0].args["x"]
+    for _ in range(95):
+        (value,) = value
+    assert value == []
+
+
+def test_anchors_aliases_and_merges_of_real_files_keep_working() -> None:
+    text = (
+        "imports: [tests.unit.sample_tasks]\nschedules:\n"
+        "  - &first {name: s0, cron: '0 9 * * *', task: sample.digest, queue: mail,"
+        " args: &to {to: [a@example.com, b@example.com], edition: e0}}\n"
+        + "".join(
+            f"  - {{<<: *first, name: s{n}, args: {{<<: *to, edition: e{n}}}}}\n"
+            for n in range(1, 500)
+        )
+    )
+    config = load_config_text(text, "s.yaml")
+    assert len(config.schedules) == 500
+    last = config.schedules[-1]
+    assert (last.name, last.cron, last.queue, last.task) == (
+        "s499",
+        "0 9 * * *",
+        "mail",
+        "sample.digest",
+    )
+    assert last.args == {"to": ["a@example.com", "b@example.com"], "edition": "e499"}
+
+
+@pytest.mark.timeout(10)
+def test_a_file_larger_than_the_bound_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("schedules: []\n# " + "x" * MAX_FILE_BYTES + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (issue,) = info.value.issues
+    assert (issue.file, issue.line) == (str(path), 0)
+    assert "larger than 10,485,760 bytes (10 MiB)" in issue.reason
+    with pytest.raises(ConfigError, match="longer than 10,485,760 characters"):
+        load_config_text("#" * (MAX_FILE_BYTES + 1))
+    assert (config_module.MAX_FILE_BYTES, config_module.MAX_ISSUES) == (MAX_FILE_BYTES, MAX_ISSUES)
+
+
+def test_a_file_just_within_the_bound_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "padded.yaml"
+    text = "schedules: []\n#"
+    path.write_text(text + "x" * (MAX_FILE_BYTES - len(text) - 1) + "\n", encoding="utf-8")
+    assert load_config(path).schedules == []
+
+
+def test_characters_yaml_does_not_allow_are_refused_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "nul.yaml"
+    path.write_bytes(b'schedules:\n  - {name: a, cron: "@daily",\x00 task: t}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [(i.line, i.reason) for i in info.value.issues] == [
+        (2, "character U+0000 (a control character) at column 30 is not allowed in YAML")
+    ]
+    issue = refused("schedules: []\n\n# \udcff\n")
+    assert issue.line == 3 and "U+DCFF (an unpaired surrogate" in issue.reason
+    path.write_bytes(b"schedules: []\n# caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [(i.line, i.reason) for i in info.value.issues] == [
+        (2, "the file is not UTF-8 text: byte 0xe9 cannot be decoded")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("!!int abc", "cannot read 'abc' as !!int"),
+        ("0x" + "f" * 1_000, "an integer of 1,002 characters is too large (at most 1,000)"),
+        ("9" * 5_000, "an integer of 5,000 characters is too large"),
+        ("!!bool maybe", "cannot read 'maybe' as !!bool"),
+    ],
+)
+def test_values_yaml_cannot_build_are_issues_with_their_line(value: str, fragment: str) -> None:
+    issue = refused(
+        f'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    priority: {value}\n',
+        import_tasks=False,
+    )
+    assert issue.line == 5 and issue.reason.startswith("invalid YAML value: ")
+    assert fragment in issue.reason
+
+
+def test_an_impossible_date_is_an_issue() -> None:
+    issue = refused(
+        'schedules:\n  - name: a\n    cron: "@daily"\n    task: t\n    args: {d: 2025-13-45}\n',
+        import_tasks=False,
+    )
+    assert issue.line == 5 and "month must be in 1..12" in issue.reason
+
+
+def test_at_most_max_issues_are_listed() -> None:
+    text = "schedules:\n" + "  - {name: 'bad name', cron: '@daily', task: t}\n" * 1_500
+    issues = issues_of(text, import_tasks=False)
+    assert len(issues) == MAX_ISSUES + 1
+    assert issues[-1].reason == "... and 1,999 more problems not listed"  # 1,500 + 1,499 dups
+    assert [i.line for i in issues[:-1]] == sorted(i.line for i in issues[:-1])
+
+
+def test_the_pure_python_parser_builds_the_same_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libyaml (when PyYAML has it) and PyYAML's pure-Python parser give the same models, so
+    replicas agree on config_hash whichever they run."""
+    expected = load_config_text(VALID, import_tasks=False)
+    monkeypatch.setattr(config_module, "Loader", config_yaml.PureLoader)
+    assert load_config_text(VALID, import_tasks=False) == expected
+    assert load_config_text(VALID, import_tasks=False).config_hash() == PRE_POLICY_CONFIG_HASH
+    with pytest.raises(ConfigError, match="through aliases"):
+        load_config_text("laughs:\n" + LAUGHS + "schedules: []\n")
+    with pytest.raises(ConfigError, match="deeper than 100 levels"):
+        load_config_text("x: " + "[" * 5_000 + "]" * 5_000 + "\nschedules: []\n")
+
+
+# -- validation is linear in the number of schedules --------------------------------------------
+
+
+def schedules_text(count: int) -> str:
+    return "schedules:\n" + "".join(
+        f"  - {{name: s{n}, cron: '*/5 * * * *', task: t, queue: q{n % 7}, args: {{n: {n}}}}}\n"
+        for n in range(count)
+    )
+
+
+def cpu_seconds(action: Callable[[], object], repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        action()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+@pytest.mark.timeout(120)
+def test_loading_is_linear_in_the_number_of_schedules() -> None:
+    """A ratio in one run, not a timing: 10x the schedules may cost up to 30x (about 11-14x
+    measured; a quadratic step that dominates would cost up to 100x)."""
+    small, large = schedules_text(2_000), schedules_text(20_000)
+    load_config_text(small, import_tasks=False)  # warm up: imports, caches
+    t_small = cpu_seconds(lambda: load_config_text(small, import_tasks=False), repeat=3)
+    t_large = cpu_seconds(lambda: load_config_text(large, import_tasks=False))
+    assert t_large / t_small < 30, (t_small, t_large)
+
+
+@pytest.mark.timeout(120)
+def test_checking_unique_names_is_linear() -> None:
+    """The duplicate-name check alone (it counted each name in the whole list: 100x+ for 10x
+    the schedules). Linear measures 15-25x at these milliseconds (caches), hence 50."""
+    models = [ScheduleConfig(name=f"s{n}", cron="@daily", task="t") for n in range(20_000)]
+    t_small = cpu_seconds(lambda: SchedulesConfig(path="x", schedules=models[:2_000]), repeat=5)
+    t_large = cpu_seconds(lambda: SchedulesConfig(path="x", schedules=models), repeat=3)
+    assert t_large / max(t_small, 1e-4) < 50, (t_small, t_large)
+
+
+# -- queue, task and schedule names: the bounds of scheduler.limits -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "check"),
+    [
+        ("queue", "q" * 9_000, limits.check_queue),
+        ("queue", "q" * 101, limits.check_queue),
+        ("queue", "mail,reports", limits.check_queue),
+        ("queue", "mail reports", limits.check_queue),
+        ("queue", "", limits.check_queue),
+        ("task", "", limits.check_task_name),
+        ("task", "send mail", limits.check_task_name),
+        ("task", "t" * 201, limits.check_task_name),
+        ("name", "", limits.check_schedule_name),
+        ("name", "n" * 201, limits.check_schedule_name),
+        ("name", "bad name!", limits.check_schedule_name),
+    ],
+)
+def test_names_have_the_bounds_of_the_python_api(
+    field: str, value: str, check: Callable[[str], str]
+) -> None:
+    with pytest.raises(InvalidArgumentError) as api:
+        check(value)
+    values = {"name": "a", "cron": "'@daily'", "task": "t", field: f"'{value}'"}
+    text = "schedules:\n  - " + "\n    ".join(f"{k}: {v}" for k, v in values.items()) + "\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "f.yaml", import_tasks=False)
+    (issue,) = info.value.issues
+    assert (issue.field, issue.reason) == (field, str(api.value))
+    line = list(values).index(field) + 2
+    schedule = "a" if field != "name" else "schedules[0]"
+    assert str(info.value) == f"f.yaml:{line}: schedule {schedule!r}: field {field!r}: {api.value}"
+
+
+def test_valid_names_at_the_bounds_load() -> None:
+    config = load_config_text(
+        f"schedules:\n  - {{name: {'n' * 200}, cron: '@daily', task: {'t' * 200},"
+        f" queue: {'q' * 100}}}\n  - {{name: b, cron: '@daily', task: mail.send/v2:x,"
+        " queue: a.b:c/d-e_f}\n",
+        import_tasks=False,
+    )
+    assert [len(s.name) for s in config.schedules] == [200, 1]
+    assert config.schedules[1].queue == "a.b:c/d-e_f"
+
+
+@pytest.mark.parametrize("field", ["backoff_base_s", "backoff_max_s", "misfire_grace_s",
+                                   "starting_deadline_s"])  # fmt: skip
+def test_durations_are_bounded_so_timestamps_stay_in_range(field: str) -> None:
+    """A backoff of 1e300 s used to pass and then overflow now() + interval in every
+    completion of the schedule's jobs."""
+    text = f"schedules:\n  - {{name: a, cron: '* * * * *', task: t, {field}: 1.0e+300}}\n"
+    with pytest.raises(ConfigError, match=f"field '{field}': Input should be less than or equal"):
+        load_config_text(text, import_tasks=False)
+    ok = f"schedules:\n  - {{name: a, cron: '* * * * *', task: t, {field}: 315360000}}\n"
+    assert load_config_text(ok, import_tasks=False).schedules[0]
