@@ -14,39 +14,92 @@
 
 Database: ``SCHEDULER_DATABASE_URL``; when unset, an embedded PostgreSQL is started with its
 data under ``SCHEDULER_EMBEDDED_DIR`` (default ``./.scheduler``) and its URL is printed.
+
+Every bad input gets one line on stderr naming the input and the reason, never a traceback:
+exit code 2 for bad arguments and settings (:class:`~scheduler.errors.SettingsError`,
+:class:`~scheduler.errors.InvalidArgumentError`, argparse), 1 for failures (database
+unreachable or not migrated, a job not found...). Operator commands connect with
+``SCHEDULER_CONNECT_TIMEOUT_S`` and run their statements under ``SCHEDULER_STATEMENT_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
-from pydantic import ValidationError
+from psycopg_pool import PoolTimeout
 
-from . import embedded, log, schedules
+from . import embedded, limits, log, operations, schedules
 from .config import load_config
 from .cron import Cron
-from .errors import ConfigError, MigrationPrivilegeError
-from .settings import Settings
-from .store import Store
+from .errors import (
+    ConfigError,
+    CronError,
+    DatabaseUnavailableError,
+    InvalidArgumentError,
+    SchedulerError,
+    SettingsError,
+)
+from .settings import Settings, load_settings
 from .tasks import import_modules
+
+ID_MAX = 2**63 - 1  # jobs.id is a bigint
+LIMIT_MAX = 100_000  # rows a list command prints
+COUNT_MAX = 1_000  # fire times `schedules next` computes
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: ``scheduler jobs list: argument --limit: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``, else a one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range {low:,} .. {high:,}")
+        return value
+
+    return parse
+
+
+def one_line(exc: BaseException | str, limit: int = 500) -> str:
+    """``exc``'s message on one line (libpq's are several), at most ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {}
-    if getattr(args, "queues", None):
-        overrides["queues"] = args.queues
-    if getattr(args, "concurrency", None):
-        overrides["concurrency"] = args.concurrency
-    return Settings(**overrides)
+    """Settings from the environment with ``--queues`` / ``--concurrency`` overriding them.
+
+    Raises:
+        SettingsError: a setting or one of those options is invalid (named in the message).
+    """
+    overrides, options = {}, {}
+    for field, option in (("queues", "--queues"), ("concurrency", "--concurrency")):
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = value
+            options[field] = option
+    return load_settings(overrides, options=options)
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -65,11 +118,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     log.configure(settings.log_format, settings.log_level)
+    url = resolve_database_url(settings)
+
+    async def run() -> list[str]:
+        await operations.check_connection(url, settings)
+        return await migrate(url, settings)
+
     try:
-        applied = asyncio.run(migrate(resolve_database_url(settings), settings))
-    except MigrationPrivilegeError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+        applied = asyncio.run(run())
+    except psycopg.Error as exc:
+        raise operations.database_error(exc, url, settings) from None
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 
@@ -91,11 +149,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     log.configure(settings.log_format, settings.log_level)
-    try:
-        import_modules(args.imports or [])
-    except ImportError as exc:
-        print(f"cannot import task module: {exc}", file=sys.stderr)
-        return 1
+    for module in args.imports or []:
+        try:
+            import_modules([module])
+        except Exception as exc:  # noqa: BLE001 - any error of a user's module, on one line
+            what = "cannot import it" if isinstance(exc, ImportError) else "importing it raised"
+            print(
+                f"--import {limits.shown(module)}: {what} {type(exc).__name__}: {one_line(exc)}",
+                file=sys.stderr,
+            )
+            return 1
     config = None
     if args.config:
         try:
@@ -104,11 +167,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             for issue in exc.issues:
                 print(issue, file=sys.stderr)
             return 1
+    url = resolve_database_url(settings)
+
+    async def run() -> None:
+        await operations.check_connection(url, settings)
+        await run_replica(url, settings, config)
+
     try:
-        asyncio.run(run_replica(resolve_database_url(settings), settings, config))
-    except MigrationPrivilegeError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+        asyncio.run(run())
+    except psycopg.Error as exc:  # at start-up; later outages are retried inside the loops
+        raise operations.database_error(exc, url, settings) from None
+    except PoolTimeout as exc:
+        raise DatabaseUnavailableError(
+            f"cannot open connections to the database {log.redact_url(url)}: {one_line(exc)}"
+        ) from None
     if any(t.name.startswith("scheduler-job") and t.is_alive() for t in threading.enumerate()):
         # Sync handlers cut off by the shutdown were released to pending (they will run
         # again); their threads cannot be stopped, so leave without waiting for them.
@@ -120,13 +192,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_connection(settings: Settings, action: Callable[..., Awaitable[Any]]) -> Any:
-    async def run() -> Any:
-        url = resolve_database_url(settings)
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            return await action(conn, Store(settings.schema_name))
-
-    return asyncio.run(run())
+def with_connection(
+    settings: Settings, action: Callable[..., Awaitable[Any]], *, transaction: bool = True
+) -> Any:
+    """Run ``action(conn, store)`` for an operator command in
+    :func:`scheduler.operations.session` (bounded connect and statements, schema checked)
+    and return its result. Raises the errors of ``session``: ``DatabaseUnavailableError``,
+    ``SchemaNotMigratedError``, ``DatabaseError``."""
+    # psycopg's warning about a cancelled query would add a second line to our message
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
+    url = resolve_database_url(settings)
+    return asyncio.run(operations.session(url, settings, action, transaction=transaction))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -146,10 +222,12 @@ def cell(value: Any) -> str:
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
     action = args.action
     if action == "next":
         return _cmd_next(args)
+    settings = settings_from(args)
+    if action != "list":
+        limits.check_schedule_name(args.name, "schedule NAME")
     if action == "list":
         rows = with_connection(settings, schedules.list_schedules)
         if args.json:
@@ -198,37 +276,51 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def _cmd_next(args: argparse.Namespace) -> int:
-    try:
-        if args.cron:
+    if args.cron:
+        try:
             cron = Cron(args.cron, args.timezone or "UTC")
-        else:
-            if not (args.name and args.config):
-                print("give --cron EXPR, or a schedule NAME with --config FILE", file=sys.stderr)
-                return 2
-            config = load_config(args.config)
-            match = [s for s in config.schedules if s.name == args.name]
-            if not match:
-                print(f"no schedule named {args.name!r} in {args.config}", file=sys.stderr)
-                return 1
-            cron = match[0].cron_obj()
-        after = datetime.now(UTC)
-        if args.after:
+        except CronError as exc:
+            print(one_line(exc), file=sys.stderr)  # names the expression or the zone
+            return 2
+    else:
+        if not (args.name and args.config):
+            print("give --cron EXPR, or a schedule NAME with --config FILE", file=sys.stderr)
+            return 2
+        config = load_config(args.config)  # ConfigError: every issue, exit 1 (see main)
+        match = [s for s in config.schedules if s.name == args.name]
+        if not match:
+            print(f"no schedule named {limits.shown(args.name)} in {args.config}", file=sys.stderr)
+            return 1
+        cron = match[0].cron_obj()
+    after = datetime.now(UTC)
+    if args.after:
+        try:
             after = datetime.fromisoformat(args.after)
-            if after.tzinfo is None:  # a wall time in the schedule's zone
-                after = after.replace(tzinfo=cron.timezone)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    except ValueError as exc:  # CronError is a ValueError; so is a bad --after
-        print(str(exc), file=sys.stderr)
-        return 1
-    for fire_time in schedules.preview(cron, after, args.count):
+        except ValueError:
+            print(
+                f"--after {limits.shown(args.after)}: not an ISO-8601 instant (e.g. "
+                "2030-01-01T09:00, a wall time in the zone, or 2030-01-01T09:00:00+02:00)",
+                file=sys.stderr,
+            )
+            return 2
+        if after.tzinfo is None:  # a wall time in the schedule's zone
+            after = after.replace(tzinfo=cron.timezone)
+    try:
+        fire_times = schedules.preview(cron, after, args.count)
+    except (OverflowError, ValueError):  # past year 9999 (or before year 1 in UTC)
+        print(
+            f"--after {limits.shown(args.after)}: fewer than {args.count} fire times between it "
+            "and the end of year 9999, the last date that can be computed",
+            file=sys.stderr,
+        )
+        return 2
+    for fire_time in fire_times:
         print(fire_time.isoformat())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="scheduler", description="Cron and delayed jobs on a PostgreSQL jobs table."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one replica: leader candidate + workers")
     p.add_argument("--config", help="YAML schedules file (omit for a worker-only replica)")
     p.add_argument("--queues", help="comma-separated queues to work (default: default)")
-    p.add_argument("--concurrency", type=int, help="jobs run at once (default 10)")
+    p.add_argument("--concurrency", type=int, help="jobs run at once, 1-1000 (default 10)")
     p.add_argument(
         "--import",
         dest="imports",
@@ -271,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cron", help="a cron expression to preview")
     q.add_argument("--timezone", help="IANA zone for --cron (default UTC)")
     q.add_argument("--after", help="ISO-8601 instant (default now; no offset = in the zone)")
-    q.add_argument("--count", type=int, default=10, help="how many fire times (default 10)")
+    q.add_argument(
+        "--count",
+        type=int_in(1, COUNT_MAX),
+        default=10,
+        help=f"how many fire times, 1-{COUNT_MAX} (default 10)",
+    )
     p.set_defaults(func=cmd_schedules)
 
     from . import cli_jobs  # here, not at the top: cli_jobs imports this module's helpers
@@ -284,15 +381,36 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Task modules (`imports:`, --import) are found from the working directory, as with
     # `python -m`, also when started through the `scheduler` console script.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    with contextlib.suppress(OSError):  # a working directory that was deleted
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args) or 0)
-    except ValidationError as exc:
-        print(f"invalid settings: {exc}", file=sys.stderr)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
         return 2
+    except InvalidArgumentError as exc:
+        print(one_line(exc), file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    except SchedulerError as exc:  # the database tree: unavailable, not migrated, privileges
+        print(one_line(exc), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback only on demand
+        if os.environ.get("SCHEDULER_LOG_LEVEL", "").strip().lower() == "debug":
+            traceback.print_exc()
+        print(
+            f"unexpected error: {type(exc).__name__}: {log.redact_url(one_line(exc))} (set "
+            "SCHEDULER_LOG_LEVEL=debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,13 +13,45 @@ import sys
 
 import structlog
 
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@]+:)[^@]*@")
-_PASSWORD_IN_DSN = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+# userinfo of a URI: everything up to the LAST "@" of the token (a password may hold "@")
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)\S*@")
+# key=value (password='a b'), and ?password=... in a URI's query
+_PASSWORD_IN_DSN = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (URL and key=value forms)."""
+    """``url`` (or any text holding URLs or key=value DSNs) with every password replaced by
+    ``***``: ``postgresql://user:***@host/db``, ``password=***``, ``?password=***``."""
     return _PASSWORD_IN_DSN.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", url))
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The password-like parts of ``url``, found without parsing it (it may be malformed)."""
+    found = []
+    if "://" in url and "@" in url:
+        userinfo = url.split("://", 1)[1].rsplit("@", 1)[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    for match in _PASSWORD_IN_DSN.finditer(url):
+        found.append(match.group(2).strip("'"))
+    return [s for s in found if s]
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (an error message about ``url``, e.g. from libpq) with the password of ``url``
+    masked, also where the message quotes only a piece of a malformed URL."""
+    secrets = _secrets_of(url)
+    text = redact_url(text)
+
+    def quoted(match: re.Match[str]) -> str:
+        piece = match.group(1)
+        return '"***"' if piece and any(piece in s or s in piece for s in secrets) else match[0]
+
+    text = re.sub(r'"([^"]*)"', quoted, text)
+    for secret in secrets:
+        if len(secret) >= 3:  # a shorter one would mask every such letter of the message
+            text = text.replace(secret, "***")
+    return text
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:

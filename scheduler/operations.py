@@ -6,7 +6,10 @@
 * **retry**: a ``dead`` or ``cancelled`` job goes back to ``pending``, due now, with its
   attempt budget renewed: ``max_attempts`` becomes the attempts used plus the job's original
   budget, so attempt numbers keep counting up and ``job_runs`` keeps one row per attempt.
-  Recorded in ``job_events`` (``retried``).
+  Recorded in ``job_events`` (``retried``). A job whose retry would break a rule is skipped,
+  with the reason, and the others are retried: its idempotency key is held by a live job
+  (or by another job retried in the same call), or its schedule's ``overlap_policy`` is
+  ``skip`` and a job of that schedule is live (or retried in the same call).
 * **cancel**: a ``pending`` job becomes ``cancelled`` at once. For a ``running`` job the
   handler is asked to stop: ``cancel_requested_at`` is set and a notification tells the
   worker running it, which cancels an async handler at its next ``await`` (a worker that
@@ -16,23 +19,69 @@
   ``cancelled`` all the same.
 * **purge**: dead letters finished more than a given time ago, with their runs and events,
   in batches (the same fire-time guard as retention).
+* **sessions**: :func:`session` runs one command's work the same way for every command:
+  connect within ``connect_timeout_s``, check that the schema is migrated, run the work in a
+  transaction whose statements time out after ``statement_timeout_s`` (:func:`bounded`), and
+  turn every database failure into one error of :mod:`scheduler.errors`, with the URL's
+  password redacted.
 
-All functions take an autocommit async connection and a :class:`~scheduler.store.Store`.
+The other functions take an autocommit async connection and a
+:class:`~scheduler.store.Store`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import TypeAdapter, ValidationError
 
-from .store import Store
+from .errors import DatabaseError, DatabaseUnavailableError, SchemaNotMigratedError
+from .limits import INT32_MAX, shown
+from .log import redact_text, redact_url
+from .settings import Settings
+from .store import Store, migrations
 
 PURGE_BATCH = 1000
+MAX_DURATION_S = 100 * 365 * 86400.0  # parse_duration: 100 years
 _DURATION = TypeAdapter(timedelta)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_RETRY_TRIES = 3  # a live job taking a key or a skip slot between the check and the update
+
+
+def client_deadline_s(statement_timeout_s: float) -> float:
+    """How long :func:`bounded` waits for the database before giving up on its own: twice the
+    statement timeout plus 5 s (the server's ``statement_timeout`` ends a slow statement
+    first; this ends the wait on a database that does not answer at all)."""
+    return 2 * statement_timeout_s + 5
+
+
+@contextlib.asynccontextmanager
+async def bounded(
+    conn: psycopg.AsyncConnection[Any], store: Store, statement_timeout_s: float
+) -> AsyncIterator[None]:
+    """A transaction whose statements time out after ``statement_timeout_s`` seconds
+    (``SET LOCAL``: safe behind a transaction-mode pooler), waited for at most
+    :func:`client_deadline_s` in all.
+
+    Raises:
+        psycopg.errors.QueryCanceled: a statement ran past ``statement_timeout_s``.
+        TimeoutError: the database did not answer within the client deadline.
+    """
+    async with asyncio.timeout(client_deadline_s(statement_timeout_s)):
+        async with conn.transaction():
+            await conn.execute(
+                store.q["statement_timeout_local"],
+                {"statement_timeout_ms": str(max(1, int(statement_timeout_s * 1000)))},
+            )
+            yield
 
 
 def parse_duration(text: str) -> float:
@@ -40,7 +89,8 @@ def parse_duration(text: str) -> float:
     an ISO 8601 duration (``P7D``, ``PT12H``; parsed by pydantic).
 
     Raises:
-        ValueError: ``text`` is none of these, or is not positive.
+        ValueError: ``text`` is none of these, is not positive, or is longer than
+            :data:`MAX_DURATION_S` (100 years).
     """
     value = text.strip().lower()
     try:
@@ -48,13 +98,15 @@ def parse_duration(text: str) -> float:
             seconds = float(value[:-1]) * _UNITS[value[-1]]
         else:
             seconds = _DURATION.validate_python(text.strip()).total_seconds()
-    except ValidationError:
+    except (ValidationError, OverflowError):
         raise ValueError(
-            f"{text!r} is not a duration: use e.g. 30d, 12h, 15m, 90s, 2w, a number of seconds, "
-            "or ISO 8601 such as P7D"
+            f"{shown(text)} is not a duration: use e.g. 30d, 12h, 15m, 90s, 2w, a number of "
+            "seconds, or ISO 8601 such as P7D"
         ) from None
-    if seconds <= 0:
-        raise ValueError(f"{text!r}: the duration must be positive")
+    if not seconds > 0:
+        raise ValueError(f"{shown(text)}: the duration must be positive")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{shown(text)}: the duration must be at most 100 years")
     return seconds
 
 
@@ -87,6 +139,29 @@ async def show_job(
     return job
 
 
+@dataclass(frozen=True)
+class RetryResult:
+    """What :func:`retry` did: ``retried`` (job ids, ascending) and ``skipped`` (job id ->
+    the reason it stayed where it was)."""
+
+    retried: list[int]
+    skipped: dict[int, str]
+
+
+def _skip_reason(row: dict[str, Any]) -> str:
+    key, schedule, other = row["idempotency_key"], row["schedule_name"], row["other_id"]
+    return {
+        "budget": f"its attempt count is at the limit ({INT32_MAX:,})",
+        "key_live": f"its idempotency key {shown(key)} is held by live job {other}",
+        "key_retried": f"its idempotency key {shown(key)} is shared with job {other}, "
+        "retried instead",
+        "overlap_live": f"its schedule {shown(schedule)} has overlap_policy skip and live job "
+        f"{other}",
+        "overlap_retried": f"its schedule {shown(schedule)} has overlap_policy skip and job "
+        f"{other} of it is retried instead",
+    }.get(row["skip"], str(row["skip"]))
+
+
 async def retry(
     conn: psycopg.AsyncConnection[Any],
     store: Store,
@@ -94,12 +169,30 @@ async def retry(
     ids: list[int] | None = None,
     state: str | None = None,
     task: str | None = None,
-) -> list[int]:
+) -> RetryResult:
     """Put dead or cancelled jobs back to pending with a renewed attempt budget: the jobs in
-    ``ids`` (``None``: every one matching ``state`` and ``task``). Returns the ids retried;
-    jobs in another state are left alone."""
+    ``ids`` (``None``: every one matching ``state`` and ``task``), in one statement.
+
+    A job that cannot go back without breaking a unique rule is skipped with the reason,
+    and the others are retried: its idempotency key is held by a live job, its schedule has
+    ``overlap_policy`` skip and a live job, or another job of the same key / skip schedule
+    is retried in this call (the newest one is). Jobs in another state are left alone and
+    are in neither list. Runs inside a savepoint and tries again (up to 3 times) when a
+    concurrent insert takes a key or schedule slot between the check and the update.
+    """
     params = {"ids": ids, "state": state, "task": task}
-    return [r["job_id"] for r in await store.fetch(conn, "jobs_retry", params)]
+    for attempt in range(_RETRY_TRIES):
+        try:
+            async with conn.transaction():
+                rows = await store.fetch(conn, "jobs_retry", params)
+            break
+        except psycopg.errors.UniqueViolation:
+            if attempt == _RETRY_TRIES - 1:
+                raise
+    return RetryResult(
+        retried=[r["job_id"] for r in rows if r["skip"] is None],
+        skipped={r["job_id"]: _skip_reason(r) for r in rows if r["skip"] is not None},
+    )
 
 
 async def cancel(conn: psycopg.AsyncConnection[Any], store: Store, job_id: int) -> str | None:
@@ -121,27 +214,184 @@ async def purge_dead_letters(
     *,
     older_than_s: float,
     task: str | None = None,
+    statement_timeout_s: float | None = None,
 ) -> int:
     """Delete dead jobs finished more than ``older_than_s`` seconds ago (with their runs and
-    events), in batches of :data:`PURGE_BATCH`; returns how many."""
+    events), in batches of :data:`PURGE_BATCH`, each its own transaction; returns how many.
+    With ``statement_timeout_s``, each batch runs in :func:`bounded` (the errors it raises
+    end the purge; the batches before it stay deleted)."""
     params = {"older_than_s": older_than_s, "task": task, "limit": PURGE_BATCH}
     total = 0
     while True:
-        deleted = len(await store.fetch(conn, "dead_letters_purge", params))
+        if statement_timeout_s is None:
+            deleted = len(await store.fetch(conn, "dead_letters_purge", params))
+        else:
+            async with bounded(conn, store, statement_timeout_s):
+                deleted = len(await store.fetch(conn, "dead_letters_purge", params))
         total += deleted
         if deleted < PURGE_BATCH:
             return total
 
 
-async def status(conn: psycopg.AsyncConnection[Any], store: Store) -> dict[str, Any]:
-    """What ``scheduler status`` shows: ``leader`` (holder, term, elected_at, heartbeat_at, or
-    None), ``replicas`` (every registered replica with its heartbeat age in seconds and
-    whether it leads; a replica silent for 3 x ``replica_heartbeat_s`` ages out), ``queues``
-    (depth by state and ``lag_s``, the age of the oldest due-but-unclaimed job) and
-    ``schedules_in_trouble`` (latest fire time dead, or missed)."""
+async def status(
+    conn: psycopg.AsyncConnection[Any],
+    store: Store,
+    *,
+    leader_stale_s: float = 10.0,
+    replica_stale_s: float = 30.0,
+) -> dict[str, Any]:
+    """What ``scheduler status`` shows.
+
+    * ``leader``: ``holder, term, elected_at, heartbeat_at, config_hash``,
+      ``heartbeat_age_s``, ``lock_held`` (a session of this database holds the leader's
+      advisory lock), ``stale`` and ``stale_reason`` (``None`` when the leader is live): the
+      lock is free (the holder exited; the next replica to start takes over) and/or its
+      heartbeat is older than ``leader_stale_s`` seconds (hung). ``None``: never elected.
+    * ``replicas``: every registered replica with ``heartbeat_age_s``, ``stuck_threads``
+      (sync handler threads still running past their timeout), ``leader`` (it is the holder
+      and the lock is held) and ``stale`` (silent for more than ``replica_stale_s``: the
+      leader deletes such rows; without a live leader they stay).
+    * ``queues``: depth by state and ``lag_s``, the age of the oldest due-but-unclaimed job.
+    * ``schedules_in_trouble``: ``name, problem, fire_time, at, detail``; problems: ``dead``
+      (the latest fire time's job is dead), ``missed: <reason>`` (fire times skipped) and
+      ``materialisation failed`` (the leader cannot plan or insert its fire times;
+      ``detail`` is the error).
+    """
+    key = {"key": store.leader_key}
+    leaders = await store.fetch(conn, "status_leader", key)
+    leader = leaders[0] if leaders else None
+    if leader is not None:
+        reasons = []
+        if not leader["lock_held"]:
+            reasons.append("no session holds the leader lock: the holder has exited")
+        age = leader["heartbeat_age_s"]
+        if age is not None and float(age) > leader_stale_s:
+            reasons.append(f"its last heartbeat is {float(age):g} s old")
+        leader["stale"] = bool(reasons)
+        leader["stale_reason"] = "; ".join(reasons) or None
+    replicas = await store.fetch(conn, "status_replicas", key)
+    for replica in replicas:
+        replica["stale"] = float(replica["heartbeat_age_s"]) > replica_stale_s
     return {
-        "leader": await store.current_leader(conn),
-        "replicas": await store.fetch(conn, "status_replicas"),
+        "leader": leader,
+        "replicas": replicas,
         "queues": await store.fetch(conn, "status_queues"),
         "schedules_in_trouble": await store.fetch(conn, "status_schedules_in_trouble"),
     }
+
+
+# ---- sessions -----------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    return redact_text(" ".join(str(exc).split())[:500], url)
+
+
+async def connect(url: str, settings: Settings) -> psycopg.AsyncConnection[Any]:
+    """An autocommit connection, giving up after ``settings.connect_timeout_s`` (unless the
+    URL sets its own ``connect_timeout``).
+
+    Raises:
+        DatabaseUnavailableError: cannot connect (refused, timed out, authentication, no such
+            database); the message has the URL with its password redacted.
+    """
+    params: dict[str, Any] = {}
+    if "connect_timeout" not in conninfo_to_dict(url):
+        params["connect_timeout"] = max(2, math.ceil(settings.connect_timeout_s))
+    try:
+        return await psycopg.AsyncConnection.connect(url, autocommit=True, **params)
+    except psycopg.Error as exc:
+        reason = _reason(exc, url)
+        if "timeout" in reason and params:
+            reason += f" (after SCHEDULER_CONNECT_TIMEOUT_S={settings.connect_timeout_s:g} s)"
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database {redact_url(url)}: {reason}"
+        ) from None
+
+
+async def check_connection(url: str, settings: Settings) -> None:
+    """Connect once and close: fail fast with a message (``migrate``, ``run``).
+
+    Raises:
+        DatabaseUnavailableError: as :func:`connect`.
+    """
+    conn = await connect(url, settings)
+    await conn.close()
+
+
+async def require_migrated(conn: psycopg.AsyncConnection[Any], store: Store) -> None:
+    """Raise :class:`~scheduler.errors.SchemaNotMigratedError` (saying to run ``scheduler
+    migrate``) when the schema has no scheduler tables or migrations are pending."""
+    pending = await store.pending_migrations(conn)
+    if not pending:
+        return
+    if len(pending) == len(migrations()):
+        raise SchemaNotMigratedError(
+            f"schema {store.schema!r} has no scheduler tables in this database: run "
+            "`scheduler migrate` (with the same SCHEDULER_DATABASE_URL and SCHEDULER_SCHEMA)"
+        )
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+    raise SchemaNotMigratedError(
+        f"schema {store.schema!r} is behind this version of scheduler (migrations {names} are "
+        "pending): run `scheduler migrate`"
+    )
+
+
+def database_error(exc: psycopg.Error, url: str, settings: Settings) -> DatabaseError:
+    """The :mod:`scheduler.errors` error for a psycopg error met while talking to ``url``:
+    a statement timeout or a lost connection is ``DatabaseUnavailableError``, a missing
+    table ``SchemaNotMigratedError``, anything else ``DatabaseError``; one line, redacted."""
+    reason = _reason(exc, url)
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return DatabaseUnavailableError(
+            f"the database did not answer within SCHEDULER_STATEMENT_TIMEOUT_S="
+            f"{settings.statement_timeout_s:g} s ({reason}): a lock held by another session, "
+            "or an overloaded database"
+        )
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+        return SchemaNotMigratedError(
+            f"{reason}: schema {settings.schema_name!r} is not migrated: run `scheduler migrate`"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailableError(
+            f"lost the connection to the database {redact_url(url)}: {reason}"
+        )
+    return DatabaseError(f"the database refused the command: {reason}")
+
+
+async def session(
+    url: str,
+    settings: Settings,
+    action: Callable[[psycopg.AsyncConnection[Any], Store], Awaitable[Any]],
+    *,
+    transaction: bool = True,
+) -> Any:
+    """Run ``action(conn, store)`` on a new connection to ``url`` and return its result.
+
+    The connection is opened with :func:`connect`, the schema must be migrated, and
+    ``action`` runs in one :func:`bounded` transaction (``transaction=False``: ``action``
+    bounds its own transactions, e.g. purging in batches).
+
+    Raises:
+        DatabaseUnavailableError: cannot connect, the connection was lost, or no answer in time.
+        SchemaNotMigratedError: the schema's tables are missing or behind this version.
+        DatabaseError: the database refused a statement (e.g. permission denied).
+    """
+    timeout_s = settings.statement_timeout_s
+    store = Store(settings.schema_name)
+    try:
+        async with await connect(url, settings) as conn:
+            async with bounded(conn, store, timeout_s):
+                await require_migrated(conn, store)
+            if not transaction:
+                return await action(conn, store)
+            async with bounded(conn, store, timeout_s):
+                return await action(conn, store)
+    except psycopg.Error as exc:
+        raise database_error(exc, url, settings) from None
+    except TimeoutError:
+        raise DatabaseUnavailableError(
+            f"no answer from the database {redact_url(url)} within "
+            f"{client_deadline_s(timeout_s):g} s (SCHEDULER_STATEMENT_TIMEOUT_S="
+            f"{timeout_s:g}): is it hung or unreachable?"
+        ) from None

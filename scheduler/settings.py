@@ -6,29 +6,51 @@ Every duration is in seconds and its name ends in ``_s``. Example::
 
 When ``SCHEDULER_DATABASE_URL`` is unset, ``scheduler run`` starts an embedded PostgreSQL with
 its data under ``SCHEDULER_EMBEDDED_DIR`` (default ``./.scheduler``).
+
+Build settings with :func:`load_settings` (the CLI) or :func:`get_settings` (the Python API):
+both raise :class:`~scheduler.errors.SettingsError`, one line per bad setting naming the
+``SCHEDULER_*`` variable (or the command-line option that set it) and the reason, with any
+password redacted, instead of pydantic's ``ValidationError``. A ``SCHEDULER_*`` variable that
+is not a setting (``SCHEDULER_CONCURENCY``) is ignored with a warning on stderr that names
+the closest real setting, once per process.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+import sys
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .errors import InvalidArgumentError, SettingsError
+from .limits import DURATION_MAX_S, INT32_MAX, check_queue, shown
+from .log import redact_text
+
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+# SCHEDULER_* variables read by the test suite and the benchmark, not by Settings
+_OTHER_VARIABLES = frozenset({"SCHEDULER_TEST_DSN", "SCHEDULER_BENCH_DSN"})
+_SECRET_FIELDS = frozenset({"database_url", "direct_database_url"})
 
 
 class Settings(BaseSettings):
     """Service settings (pydantic-settings, env prefix ``SCHEDULER_``).
 
-    Raises ``pydantic.ValidationError`` when a value is out of range or ``schema`` is not a
-    plain lower-case SQL identifier (it is interpolated as an identifier, never as text).
+    Constructed directly, raises ``pydantic.ValidationError`` when a value is out of range
+    (durations: at most :data:`DURATION_MAX_S`; no NaN or infinity), ``schema`` is not a
+    plain lower-case SQL identifier (it is interpolated as an identifier, never as text), a
+    URL does not parse, or a queue name breaks :func:`scheduler.limits.check_queue`. Use
+    :func:`load_settings` for :class:`~scheduler.errors.SettingsError` instead.
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="SCHEDULER_", extra="ignore", populate_by_name=True
+        env_prefix="SCHEDULER_", extra="ignore", populate_by_name=True, allow_inf_nan=False
     )
 
     database_url: str | None = Field(
@@ -125,12 +147,14 @@ class Settings(BaseSettings):
     leader_session_timeout_s: float = Field(
         default=5.0,
         gt=0,
+        le=86_400,
         description="idle_session_timeout of the lock session: a hung leader's lock is freed "
         "after this long",
     )
     max_catch_up: int = Field(
         default=100,
         ge=1,
+        le=INT32_MAX,
         description="default of a schedule's max_catch_up: most fire times run per schedule "
         "and tick after an outage",
     )
@@ -141,7 +165,7 @@ class Settings(BaseSettings):
     )
 
     # retry defaults (a task or schedule may override them)
-    max_attempts: int = Field(default=20, ge=1)
+    max_attempts: int = Field(default=20, ge=1, le=INT32_MAX)
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=3600.0, gt=0)
     backoff_jitter: float = Field(default=0.1, ge=0, le=1)
@@ -157,8 +181,26 @@ class Settings(BaseSettings):
         description="address the metrics/health port binds to (0.0.0.0 in a container)",
     )
 
-    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
-    log_level: str = Field(default="info")
+    # operator commands (status, jobs, dead-letters, schedules, migrate)
+    connect_timeout_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="operator commands give up connecting after this long (libpq's "
+        "connect_timeout, rounded up to whole seconds, at least 2; a connect_timeout in the "
+        "URL wins)",
+    )
+    statement_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="an operator command's statement is cancelled after this long (a "
+        "transaction-local statement_timeout, safe behind poolers), so a lock wait or a "
+        "hung database ends in a message, not a hang",
+    )
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("schema_name")
     @classmethod
@@ -174,9 +216,10 @@ class Settings(BaseSettings):
     def _heartbeat_inside_session_timeout(self) -> Settings:
         if self.heartbeat_s * 2 > self.leader_session_timeout_s:
             raise ValueError(
-                f"heartbeat_s ({self.heartbeat_s}) must be at most half of "
-                f"leader_session_timeout_s ({self.leader_session_timeout_s}), or a healthy "
-                "leader's lock session would be ended as idle"
+                f"SCHEDULER_HEARTBEAT_S (heartbeat_s={self.heartbeat_s}) must be at most half "
+                "of SCHEDULER_LEADER_SESSION_TIMEOUT_S (leader_session_timeout_s="
+                f"{self.leader_session_timeout_s}), or a healthy leader's lock session would "
+                "be ended as idle"
             )
         return self
 
@@ -184,11 +227,152 @@ class Settings(BaseSettings):
     @classmethod
     def _split_queues(cls, value: object) -> object:
         if isinstance(value, str):
-            return [q.strip() for q in value.split(",") if q.strip()]
+            return [q.strip() for q in value.split(",")]
         return value
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: list[str]) -> list[str]:
+        if not [q for q in value if q]:
+            raise ValueError("no queue name: give comma-separated names, e.g. default,mail")
+        for i, name in enumerate(value, 1):
+            try:
+                check_queue(name, "queue" if len(value) == 1 else f"queue {i} of {len(value)}")
+            except InvalidArgumentError as exc:
+                raise ValueError(str(exc)) from None
+        return list(dict.fromkeys(value))  # a name given twice is worked once
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url", "direct_database_url")
+    @classmethod
+    def _url_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError(
+                "is empty: unset it to use the embedded PostgreSQL"
+                if info.field_name == "database_url"
+                else "is empty: unset it to use SCHEDULER_DATABASE_URL for every session"
+            )
+        if "\x00" in value or re.search("[\ud800-\udfff]", value):
+            raise ValueError("contains NUL or bytes that are not UTF-8")
+        try:
+            params = conninfo_to_dict(value)
+            timeout_from_conninfo(params)
+        except psycopg.Error as exc:
+            reason = redact_text(" ".join(str(exc).split()), value)
+            raise ValueError(
+                "is not a libpq URL (postgresql://user:password@host:port/dbname) or "
+                f"key=value string: {reason}"
+            ) from None
+        for port in str(params.get("port") or "").split(","):
+            if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"port {shown(port)} is not a number from 1 to 65535")
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _durations_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        if name.endswith("_s") and isinstance(value, float) and value > DURATION_MAX_S:
+            raise ValueError(f"at most {DURATION_MAX_S:,.0f} seconds (10 years)")
+        return value
+
+
+def env_name(field: str) -> str:
+    """The environment variable of setting ``field`` (``SCHEDULER_SCHEMA`` for
+    ``schema_name``, else ``SCHEDULER_`` + the upper-case name)."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"SCHEDULER_{field.upper()}"
+
+
+_warned: set[str] = set()
+
+
+def warn_unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """Print to stderr, once per process and variable, a warning for every ``SCHEDULER_*``
+    variable of ``environ`` (default ``os.environ``) that is not a setting, naming the
+    closest setting (difflib). Returns the warnings printed by this call."""
+    env = os.environ if environ is None else environ
+    settings = sorted(env_name(f) for f in Settings.model_fields)
+    printed = []
+    for key in sorted(env):
+        upper = key.upper()
+        if not upper.startswith("SCHEDULER_") or upper in _warned:
+            continue
+        if upper in settings or upper in _OTHER_VARIABLES:
+            continue
+        _warned.add(upper)
+        close = difflib.get_close_matches(
+            upper.removeprefix("SCHEDULER_"),
+            [s.removeprefix("SCHEDULER_") for s in settings],
+            n=1,
+            cutoff=0.6,
+        )
+        hint = f"; did you mean SCHEDULER_{close[0]}?" if close else ""
+        line = f"warning: {key} is not a scheduler setting and is ignored{hint}"
+        print(line, file=sys.stderr)
+        printed.append(line)
+    return printed
+
+
+def _problem(error: Any, overrides: dict[str, Any], options: dict[str, str]) -> str:
+    reason = error["msg"].removeprefix("Value error, ")
+    if reason.startswith("Input "):  # pydantic's own messages
+        reason = "i" + reason[1:]
+    if not error["loc"]:  # a rule between settings: the message names them
+        return reason
+    field = str(error["loc"][0])
+    by_alias = {env_name(f): f for f in Settings.model_fields}
+    field = by_alias.get(field, field)
+    if field in overrides:
+        name = options.get(field, field)
+        value = overrides[field]
+    else:
+        name = env_name(field) if field in Settings.model_fields else field
+        value = error.get("input")
+    if field in _SECRET_FIELDS and isinstance(value, str):
+        value_text = shown(redact_text(value, value), 100)
+    else:
+        value_text = shown(value)
+    return f"{name}={value_text}: {reason}"
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None, *, options: dict[str, str] | None = None
+) -> Settings:
+    """Settings from the ``SCHEDULER_*`` environment, with ``overrides`` (field name to
+    value, e.g. from command-line options) taking precedence.
+
+    Args:
+        overrides: values that win over the environment (``{"concurrency": 4}``).
+        options: the name to show for an overridden field in errors (``{"concurrency":
+            "--concurrency"}``); default the field name.
+
+    Raises:
+        SettingsError: one or more settings are invalid; ``problems`` has one line per bad
+            setting: ``SCHEDULER_CONCURRENCY='0': input should be greater than or equal
+            to 1`` (passwords in URLs redacted, no pydantic links).
+    """
+    warn_unknown_variables()
+    overrides = dict(overrides or {})
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [_problem(e, overrides, options or {}) for e in exc.errors()]
+        raise SettingsError(list(dict.fromkeys(problems))) from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment (:func:`load_settings`).
+
+    Raises:
+        SettingsError: a ``SCHEDULER_*`` variable is invalid (not cached: the next call
+            reads the environment again).
+    """
+    return load_settings()

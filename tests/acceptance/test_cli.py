@@ -207,7 +207,7 @@ def test_schedules_next_previews_fire_times_with_offsets(tmp_path, run_cli):
     )
     assert result.stdout.split() == ["2026-01-01T00:00:01+00:00", "2026-01-01T00:00:02+00:00"]
     bad = run_cli("schedules", "next", "--cron", "0 0 30 2 *")
-    assert bad.returncode == 1 and "never fires" in bad.stderr
+    assert bad.returncode == 2 and "never fires" in bad.stderr  # a bad argument
 
 
 def test_schedules_list_pause_resume_trigger(db, run_cli):

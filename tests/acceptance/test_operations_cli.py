@@ -184,12 +184,26 @@ def test_status_shows_leader_replicas_queues_and_schedules_in_trouble(db, run_cl
 
 
 def test_no_password_reaches_the_logs(db, db_url, start_replica, run_cli, cli_env):
-    from psycopg.conninfo import make_conninfo
+    """Every path that shows a database URL shows it redacted: the replica's log, `status`,
+    a connection error (a wrong role, an unreachable host) and a settings error. The error
+    paths print the URL, so this test fails when redaction breaks (it was seen failing with
+    ``redact_url`` returning its input)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from tests.conftest import wait_until
 
-    secret_url = make_conninfo(db_url, password="hunter2-do-not-log")
-    env = {"SCHEDULER_DATABASE_URL": secret_url, "SCHEDULER_LOG_LEVEL": "debug"}
+    secret = "hunter2-do-not-log"
+
+    def assert_redacted(text: str, shown: str | None = None) -> None:
+        assert secret not in text, text
+        if shown is not None:
+            assert shown in text, text  # the URL is there, redacted: a leak would show
+
+    # a working replica and `status`, with a password in the URL (local sockets are trusted)
+    env = {
+        "SCHEDULER_DATABASE_URL": make_conninfo(db_url, password=secret),
+        "SCHEDULER_LOG_LEVEL": "debug",
+    }
     with psycopg.connect(db_url) as conn:
         enqueue("acceptance.tick", connection=conn)
         conn.commit()
@@ -201,7 +215,42 @@ def test_no_password_reaches_the_logs(db, db_url, start_replica, run_cli, cli_en
         timeout=30,
     )
     status = run_cli("status", env={**cli_env, **env})
+    assert status.returncode == 0, status.stderr
     replica.stop()
     output = replica.output()
     assert "leader_elected" in output and "job_succeeded" in output  # it did log
-    assert "hunter2" not in output and "hunter2" not in status.stdout + status.stderr
+    assert_redacted(output)
+    assert_redacted(status.stdout + status.stderr)
+
+    # a replica that cannot connect: its log names the URL
+    unreachable = f"postgresql://app:{secret}@127.0.0.1:1/app"
+    failed = start_replica("run", env={"SCHEDULER_DATABASE_URL": unreachable})
+    assert failed.proc.wait(30) == 1
+    assert_redacted(failed.output(), "postgresql://app:***@127.0.0.1:1/app")
+
+    # the wrong credentials (a role that does not exist), in the URI and key=value forms
+    params = conninfo_to_dict(db_url)
+    wrong_role_uri = (
+        f"postgresql://nobody_here:{secret}@/{params['dbname']}"
+        f"?host={params.get('host', '')}&port={params.get('port', 5432)}"
+    )
+    wrong_role_dsn = make_conninfo(db_url, user="nobody_here", password=secret)
+    for url, shown in [
+        (wrong_role_uri, "postgresql://nobody_here:***@/"),
+        (wrong_role_dsn, "password=***"),
+    ]:
+        result = run_cli("status", env={**cli_env, "SCHEDULER_DATABASE_URL": url})
+        assert result.returncode == 1 and 'role "nobody_here" does not exist' in result.stderr
+        assert_redacted(result.stderr, shown)
+
+    # settings errors: a malformed URL, and a rule between settings next to a good URL
+    for variables, shown in [
+        ({"SCHEDULER_DIRECT_DATABASE_URL": f"postgresql://app:{secret}@db:port/app"},
+         "postgresql://app:***@db:port/app"),
+        ({"SCHEDULER_DATABASE_URL": f"postgresql://app:{secret} x@db/app"},
+         "postgresql://app:***@db/app"),
+        ({"SCHEDULER_DATABASE_URL": unreachable, "SCHEDULER_HEARTBEAT_S": "10"}, None),
+    ]:  # fmt: skip
+        result = run_cli("status", env={**cli_env, **variables})
+        assert result.returncode == 2, result.stderr
+        assert_redacted(result.stderr, shown)
