@@ -82,7 +82,8 @@ Tick = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[float]]
 POOLER_RETRY_S = 60.0  # a replica behind a transaction-mode pooler retries leading this rarely
 CONFIG_CHECK_S = 10.0  # how often a follower compares its schedules file with the leader's
 
-KEEPALIVES = {
+KEEPALIVES = {  # every connection of a replica (pool, lock session, LISTEN, probes)
+    "connect_timeout": 10,  # s: an unreachable server fails a connect in time, then backoff
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 1,
@@ -155,11 +156,19 @@ class LeaderElector:
                 )
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:
+                self._step_down()  # a bug: the supervisor logs it and starts a new campaign
+                raise
 
     async def _check_config(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Log loudly (once per term) when the leader runs a different schedules file."""
-        leader = await self.store.current_leader(conn)
-        if not leader or not self.config_hash or not leader["config_hash"]:
+        """Log loudly (once per term) when the leader runs a different schedules file. Only a
+        live leader counts: the row of one that exited stays until the next election, and a
+        replica restarted with an edited file would otherwise report its own old file."""
+        if not self.config_hash:
+            return
+        rows = await self.store.fetch(conn, "status_leader", {"key": self.store.leader_key})
+        leader = rows[0] if rows and rows[0]["lock_held"] else None
+        if not leader or not leader["config_hash"]:
             return
         if leader["config_hash"] != self.config_hash and leader["term"] != self._mismatch_term:
             self._mismatch_term = leader["term"]

@@ -24,9 +24,9 @@ from typing import Any
 
 import psycopg
 
+from .arguments import to_jsonb
 from .config import ScheduleConfig
 from .cron import Cron
-from .jobs import to_jsonb
 from .settings import Settings
 from .store import Store
 from .tasks import get_task
@@ -40,8 +40,11 @@ class ReconcileResult:
     rescheduled: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
-    #: schedules last written by a different schedules file (another replica's config)
+    #: schedules last written by a different schedules file (another replica's config, or
+    #: this file before it was edited)
     from_other_config: list[str] = field(default_factory=list)
+    #: the config hashes of those other files
+    other_config_hashes: set[str] = field(default_factory=set)
 
 
 def _enum_value(value: Any, default: str) -> str:
@@ -112,6 +115,7 @@ async def reconcile(
         old = existing.get(schedule.name)
         if old is not None and old["config_hash"] not in (None, config_hash):
             result.from_other_config.append(schedule.name)
+            result.other_config_hashes.add(old["config_hash"])
         timing_changed = old is None or (old["cron"], old["timezone"]) != (
             schedule.cron,
             schedule.timezone,

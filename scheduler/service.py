@@ -13,29 +13,45 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import __version__, maintenance, materialiser, metrics
+from . import __version__, health, maintenance, materialiser
 from .config import SchedulesConfig
-from .errors import LeadershipLostError, MigrationPrivilegeError
-from .jobs import set_default_database_url
+from .connections import set_default_database_url
+from .errors import LeadershipLostError, MigrationPrivilegeError, ReplicaFailedError
 from .leader import KEEPALIVES, LeaderElector
-from .log import get_logger
-from .schedules import reconcile
+from .limits import exception_text
+from .log import get_logger, redact_url
+from .schedules import ReconcileResult, reconcile
 from .settings import Settings
 from .store import Store
+from .supervision import Supervisor
 from .worker import Worker
 
 log = get_logger("scheduler.service")
+T = TypeVar("T")
 
 
 def replica_id() -> str:
     """``host:pid:random`` — unique per process start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def _duty(name: str, work: Awaitable[T]) -> T | None:
+    """Run one of the leader's duties (materialise, rescue, prune): a failure that is not a
+    lost lock session is logged and costs only this duty this tick, never the others."""
+    try:
+        return await work
+    except (LeadershipLostError, psycopg.OperationalError):
+        raise
+    except Exception as exc:  # a bug or a refused row: the others go on
+        log.error("leader_duty_failed", duty=name, error=exception_text(exc), exc_info=exc)
+        return None
 
 
 def _seconds_until(target: datetime | None, now: datetime, cap: float) -> float:
@@ -81,6 +97,7 @@ class Replica:
             tick=self._tick,
         )
         self.health_port: int | None = None  # bound port of /metrics etc., once serving
+        self.supervisor: Supervisor | None = None  # the running replica's, once started
         self.worker = Worker(self.pool, direct_url, self.store, settings, self.id)
 
     async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
@@ -104,13 +121,27 @@ class Replica:
             removed=result.removed,
         )
         if result.from_other_config:
+            await self._report_other_config(conn, term, result)
+
+    async def _report_other_config(
+        self, conn: psycopg.AsyncConnection[Any], term: int, result: ReconcileResult
+    ) -> None:
+        """Schedules written from another file were replaced. An error only while a live
+        replica still runs that other file; else the file was edited and rolled out."""
+        running = await self.store.fetch(conn, "replicas_running_config", {
+            "hashes": sorted(result.other_config_hashes), "id": self.id,
+            "fresh_s": 3 * self.settings.replica_heartbeat_s})  # fmt: skip
+        if running:
             log.error(
                 "config_mismatch",
                 term=term,
                 schedules=result.from_other_config,
-                detail="these schedules were written from a different schedules file by an "
-                "earlier leader; this leader's file replaced them",
+                replicas=[r["id"] for r in running],
+                detail="these schedules were written from a different schedules file, which "
+                "these live replicas still run; this leader's file replaced them",
             )
+        else:
+            log.info("schedules_file_changed", term=term, schedules=result.from_other_config)
 
     async def _tick(self, conn: psycopg.AsyncConnection[Any], term: int) -> float:
         """One heartbeat statement; a materialisation and a rescue only when one is due."""
@@ -119,31 +150,29 @@ class Replica:
         if beat is None:
             raise LeadershipLostError(f"term {term} is no longer current for {self.id}")
         now, materialise_at = beat["now"], beat["materialise_at"]
+        more = False
         if materialise_at is not None and materialise_at <= now:
-            result = await materialiser.tick(
-                conn, self.store, holder=self.id, term=term, ahead_s=ahead_s
-            )
-            now, materialise_at = result.now, result.materialise_at
+            result = await _duty("materialise", materialiser.tick(
+                conn, self.store, holder=self.id, term=term, ahead_s=ahead_s))  # fmt: skip
+            if result is not None:
+                now, materialise_at, more = result.now, result.materialise_at, result.more
         if beat["rescue_at"] is not None and beat["rescue_at"] <= now:
-            await maintenance.rescue_expired_leases(conn, self.store, holder=self.id, term=term)
+            await _duty("rescue", maintenance.rescue_expired_leases(
+                conn, self.store, holder=self.id, term=term))  # fmt: skip
         loop_time = asyncio.get_running_loop().time()
         if loop_time >= self._next_prune:
             s = self.settings
-            pruned = await maintenance.prune(
-                conn,
-                self.store,
-                holder=self.id,
-                term=term,
-                succeeded_s=s.retention_succeeded_s,
-                dead_s=s.retention_dead_s,
-                batch=s.retention_batch,
-                stale_replicas_s=3 * s.replica_heartbeat_s,
-            )
+            pruned = await _duty("prune", maintenance.prune(
+                conn, self.store, holder=self.id, term=term, succeeded_s=s.retention_succeeded_s,
+                dead_s=s.retention_dead_s, batch=s.retention_batch,
+                stale_replicas_s=3 * s.replica_heartbeat_s))  # fmt: skip
             # a backlog is worked off one batch budget per tick, the ticks back to back, so
             # materialisation and rescue still get their turn between budgets
-            self._next_prune = loop_time + (0.0 if pruned.more else s.retention_interval_s)
-            if pruned.more:
-                return 0.0
+            backlog = pruned is not None and pruned.more
+            self._next_prune = loop_time + (0.0 if backlog else s.retention_interval_s)
+            more = more or backlog
+        if more:
+            return 0.0  # bounded ticks back to back until the backlog is worked off
         wake = min(
             (t for t in (materialise_at, beat["rescue_at"]) if t is not None and t > now),
             default=None,
@@ -151,10 +180,10 @@ class Replica:
         return _seconds_until(wake, now, self.settings.heartbeat_s)
 
     @staticmethod
-    async def _beat(stop: asyncio.Event, health: metrics.HealthServer | None) -> None:
+    async def _beat(stop: asyncio.Event, server: health.HealthServer | None) -> None:
         """Liveness: proves every second that the event loop turns (``/healthz``)."""
-        while health is not None and not stop.is_set():
-            health.beat()
+        while server is not None and not stop.is_set():
+            server.beat()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
@@ -185,43 +214,51 @@ class Replica:
                 await conn.execute(self.store.q["replica_remove"], {"id": self.id})
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; returns after a graceful shutdown."""
+        """Run until ``stop`` is set; returns after a graceful shutdown.
+
+        Every loop runs under a :class:`~scheduler.supervision.Supervisor`: a crash is
+        logged and the loop restarted; a loop that keeps crashing stops the replica.
+
+        Raises:
+            ReplicaFailedError: a loop crashed too often (after a graceful stop of the
+                rest); ``/healthz`` answered 503 meanwhile. The process should exit non-zero.
+        """
         set_default_database_url(self.url)
         await self.pool.open(wait=True, timeout=30)
         log.info(
             "replica_started",
             replica=self.id,
+            database=redact_url(self.url),
             queues=self.settings.queues,
             concurrency=self.settings.concurrency,
         )
-        health = None
+        supervisor = self.supervisor = Supervisor(stop)
+        self.worker.supervisor = supervisor
+        server = None
         if self.settings.metrics_port is not None:
-            health = metrics.HealthServer(
-                self.url, self.store, self.settings.metrics_host, self.settings.metrics_port
-            )
-            health.start()
-            self.health_port = health.port
+            # a direct URL where there is one: the probes' session sets a statement_timeout
+            probe_url = self.settings.direct_database_url or self.url
+            server = health.HealthServer(
+                probe_url, self.store, self.settings.metrics_host, self.settings.metrics_port,
+                health=supervisor.health, replica=self.id,
+            )  # fmt: skip
+            server.start()
+            self.health_port = server.port
         loops = [
-            asyncio.create_task(self._beat(stop, health), name="scheduler-beat"),
-            asyncio.create_task(self.elector.run(stop), name="scheduler-leader"),
-            asyncio.create_task(self.worker.run(stop), name="scheduler-worker"),
-            asyncio.create_task(self._register(stop), name="scheduler-register"),
+            supervisor.start("scheduler-beat", lambda: self._beat(stop, server)),
+            supervisor.start("scheduler-leader", lambda: self.elector.run(stop)),
+            supervisor.start("scheduler-worker", lambda: self.worker.run(stop)),
+            supervisor.start("scheduler-register", lambda: self._register(stop)),
         ]
         try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
-            if failed:
-                # A bug, not a database outage (those are retried inside the loops): stop the
-                # other loop gracefully and let the process exit non-zero.
-                log.error("replica_failed", error=repr(failed[0].exception()))
-                stop.set()
-                await asyncio.wait(loops)
-                raise failed[0].exception()  # type: ignore[misc]
+            await asyncio.wait(loops)
         finally:
-            if health is not None:
-                health.stop()
+            if server is not None:
+                server.stop()
             await self.pool.close()
-            log.info("replica_stopped", replica=self.id)
+            log.info("replica_stopped", replica=self.id, failure=supervisor.failure)
+        if supervisor.failure is not None:
+            raise ReplicaFailedError(supervisor.failure)
 
 
 async def migrate(url: str, settings: Settings) -> list[str]:

@@ -6,16 +6,31 @@ Loop of one replica (``concurrency`` slots)::
           a slot frees | safety poll every poll_interval_s)
       └─▶ claim up to <free slots> due jobs: one short statement, FOR UPDATE SKIP LOCKED,
           committed before any handler starts (no claimed job sits in an open transaction)
-            └─▶ run each handler: async ones on the event loop, sync ones in a thread pool
-                of ``concurrency`` threads, with the job's ``args`` as keyword arguments
-                  └─▶ outcome → completion queue → one fenced statement per batch:
+            └─▶ run each handler (scheduler.execution): async ones on the event loop, sync
+                ones on ``concurrency`` threads, with the job's ``args`` as keyword arguments;
+                whatever a handler raises (SystemExit included) is a failed attempt
+                  └─▶ outcome → completion writer (scheduler.completion), batched, fenced:
                         success              → succeeded
                         failure, attempt < max → pending, run_at = now() + backoff
                         failure, attempt = max → dead (dead letter)
-                        task not registered  → dead at once, with that reason
+                        task not registered  → retried with backoff while the job has been
+                                               due less than unknown_task_retry_s (600 s),
+                                               then dead, with that reason
                         cancelled by an operator (NOTIFY, or seen at a lease extension)
                                              → cancelled (async handlers stop at their
                                                next await; a sync handler's thread runs on)
+
+Leases: every ``lease_s / 3`` one statement extends the lease of every job this worker holds,
+from its claim until its outcome is written (not only until its handler returns), so a slow
+or failing write never lets the leader rescue a job that already ran.
+
+Slots: a slot frees when a handler returns, before its outcome is written (the next claim
+overlaps the write; at most one batch of unwritten outcomes may run ahead). A sync handler
+that outlives its attempt (timeout, operator cancel) keeps its slot until its thread returns.
+
+The claim loop, the completion writer, the lease extender and the listener each run under
+the replica's :class:`~scheduler.supervision.Supervisor`: a crash is logged and the loop
+restarted; a loop that keeps crashing stops the replica.
 
 Completion is fenced: the UPDATE matches ``id, state = 'running', locked_by, attempt``, so a
 worker that lost its job (lease rescued by the leader) cannot overwrite a newer attempt.
@@ -26,10 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -37,26 +49,22 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
+from .completion import Completion, CompletionWriter
 from .errors import UnknownTaskError
+from .execution import Executor, Result
 from .jobs import JobState, RunOutcome
 from .leader import KEEPALIVES
+from .limits import exception_text
 from .log import get_logger
 from .retry import Backoff
 from .settings import Settings
 from .store import Store
+from .supervision import Supervisor
 from .tasks import get_task
 
 log = get_logger("scheduler.worker")
 
-TRACEBACK_LIMIT = 16_000  # characters kept of a traceback (the end, where the error is)
-ERROR_LIMIT = 2_000
-MAX_COMPLETION_BATCH = 1_000  # outcomes per completion statement
-
-
-@dataclass
-class _Completion:
-    outcome: dict[str, Any]
-    on_written: Callable[[], object] | None = field(default=None, repr=False)
+SHUTDOWN_WRITE_S = 10.0  # how long a stopping worker waits for its last outcomes to be written
 
 
 class Worker:
@@ -67,8 +75,10 @@ class Worker:
         listen_url: URL of a direct connection for LISTEN (not through a transaction pooler).
         store: statements for the schema.
         settings: ``queues``, ``concurrency``, ``poll_interval_s``, ``lease_s``,
-            ``shutdown_grace_s``.
+            ``shutdown_grace_s``, ``unknown_task_retry_s``.
         worker_id: recorded in ``jobs.locked_by`` and ``job_runs.worker_id``.
+        supervisor: restarts the worker's loops when they crash (default: its own, which
+            stops the worker when a loop keeps crashing).
     """
 
     def __init__(
@@ -78,54 +88,69 @@ class Worker:
         store: Store,
         settings: Settings,
         worker_id: str,
+        supervisor: Supervisor | None = None,
     ):
         self.pool = pool
         self.listen_url = listen_url
         self.store = store
         self.settings = settings
         self.worker_id = worker_id
+        self.supervisor = supervisor
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
-        self._completions: asyncio.Queue[_Completion] = asyncio.Queue()
         # a concrete logger, bound when run() starts (after logging is configured): the lazy
         # module logger re-binds on every call, which cost ~10% of a drain's CPU per job
         self._log: Any = log
-        self._writing = 0  # outcomes in the completion write under way
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.concurrency, thread_name_prefix="scheduler-job"
-        )
+        self._executor = Executor(settings.concurrency, log)
+        self._writer = CompletionWriter(pool, store, worker_id, log, self._settled, self._wake.set)
         self.listening = asyncio.Event()
-        self._leases: dict[int, int] = {}  # running job id -> attempt
-        self._tasks: dict[int, asyncio.Task[None]] = {}  # running job id -> its task
+        self.parked = asyncio.Event()  # set while the claim loop waits with free slots
+        self._leases: dict[int, int] = {}  # job id -> attempt, from claim until written
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # job id -> its task, until its outcome
         self._cancelling: set[int] = set()  # job ids an operator cancelled
         self._interrupted: list[tuple[int, int]] = []  # cancelled at shutdown: (id, attempt)
 
     def stuck_threads(self) -> int:
-        """Sync handler threads still running past their task's ``timeout_s``."""
-        return 0
+        """Sync handler threads still running after their attempt ended (timeout_s passed,
+        or cancelled by an operator); each holds its slot until it returns."""
+        return self._executor.stuck()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until ``stop`` is set, then let running jobs finish within
-        ``shutdown_grace_s`` and write their outcomes."""
+        ``shutdown_grace_s`` and write their outcomes (waiting at most SHUTDOWN_WRITE_S)."""
         self._log = log.bind()
-        listener = asyncio.create_task(self._listen(stop), name="scheduler-listen")
-        flusher = asyncio.create_task(self._flush_completions(), name="scheduler-complete")
-        extender = asyncio.create_task(self._extend_leases(), name="scheduler-leases")
-        stopper = asyncio.create_task(stop.wait())
+        self._executor.log = self._writer.log = self._log
+        supervisor = self.supervisor or Supervisor(stop)
+        loops = [
+            supervisor.start("scheduler-listen", lambda: self._listen(stop)),
+            supervisor.start("scheduler-complete", self._writer.run),
+            supervisor.start("scheduler-leases", self._extend_leases),
+        ]
+        try:
+            await supervisor.run("scheduler-claim", lambda: self._claim_loop(stop))
+        finally:
+            await self._drain()
+            await self._release_interrupted()
+            for t in loops:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            self._executor.shutdown()
+
+    def threads_alive(self) -> bool:
+        """True while a sync handler's thread is still running (it cannot be stopped)."""
+        return self._executor.alive()
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        stopper = asyncio.ensure_future(stop.wait())
         try:
             backoff = 0.1
             while not stop.is_set():
                 self._wake.clear()
-                # Slots free when a handler returns, before its outcome is written, so the
-                # next claim overlaps the completion write; at most one batch of unwritten
-                # outcomes is let run ahead (backpressure when writes are slow).
                 concurrency = self.settings.concurrency
                 free = min(
                     concurrency - len(self._running),
-                    2 * concurrency
-                    - len(self._running)
-                    - self._completions.qsize()
-                    - self._writing,
+                    2 * concurrency - len(self._running) - self._writer.backlog,
                 )
                 claimed = 0
                 if free > 0:
@@ -133,25 +158,20 @@ class Worker:
                         claimed = await self._claim(free)
                         backoff = 0.1
                     except psycopg.Error as exc:
-                        self._log.warning("claim_failed", error=str(exc).strip()[:300])
+                        self._log.warning("claim_failed", error=exception_text(exc, 300))
                         await self._wait(stopper, backoff)
                         backoff = min(backoff * 2, 5.0)
                         continue
                 if claimed and claimed == free:
                     continue  # maybe more due: claim again as soon as a slot frees
+                self.parked.set()
                 await self._wait(stopper, self.settings.poll_interval_s)
+                self.parked.clear()
         finally:
             stopper.cancel()
-            await self._drain()
-            await self._release_interrupted()
-            for t in (listener, flusher, extender):
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-            self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _wait(self, stopper: asyncio.Task[Any], timeout: float) -> None:
-        waker = asyncio.create_task(self._wake.wait())
+    async def _wait(self, stopper: asyncio.Future[Any], timeout: float) -> None:
+        waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait(
                 {waker, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -187,150 +207,101 @@ class Worker:
         self._wake.set()
 
     async def _execute(self, job: dict[str, Any]) -> None:
-        fields = {
-            "job_id": job["id"],
-            "task": job["task"],
-            "attempt": job["attempt"],
-            "schedule": job["schedule_name"],
-        }
-        args = job["args"] or {}
+        job_id = job["id"]
         try:
             registered = get_task(job["task"])
         except UnknownTaskError as exc:
-            self._leases.pop(job["id"], None)
-            self._tasks.pop(job["id"], None)
-            metrics.JOBS_DEAD.labels(job["queue"], job["task"]).inc()
-            self._log.error("job_dead", reason="unknown_task", **fields)
-            self._complete(job, JobState.DEAD, RunOutcome.FAILED, error=str(exc))
+            self._unknown_task(job, exc)
             return
         started = time.monotonic()
         try:
-            if registered.is_async:
-                work = registered.func(**args)
-            else:
-                loop = asyncio.get_running_loop()
-                work = loop.run_in_executor(self._executor, lambda: registered.func(**args))
-            await asyncio.wait_for(work, registered.timeout_s)
+            result = await self._executor.run(registered, job["args"] or {}, job_id)
         except asyncio.CancelledError:
-            if job["id"] in self._cancelling:  # scheduler jobs cancel, not a shutdown
-                metrics.JOBS_CANCELLED.labels(job["queue"], job["task"]).inc()
-                self._complete(
-                    job, JobState.CANCELLED, RunOutcome.CANCELLED, error="cancelled by operator"
-                )
-                return
-            self._interrupted.append((job["id"], job["attempt"]))
-            raise
-        except TimeoutError:
-            error = f"TimeoutError: attempt ran longer than timeout_s={registered.timeout_s}"
-            await self._failed(job, RunOutcome.TIMEOUT, error, None, fields)
-            return
-        except Exception as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
-            error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
-            tb = traceback.format_exc()[-TRACEBACK_LIMIT:]
-            await self._failed(job, RunOutcome.FAILED, error, tb, fields)
-            return
+            if job_id not in self._cancelling:  # a shutdown: released to pending
+                self._tasks.pop(job_id, None)
+                self._interrupted.append((job_id, job["attempt"]))
+                raise
+            metrics.JOBS_CANCELLED.labels(job["queue"], job["task"]).inc()
+            result = Result(RunOutcome.CANCELLED, "cancelled by operator")
         finally:
-            self._leases.pop(job["id"], None)
-            self._tasks.pop(job["id"], None)
-            self._cancelling.discard(job["id"])
-            m = metrics.for_job(job["queue"], job["task"])
-            m.duration.observe(time.monotonic() - started)
-        m.succeeded.inc()
-        self._log.info("job_succeeded", **fields)
-        self._complete(job, JobState.SUCCEEDED, RunOutcome.SUCCEEDED)
+            metrics.for_job(job["queue"], job["task"]).duration.observe(
+                time.monotonic() - started
+            )
+        self._record(job, result)
+        await self._executor.join(job_id)  # a sync thread that outlived its attempt
 
-    async def _failed(
-        self,
-        job: dict[str, Any],
-        outcome: RunOutcome,
-        error: str,
-        tb: str | None,
-        fields: dict[str, Any],
-    ) -> None:
-        """Retry with backoff, or dead-letter at max_attempts."""
-        if job["attempt"] >= job["max_attempts"]:
+    def _record(self, job: dict[str, Any], result: Result) -> None:
+        """Turn an attempt's result into the job's next state and queue it for writing."""
+        self._tasks.pop(job["id"], None)
+        self._cancelling.discard(job["id"])
+        fields = {"job_id": job["id"], "task": job["task"], "attempt": job["attempt"],
+                  "schedule": job["schedule_name"]}  # fmt: skip
+        if result.outcome is RunOutcome.SUCCEEDED:
+            metrics.for_job(job["queue"], job["task"]).succeeded.inc()
+            self._log.info("job_succeeded", **fields)
+            self._complete(job, JobState.SUCCEEDED, result)
+        elif result.outcome is RunOutcome.CANCELLED:
+            self._log.warning("job_cancelled", **fields)
+            self._complete(job, JobState.CANCELLED, result)
+        elif job["attempt"] >= job["max_attempts"]:
             metrics.JOBS_DEAD.labels(job["queue"], job["task"]).inc()
-            self._log.error("job_dead", reason="max_attempts", error=error, **fields)
-            self._complete(job, JobState.DEAD, outcome, error=error, tb=tb)
-            return
+            self._log.error("job_dead", reason="max_attempts", error=result.error, **fields)
+            self._complete(job, JobState.DEAD, result)
+        else:
+            self._retry(job, result, fields)
+
+    def _retry(self, job: dict[str, Any], result: Result, fields: dict[str, Any]) -> None:
         metrics.JOBS_FAILED.labels(job["queue"], job["task"]).inc()
         delay_s = Backoff(
             job["backoff_base_s"], job["backoff_max_s"], job["backoff_jitter"]
         ).delay_s(job["attempt"])
-        self._log.warning(
-            "job_failed", outcome=outcome.value, error=error, retry_in_s=round(delay_s, 3), **fields
-        )
+        self._log.warning("job_failed", outcome=result.outcome.value, error=result.error,
+                          retry_in_s=round(delay_s, 3), **fields)  # fmt: skip
         # Wake up for the retry ourselves (a retry sends no NOTIFY). The timer starts once the
         # outcome is written, as run_at = the database's now() at that write + delay_s.
         loop = asyncio.get_running_loop()
-        self._complete(
-            job, JobState.PENDING, outcome, error=error, tb=tb, delay_s=delay_s,
-            on_written=lambda: loop.call_later(delay_s, self._wake.set),
-        )  # fmt: skip
+        self._complete(job, JobState.PENDING, result, delay_s=delay_s,
+                       on_written=lambda: loop.call_later(delay_s, self._wake.set))  # fmt: skip
+
+    def _unknown_task(self, job: dict[str, Any], exc: UnknownTaskError) -> None:
+        """Not registered here: another replica (a newer release) may know it. Retried like
+        a failure while the job has been due less than ``unknown_task_retry_s``."""
+        reason = f"task {job['task']!r} is not registered in replica {self.worker_id}"
+        result = Result(RunOutcome.FAILED, exception_text(UnknownTaskError(reason)))
+        if job["age_s"] < self.settings.unknown_task_retry_s:
+            self._record(job, result)
+            return
+        self._tasks.pop(job["id"], None)
+        metrics.JOBS_DEAD.labels(job["queue"], job["task"]).inc()
+        self._log.error("job_dead", reason="unknown_task", job_id=job["id"], task=job["task"],
+                        attempt=job["attempt"], schedule=job["schedule_name"])  # fmt: skip
+        self._complete(job, JobState.DEAD, result)
 
     def _complete(
         self,
         job: dict[str, Any],
         state: JobState,
-        outcome: RunOutcome,
+        result: Result,
         *,
-        error: str | None = None,
-        tb: str | None = None,
         delay_s: float = 0.0,
         on_written: Callable[[], object] | None = None,
     ) -> None:
         """Queue an attempt's outcome for the next batched write and return at once, so the
-        slot frees while the write happens (claims overlap completions). ``on_written`` is
-        called once the write committed (whether or not the outcome was fenced off)."""
-        self._completions.put_nowait(
-            _Completion(
-                {
-                    "id": job["id"],
-                    "attempt": job["attempt"],
-                    "state": state.value,
-                    "outcome": outcome.value,
-                    "error": error,
-                    "traceback": tb,
-                    "delay_s": delay_s,
-                },
-                on_written,
-            )
-        )
+        slot frees while the write happens (claims overlap completions)."""
+        outcome = {
+            "id": job["id"],
+            "attempt": job["attempt"],
+            "state": state.value,
+            "outcome": result.outcome.value,
+            "error": result.error,
+            "traceback": result.traceback,
+            "delay_s": delay_s,
+        }
+        self._writer.put(Completion(outcome, on_written))
 
-    async def _flush_completions(self) -> None:
-        """Write completions in batches: whatever is queued when the previous write ends."""
-        while True:
-            batch = [await self._completions.get()]
-            while not self._completions.empty() and len(batch) < MAX_COMPLETION_BATCH:
-                batch.append(self._completions.get_nowait())
-            self._writing = len(batch)
-            backoff = 0.1
-            while True:
-                try:
-                    async with self.pool.connection() as conn:
-                        changed = await self.store.complete_jobs(
-                            conn, self.worker_id, [c.outcome for c in batch]
-                        )
-                    break
-                except psycopg.Error as exc:
-                    self._log.warning(
-                        "complete_failed", error=str(exc).strip()[:300], jobs=len(batch)
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            for c in batch:
-                written = c.outcome["id"] in changed
-                if not written:
-                    self._log.warning(
-                        "job_completion_fenced",
-                        job_id=c.outcome["id"],
-                        attempt=c.outcome["attempt"],
-                    )
-                if c.on_written is not None:
-                    c.on_written()
-                self._completions.task_done()
-            self._writing = 0
-            self._wake.set()  # slots held back by unwritten outcomes are free again
+    def _settled(self, job_id: int) -> None:
+        """The writer is done with this job's outcome: stop extending its lease."""
+        self._leases.pop(job_id, None)
 
     async def _drain(self) -> None:
         if not self._running:
@@ -346,7 +317,7 @@ class Worker:
             await asyncio.wait(pending, timeout=1.0)
 
     async def _extend_leases(self) -> None:
-        """Every lease_s/3, extend the leases of all running jobs in one statement."""
+        """Every lease_s/3, extend the leases of all held jobs in one statement."""
         period = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(period)
@@ -354,30 +325,21 @@ class Worker:
                 continue
             ids = list(self._leases)
             attempts = [self._leases[i] for i in ids]
+            params = {"ids": ids, "attempts": attempts, "worker_id": self.worker_id,
+                      "lease_s": self.settings.lease_s}  # fmt: skip
             try:
                 async with self.pool.connection() as conn:
-                    rows = await (
-                        await conn.execute(
-                            self.store.q["extend_leases"],
-                            {
-                                "ids": ids,
-                                "attempts": attempts,
-                                "worker_id": self.worker_id,
-                                "lease_s": self.settings.lease_s,
-                            },
-                        )
-                    ).fetchall()
-                kept = {r[0] for r in rows}
-                for job_id, cancel in rows:
-                    if cancel:
-                        self._cancel(job_id)
+                    cur = await conn.execute(self.store.q["extend_leases"], params)
+                    rows = await cur.fetchall()
             except psycopg.Error as exc:
-                self._log.warning(
-                    "lease_extension_failed", error=str(exc).strip()[:300], jobs=len(ids)
-                )
+                self._log.warning("lease_extension_failed", error=exception_text(exc, 300),
+                                  jobs=len(ids))  # fmt: skip
                 continue
-            for job_id in set(ids) - kept:
-                if job_id in self._leases:  # not finished meanwhile: its lease was rescued
+            for job_id, cancel in rows:
+                if cancel:
+                    self._cancel(job_id)
+            for job_id in set(ids) - {r[0] for r in rows}:
+                if job_id in self._leases:  # not settled meanwhile: its lease was rescued
                     self._log.warning("job_lease_lost", job_id=job_id)
 
     def _cancel(self, job_id: int) -> None:
@@ -390,8 +352,11 @@ class Worker:
             task.cancel()
 
     async def _release_interrupted(self) -> None:
-        """Jobs cut off by the shutdown go back to pending without burning an attempt."""
-        await self._completions.join()  # outcomes already known are written first
+        """Jobs cut off by the shutdown go back to pending without burning an attempt; the
+        outcomes already known are written first (waiting at most SHUTDOWN_WRITE_S)."""
+        if not await self._writer.drain(SHUTDOWN_WRITE_S):
+            self._log.error("outcomes_unwritten", jobs=self._writer.backlog,
+                            detail="their leases expire and the leader rescues them")  # fmt: skip
         if not self._interrupted:
             return
         ids = [i for i, _ in self._interrupted]
@@ -405,7 +370,7 @@ class Worker:
                 )
             self._log.warning("jobs_released", jobs=[r["id"] for r in rows], reason="shutdown")
         except psycopg.Error as exc:
-            self._log.warning("release_failed", error=str(exc).strip()[:300], jobs=ids)
+            self._log.warning("release_failed", error=exception_text(exc, 300), jobs=ids)
 
     def _on_notify(self, payload: str) -> None:
         """``"<queue> <epoch of the earliest run_at>"``: wake now if that is due, else set a
@@ -420,7 +385,7 @@ class Worker:
         if delay <= 0:
             self._wake.set()
         else:
-            asyncio.get_running_loop().call_later(delay, self._wake.set)
+            asyncio.get_running_loop().call_later(min(delay, 86400.0), self._wake.set)
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for inserted jobs and cancel requests; reconnect with backoff (polling and
@@ -446,8 +411,7 @@ class Worker:
                             self._on_notify(notify.payload)
             except psycopg.Error as exc:
                 self.listening.clear()
-                self._log.warning(
-                    "listen_connection_lost", error=str(exc).strip()[:300], retry_in_s=backoff
-                )
+                self._log.warning("listen_connection_lost", error=exception_text(exc, 300),
+                                  retry_in_s=backoff)  # fmt: skip
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

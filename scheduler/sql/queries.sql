@@ -89,7 +89,8 @@ WHERE j.id = due.id
 RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
           j.backoff_base_s, j.backoff_max_s, j.backoff_jitter,
           j.schedule_name, j.scheduled_for, j.run_at,
-          extract(epoch FROM now() - j.run_at)::float8 AS lateness_s;
+          extract(epoch FROM now() - j.run_at)::float8 AS lateness_s,
+          extract(epoch FROM now() - j.first_run_at)::float8 AS age_s;
 
 -- name: complete_jobs
 -- Fenced batch completion: a row changes only if it is still running this attempt of this
@@ -119,6 +120,39 @@ INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_
 SELECT c.id, c.attempt, %(worker_id)s, c.locked_at, now(), o.outcome, o.error, o.traceback
 FROM changed AS c JOIN outcome AS o ON o.id = c.id
 RETURNING job_id;
+
+-- name: complete_jobs_fallback
+-- complete_jobs for one outcome whose batch could not be written: the job's transition is
+-- written even when job_runs already holds this attempt (an attempt number reset by hand), in
+-- which case the run is not recorded (run_recorded = false) rather than blocking the job.
+WITH outcome AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
+                %(delays_s)s::double precision[], %(outcomes)s::text[], %(errors)s::text[],
+                %(tracebacks)s::text[])
+         AS o(id, attempt, state, delay_s, outcome, error, traceback)
+), changed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = o.state,
+        run_at = CASE WHEN o.state = 'pending'
+                      THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
+        finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END,
+        lease_expires_at = NULL,
+        last_error = o.error,
+        updated_at = now()
+    FROM outcome AS o
+    WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = %(worker_id)s
+      AND j.attempt = o.attempt
+    RETURNING j.id, j.attempt, j.locked_at
+), run AS (
+    INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome,
+                                   error, traceback)
+    SELECT c.id, c.attempt, %(worker_id)s, c.locked_at, now(), o.outcome, o.error, o.traceback
+    FROM changed AS c JOIN outcome AS o ON o.id = c.id
+    ON CONFLICT (job_id, attempt) DO NOTHING
+    RETURNING job_id
+)
+SELECT c.id, EXISTS (SELECT 1 FROM run) AS run_recorded FROM changed AS c;
 
 -- name: session_settings
 -- The lock session of a hung leader must end by itself whether it hung between statements,
@@ -172,10 +206,12 @@ WHERE holder = %(holder)s AND term = %(term)s
       WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
 RETURNING coalesce(%(now)s::timestamptz, now()) AS now,
-          (SELECT min(CASE WHEN s.overlap_policy = 'skip' THEN s.next_run_at
-                           ELSE s.next_run_at - make_interval(secs => %(ahead_s)s) END)
+          (SELECT min(greatest(CASE WHEN s.overlap_policy = 'skip' THEN s.next_run_at
+                                    ELSE s.next_run_at - make_interval(secs => %(ahead_s)s) END,
+                               s.last_error_at + interval '1 minute'))
            FROM {schema}.schedules AS s
-           WHERE s.enabled AND s.paused_at IS NULL) AS materialise_at,
+           WHERE s.enabled AND s.paused_at IS NULL AND s.next_run_at IS NOT NULL)
+          AS materialise_at,
           (SELECT min(j.lease_expires_at) FROM {schema}.jobs AS j
            WHERE j.state = 'running') AS rescue_at;
 
@@ -219,14 +255,37 @@ WHERE source = 'config' AND NOT (name = ANY(%(names)s::text[]))
 RETURNING name;
 
 -- name: schedules_due
+-- Read without a lock and outside any transaction: the leader plans in Python, then applies
+-- under the fence to the rows whose next_run_at is still the one it planned from
+-- (schedules_lock_planned). A schedule whose last materialisation failed waits a minute.
 SELECT name, cron, timezone, next_run_at, misfire_policy, overlap_policy, max_catch_up,
        misfire_grace_s, starting_deadline_s
 FROM {schema}.schedules
 WHERE enabled AND paused_at IS NULL
   AND next_run_at <= CASE WHEN overlap_policy = 'skip' THEN %(now)s
                           ELSE %(now)s + make_interval(secs => %(ahead_s)s) END
+  AND (last_error_at IS NULL OR last_error_at <= %(now)s - interval '1 minute')
 ORDER BY next_run_at
-FOR UPDATE;
+LIMIT %(limit)s;
+
+-- name: schedules_lock_planned
+-- Inside the apply transaction, after the fence: the planned schedules that are still as
+-- planned (same next_run_at, enabled, not paused), locked until the commit.
+SELECT s.name
+FROM {schema}.schedules AS s
+JOIN unnest(%(names)s::text[], %(next_run_ats)s::timestamptz[]) AS p(name, next_run_at)
+  ON s.name = p.name AND s.next_run_at = p.next_run_at
+WHERE s.enabled AND s.paused_at IS NULL
+FOR UPDATE OF s;
+
+-- name: schedules_record_errors
+-- A schedule whose materialisation failed: why and when (the leader retries it a minute
+-- later); stops = true also stops it (next_run_at NULL) when it cannot be planned at all.
+UPDATE {schema}.schedules AS s
+SET last_error = e.error, last_error_at = now(),
+    next_run_at = CASE WHEN e.stop THEN NULL ELSE s.next_run_at END, updated_at = now()
+FROM unnest(%(names)s::text[], %(errors)s::text[], %(stops)s::boolean[]) AS e(name, error, stop)
+WHERE s.name = e.name;
 
 -- name: materialise_fire_times
 -- One job per (schedule, fire time): a fire time already materialised (by this or an older
@@ -266,18 +325,20 @@ FROM unnest(%(names)s::text[], %(firsts)s::timestamptz[], %(lasts)s::timestamptz
 -- name: schedules_advance
 UPDATE {schema}.schedules AS s
 SET next_run_at = a.next_run_at, last_fire_at = coalesce(a.last_fire_at, s.last_fire_at),
-    updated_at = now()
+    last_error = NULL, last_error_at = NULL, updated_at = now()
 FROM unnest(%(names)s::text[], %(next_run_ats)s::timestamptz[], %(last_fire_ats)s::timestamptz[])
      AS a(name, next_run_at, last_fire_at)
 WHERE s.name = a.name;
 
 -- name: schedules_next_due
 -- When the leader must next materialise: a schedule's next_run_at minus the look-ahead, except
--- with overlap_policy = skip, which is decided at the fire time itself.
-SELECT min(CASE WHEN overlap_policy = 'skip' THEN next_run_at
-                ELSE next_run_at - make_interval(secs => %(ahead_s)s) END) AS materialise_at
+-- with overlap_policy = skip, which is decided at the fire time itself; a schedule whose
+-- materialisation failed, not before a minute after the failure.
+SELECT min(greatest(CASE WHEN overlap_policy = 'skip' THEN next_run_at
+                         ELSE next_run_at - make_interval(secs => %(ahead_s)s) END,
+                    last_error_at + interval '1 minute')) AS materialise_at
 FROM {schema}.schedules
-WHERE enabled AND paused_at IS NULL;
+WHERE enabled AND paused_at IS NULL AND next_run_at IS NOT NULL;
 
 -- name: schedules_list
 SELECT name, cron, timezone, task, queue, enabled, paused_at, next_run_at, last_fire_at,
@@ -463,23 +524,69 @@ SELECT at, event, detail FROM {schema}.job_events WHERE job_id = %(id)s ORDER BY
 -- name: jobs_retry
 -- A dead or cancelled job goes back to pending, due now, with its attempt budget renewed:
 -- max_attempts = attempts used + the original budget (attempt numbers keep counting, so
--- job_runs keeps one row per attempt). Recorded in job_events.
-WITH retried AS (
-    UPDATE {schema}.jobs AS j
-    SET state = 'pending', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
-        cancel_requested_at = NULL,
-        retry_budget = coalesce(j.retry_budget, j.max_attempts),
-        max_attempts = j.attempt + coalesce(j.retry_budget, j.max_attempts),
-        updated_at = now()
+-- job_runs keeps one row per attempt). Recorded in job_events. A candidate whose return
+-- would break a unique index is skipped, not the whole statement: its idempotency key is
+-- held by a live job (jobs_idempotency_key), or its schedule has overlap_policy skip and a
+-- live job (jobs_overlap_skip); of candidates sharing a key or a skip schedule the newest
+-- goes back. One row per candidate: skip is NULL when retried, else budget | key_live |
+-- key_retried | overlap_live | overlap_retried, with the other job in other_id.
+WITH candidates AS (
+    SELECT j.id, j.idempotency_key, j.schedule_name, j.overlap, j.attempt
+    FROM {schema}.jobs AS j
     WHERE j.state IN ('dead', 'cancelled')
       AND (%(ids)s::bigint[] IS NULL OR j.id = ANY(%(ids)s::bigint[]))
       AND (%(state)s::text IS NULL OR j.state = %(state)s)
       AND (%(task)s::text IS NULL OR j.task = %(task)s)
+    FOR UPDATE
+), live AS (
+    SELECT c.*, coalesce(k.id, o.id) AS other_id,
+           CASE WHEN c.attempt >= 2147483647 THEN 'budget'
+                WHEN k.id IS NOT NULL THEN 'key_live'
+                WHEN o.id IS NOT NULL THEN 'overlap_live' END AS skip
+    FROM candidates AS c
+    LEFT JOIN LATERAL (SELECT l.id FROM {schema}.jobs AS l
+                       WHERE l.idempotency_key = c.idempotency_key
+                         AND l.state IN ('pending', 'running') LIMIT 1) AS k ON true
+    LEFT JOIN LATERAL (SELECT l.id FROM {schema}.jobs AS l
+                       WHERE c.overlap = 'skip' AND l.schedule_name = c.schedule_name
+                         AND l.overlap = 'skip' AND l.state IN ('pending', 'running')
+                       LIMIT 1) AS o ON true
+), by_key AS (
+    SELECT w.id, w.idempotency_key, w.schedule_name, w.overlap,
+           coalesce(w.skip, CASE WHEN w.idempotency_key IS NOT NULL AND w.winner <> w.id
+                                 THEN 'key_retried' END) AS skip,
+           CASE WHEN w.skip IS NULL AND w.idempotency_key IS NOT NULL AND w.winner <> w.id
+                THEN w.winner ELSE w.other_id END AS other_id
+    FROM (SELECT l.*, max(l.id) FILTER (WHERE l.skip IS NULL)
+                      OVER (PARTITION BY l.idempotency_key) AS winner
+          FROM live AS l) AS w
+), decided AS (
+    SELECT b.id, b.idempotency_key, b.schedule_name,
+           coalesce(b.skip, CASE WHEN b.overlap = 'skip' AND b.winner <> b.id
+                                 THEN 'overlap_retried' END) AS skip,
+           CASE WHEN b.skip IS NULL AND b.overlap = 'skip' AND b.winner <> b.id
+                THEN b.winner ELSE b.other_id END AS other_id
+    FROM (SELECT k.*, max(k.id) FILTER (WHERE k.skip IS NULL AND k.overlap = 'skip')
+                      OVER (PARTITION BY k.schedule_name) AS winner
+          FROM by_key AS k) AS b
+), retried AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'pending', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
+        cancel_requested_at = NULL,
+        retry_budget = coalesce(j.retry_budget, j.max_attempts),
+        max_attempts = least(j.attempt::bigint + coalesce(j.retry_budget, j.max_attempts),
+                             2147483647),
+        updated_at = now()
+    FROM decided AS d
+    WHERE j.id = d.id AND d.skip IS NULL
     RETURNING j.id, j.attempt, j.max_attempts
+), events AS (
+    INSERT INTO {schema}.job_events (job_id, event, detail)
+    SELECT id, 'retried', format('attempts %%s..%%s', attempt + 1, max_attempts) FROM retried
 )
-INSERT INTO {schema}.job_events (job_id, event, detail)
-SELECT id, 'retried', format('attempts %%s..%%s', attempt + 1, max_attempts) FROM retried
-RETURNING job_id;
+SELECT d.id AS job_id, d.skip, d.other_id, d.idempotency_key, d.schedule_name
+FROM decided AS d
+ORDER BY d.id;
 
 -- name: job_cancel
 -- A pending job is cancelled at once; a running one is asked to stop (notify_cancel tells its
@@ -524,6 +631,14 @@ VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(queues)s, %(concurrency)s, %(c
         %(stuck_threads)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stuck_threads = EXCLUDED.stuck_threads;
 
+-- name: replicas_running_config
+-- Live replicas (other than the caller) that run one of the given schedules files: a new
+-- leader that replaced schedules written from another file tells a deploy of an edited file
+-- (nobody runs the old one any more) from replicas started with different files.
+SELECT id FROM {schema}.replicas
+WHERE config_hash = ANY(%(hashes)s::text[]) AND id <> %(id)s
+  AND heartbeat_at > now() - make_interval(secs => %(fresh_s)s);
+
 -- name: replica_remove
 DELETE FROM {schema}.replicas WHERE id = %(id)s;
 
@@ -537,7 +652,13 @@ RETURNING id;
 SELECT r.id, r.host, r.pid, r.version, array_to_string(r.queues, ',') AS queues,
        r.concurrency, r.stuck_threads, r.started_at, r.heartbeat_at,
        round(extract(epoch FROM now() - r.heartbeat_at)::numeric, 1) AS heartbeat_age_s,
-       (l.holder = r.id) AS leader
+       -- the holder of the leader row leads only while a session holds the advisory lock
+       coalesce(l.holder = r.id AND EXISTS (
+           SELECT 1 FROM pg_locks
+           WHERE locktype = 'advisory' AND granted AND objsubid = 1
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0)),
+           false) AS leader
 FROM {schema}.replicas AS r LEFT JOIN {schema}.leader AS l ON true
 ORDER BY r.started_at;
 
@@ -559,18 +680,45 @@ GROUP BY queue
 ORDER BY queue;
 
 -- name: status_schedules_in_trouble
--- Schedules whose latest fire time failed (its job is dead) or was not run (skipped after
--- the schedule's last materialised fire time), with what happened.
-SELECT s.name, 'dead' AS problem, j.scheduled_for AS fire_time, j.last_error AS detail
+-- Schedules whose latest fire time failed (its job is dead), was not run (skipped after
+-- the schedule's last materialised fire time), or could not be materialised (last_error,
+-- set by the leader; fire_time is the next_run_at it is stuck at), with what happened and
+-- when (at).
+SELECT s.name, 'dead' AS problem, j.scheduled_for AS fire_time, j.finished_at AS at,
+       j.last_error AS detail
 FROM {schema}.schedules AS s
-JOIN LATERAL (SELECT scheduled_for, state, last_error FROM {schema}.jobs
+JOIN LATERAL (SELECT scheduled_for, state, last_error, finished_at FROM {schema}.jobs
               WHERE schedule_name = s.name ORDER BY scheduled_for DESC LIMIT 1) AS j ON true
 WHERE j.state = 'dead'
 UNION ALL
-SELECT s.name, 'missed: ' || k.reason, k.last_fire_time,
+SELECT s.name, 'missed: ' || k.reason, k.last_fire_time, k.recorded_at,
        coalesce(k.fire_times::text, 'over 10000') || ' fire time(s) not run'
 FROM {schema}.schedules AS s
-JOIN LATERAL (SELECT reason, last_fire_time, fire_times FROM {schema}.skipped_fire_times
+JOIN LATERAL (SELECT reason, last_fire_time, fire_times, recorded_at
+              FROM {schema}.skipped_fire_times
               WHERE schedule_name = s.name ORDER BY last_fire_time DESC LIMIT 1) AS k ON true
 WHERE s.last_fire_at IS NULL OR k.last_fire_time >= s.last_fire_at
-ORDER BY 1;
+UNION ALL
+SELECT s.name, 'materialisation failed', s.next_run_at, s.last_error_at, s.last_error
+FROM {schema}.schedules AS s
+WHERE s.last_error IS NOT NULL
+ORDER BY 1, 2;
+
+-- name: statement_timeout_local
+-- Operator commands: every statement of this transaction is cancelled after this long
+-- (SET LOCAL, so nothing leaks to other clients behind a transaction-mode pooler).
+SELECT set_config('statement_timeout', %(statement_timeout_ms)s, true);
+
+-- name: status_leader
+-- scheduler status: the leader row, how old its heartbeat is, and whether any session of
+-- this database holds the leader's advisory lock (false: the holder exited, e.g. SIGKILL
+-- with no other replica running; advisory locks are per database, hence the filter).
+SELECT l.holder, l.term, l.elected_at, l.heartbeat_at, l.config_hash,
+       round(extract(epoch FROM now() - l.heartbeat_at)::numeric, 1) AS heartbeat_age_s,
+       EXISTS (
+           SELECT 1 FROM pg_locks
+           WHERE locktype = 'advisory' AND granted AND objsubid = 1
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
+           AS lock_held
+FROM {schema}.leader AS l;

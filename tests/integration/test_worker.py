@@ -15,6 +15,7 @@ from scheduler import enqueue, enqueue_many, task
 from scheduler.settings import Settings
 from scheduler.store import Store
 from scheduler.worker import Worker
+from tests.conftest import wait_until_async
 
 CALLS: list[tuple[str, Any]] = []
 THREADS: set[str] = set()
@@ -86,7 +87,8 @@ async def _parked_worker_runs_one(db_url: str, enqueue_it, timeout: float) -> No
     runner = asyncio.create_task(worker.run(stop))
     try:
         await asyncio.wait_for(worker.listening.wait(), 10)
-        await asyncio.sleep(0.3)  # let the first (empty) claim finish and the loop park
+        # parked after the claim that followed LISTEN, and nothing about to wake it
+        await wait_until_async(lambda: worker.parked.is_set() and not worker._wake.is_set(), 10)
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
             await enqueue_it(c)
             async with asyncio.timeout(timeout):
@@ -153,7 +155,8 @@ def test_failing_job_retries_with_backoff_then_dead_letters(db, db_url):
     assert history == 3
 
 
-def test_unknown_task_is_dead_lettered_with_reason(db, db_url):
+def test_unknown_task_is_dead_lettered_with_reason_once_its_retry_time_is_spent(db, db_url):
+    """(Retried before that: tests/integration/test_worker_hostile.py.)"""
     with psycopg.connect(db_url) as conn:
         job_id = enqueue("no.such.task", max_attempts=5, connection=conn)
         conn.commit()
@@ -161,11 +164,11 @@ def test_unknown_task_is_dead_lettered_with_reason(db, db_url):
     async def dead(c):
         return await _count(c, "state = 'dead'") == 1
 
-    asyncio.run(_run_worker_until(db_url, dead))
+    asyncio.run(_run_worker_until(db_url, dead, unknown_task_retry_s=0))
     attempt, error = db.execute(
         "SELECT attempt, error FROM scheduler.job_runs WHERE job_id = %s", [job_id]
     ).fetchone()
-    assert attempt == 1 and "no task named 'no.such.task'" in error
+    assert attempt == 1 and "task 'no.such.task' is not registered" in error
 
 
 def test_future_jobs_wait_and_other_queues_are_left_alone(db, db_url):
@@ -298,12 +301,16 @@ def test_retries_wake_the_worker_without_polling(db, db_url):
 
 
 ACTIVE = {"now": 0, "peak": 0}
+FULL = asyncio.Event()  # set once `concurrency` (10) handlers run at the same time
 
 
 @task(name="test_worker.tracked")
 async def tracked() -> None:
     ACTIVE["now"] += 1
     ACTIVE["peak"] = max(ACTIVE["peak"], ACTIVE["now"])
+    if ACTIVE["now"] == 10:
+        FULL.set()
+    await asyncio.wait_for(FULL.wait(), 10)  # the first ten wait until all ten run
     await asyncio.sleep(0.002)
     ACTIVE["now"] -= 1
 
@@ -312,6 +319,7 @@ def test_never_runs_more_handlers_than_concurrency_while_writes_overlap_claims(d
     """Slots free before outcomes are written, yet at most `concurrency` handlers run at once
     and every job succeeds exactly once."""
     ACTIVE.update(now=0, peak=0)
+    FULL.clear()
     with psycopg.connect(db_url) as conn:
         enqueue_many(tracked, [{}] * 300, connection=conn)
         conn.commit()
