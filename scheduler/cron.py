@@ -83,7 +83,7 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 
 from .errors import CronError
 
-__all__ = ["UTC", "Cron", "validate_timezone"]
+__all__ = ["UTC", "Cron", "CronFields", "first_transition", "utc_offset", "validate_timezone"]
 
 # Entries of the zoneinfo directory that are not zones a schedule may name.
 _NOT_ZONES = {
@@ -117,7 +117,7 @@ _PROBE = timedelta(hours=6)  # offsets are sampled this often when looking for a
 _MICRO = timedelta(microseconds=1)
 _SECOND = timedelta(seconds=1)
 _FOLD_LOOKBACK = timedelta(days=1)
-_MEDIUM_JUMP = timedelta(hours=3)  # cronie: DST vs clock correction, see the docstring
+MEDIUM_JUMP = timedelta(hours=3)  # cronie: DST vs clock correction, see the docstring
 _MAX_TRANSITIONS = 1000  # transitions crossed in one search before we give up
 
 
@@ -268,29 +268,45 @@ def _naive(aware: datetime) -> datetime:
     return aware.replace(tzinfo=None)
 
 
-def _offset(zone: ZoneInfo, instant: datetime) -> timedelta:
+def utc_offset(zone: ZoneInfo, instant: datetime) -> timedelta:
+    """The UTC offset of ``zone`` at ``instant``."""
     offset = instant.astimezone(zone).utcoffset()
     assert offset is not None
     return offset
 
 
-def _first_transition(zone: ZoneInfo, after: datetime, until: datetime) -> datetime | None:
+def first_transition(zone: ZoneInfo, after: datetime, until: datetime) -> datetime | None:
     """First instant T, after < T <= until, whose UTC offset differs from the offset at
     ``after`` (sampled every 6 h, then bisected to the microsecond); None if there is none."""
-    base = _offset(zone, after)
+    base = utc_offset(zone, after)
     lo = after
     while lo < until:
         hi = min(lo + _PROBE, until)
-        if _offset(zone, hi) != base:
+        if utc_offset(zone, hi) != base:
             while hi - lo > _MICRO:
                 mid = lo + (hi - lo) / 2
-                if _offset(zone, mid) == base:
+                if utc_offset(zone, mid) == base:
                     lo = mid
                 else:
                     hi = mid
             return hi
         lo = hi
     return None
+
+
+@dataclass(frozen=True)
+class CronFields:
+    """The values each field of a :class:`Cron` matches (day of week: 0 = Sunday), and
+    whether day of month and day of week are ORed (Vixie cron, see the module docstring).
+    ``seconds`` is ``{0}`` for the 5-field form."""
+
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days_of_month: frozenset[int]
+    months: frozenset[int]
+    days_of_week: frozenset[int]
+    day_or: bool
 
 
 class Cron:
@@ -306,13 +322,15 @@ class Cron:
         has_seconds: True for the 6-field form (fire times can fall on any second).
         fixed_time: True when neither the minute nor the hour field starts with ``*``
             (the DST rules of the module docstring depend on it).
+        fields: the parsed :class:`CronFields` (for counting fire times arithmetically,
+            :mod:`scheduler.cron_count`).
 
     Raises:
         CronError: invalid syntax, out-of-range value (naming the field and its range), wrong
             field count, an expression that never fires, or an invalid time zone.
     """
 
-    __slots__ = ("_iter", "_lock", "expression", "fixed_time", "has_seconds", "timezone")
+    __slots__ = ("_iter", "_lock", "expression", "fields", "fixed_time", "has_seconds", "timezone")
 
     def __init__(self, expression: str, timezone: str = "UTC"):
         if not isinstance(expression, str):
@@ -362,9 +380,11 @@ class Cron:
         specs = ([_SECONDS] if self.has_seconds else []) + [_MINUTES, _HOURS, _DOM, _MONTH, _DOW]
         errors: list[str] = []
         rendered: list[str] = []
+        parsed: list[frozenset[int]] = [] if self.has_seconds else [frozenset({0})]
         for field, spec in zip(fields, specs, strict=True):
             try:
-                rendered.append(_render(_parse_field(field, spec), spec, field.startswith("*")))
+                parsed.append(_parse_field(field, spec))
+                rendered.append(_render(parsed[-1], spec, field.startswith("*")))
             except CronError as exc:
                 errors.append(str(exc))
         if errors:
@@ -372,6 +392,7 @@ class Cron:
         minute, hour, dom, dow = fields[-5], fields[-4], fields[-3], fields[-1]
         self.fixed_time = not (minute.startswith("*") or hour.startswith("*"))
         day_or = not (dom.startswith("*") or dow.startswith("*"))
+        self.fields = CronFields(*parsed, day_or=day_or)
         return " ".join(rendered), day_or
 
     def __repr__(self) -> str:
@@ -445,10 +466,10 @@ class Cron:
         wall time at which the repeat ends (earlier wall times have already been seen)."""
         floor = None
         cursor = instant - _FOLD_LOOKBACK
-        while (moment := _first_transition(self.timezone, cursor, instant)) is not None:
-            before = _offset(self.timezone, moment - _MICRO)
-            after = _offset(self.timezone, moment)
-            if after < before and before - after <= _MEDIUM_JUMP:
+        while (moment := first_transition(self.timezone, cursor, instant)) is not None:
+            before = utc_offset(self.timezone, moment - _MICRO)
+            after = utc_offset(self.timezone, moment)
+            if after < before and before - after <= MEDIUM_JUMP:
                 end = _naive(moment + before)
                 floor = end if floor is None else max(floor, end)
             cursor = moment
@@ -457,7 +478,7 @@ class Cron:
     def _next(self, start: datetime) -> datetime:
         zone = self.timezone
         cursor = start
-        offset = _offset(zone, cursor)
+        offset = utc_offset(zone, cursor)
         wall, inclusive = _naive(cursor + offset), False
         if self.fixed_time:
             floor = self._fold_floor(cursor)
@@ -466,12 +487,12 @@ class Cron:
         for _ in range(_MAX_TRANSITIONS):
             candidate_wall = self._wall_after(wall, inclusive)
             candidate = (candidate_wall - offset).replace(tzinfo=UTC)
-            moment = _first_transition(zone, cursor, candidate)
+            moment = first_transition(zone, cursor, candidate)
             if moment is None:
                 return candidate  # same offset all the way: the wall time maps to this instant
-            new_offset = _offset(zone, moment)
+            new_offset = utc_offset(zone, moment)
             # cronie: forward by 3 h or more, or back by more than 3 h, is a clock correction
-            dst_like = -_MEDIUM_JUMP <= new_offset - offset < _MEDIUM_JUMP
+            dst_like = -MEDIUM_JUMP <= new_offset - offset < MEDIUM_JUMP
             if new_offset > offset:  # spring forward: walls [moment+offset, moment+new) skipped
                 wall = _naive(moment + new_offset)
                 if self.fixed_time and dst_like and candidate_wall < wall:

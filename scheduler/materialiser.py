@@ -1,19 +1,31 @@
 """The leader's tick: turn due fire times into jobs, applying misfire and overlap policies.
 
-A tick is one transaction on the leader's lock session:
+A tick runs on the leader's lock session, in three steps, so that no Python planning happens
+inside a transaction that holds locks (a long one once outlived the lock session's
+``idle_in_transaction_session_timeout`` after a week-long outage: no jobs, and an election
+every few seconds):
 
-1. fence: ``leader_heartbeat`` heartbeats and returns the database ``now()`` only while this
-   session holds the advisory lock and its term is current; otherwise nothing is written
-   (:class:`LeadershipLostError`);
-2. lock the due schedules (``next_run_at <= now + materialise_ahead_s``, not paused,
-   ``FOR UPDATE``; ``overlap_policy: skip`` schedules only when ``next_run_at <= now``);
-3. plan each schedule's fire times from its persisted ``next_run_at`` (never from "now", so a
-   slow tick loses nothing) with :func:`plan`;
-4. insert one job per chosen fire time (``ON CONFLICT DO NOTHING``: the unique
-   ``(schedule_name, scheduled_for)`` is the last guard against a deposed leader, and for
-   ``overlap_policy: skip`` a unique index allows one live job per schedule), record the fire
-   times not run in ``skipped_fire_times``, and advance ``next_run_at`` — all in the same
-   transaction, so a crash leaves all or nothing.
+1. read the due schedules (``next_run_at <= now + materialise_ahead_s``, not paused;
+   ``overlap_policy: skip`` schedules only when ``next_run_at <= now``), at most
+   :data:`MAX_SCHEDULES_PER_TICK`, without a lock and outside any transaction;
+2. plan each one in Python (:func:`scheduler.planning.plan`: misfire and overlap policies,
+   fire times counted arithmetically), within :data:`MAX_FIRE_TIMES_PER_TICK` fire times and
+   :data:`PLAN_BUDGET_S` seconds for the whole tick; what does not fit is left for the next
+   tick, which the leader runs at once (``TickResult.more``);
+3. apply, in one short transaction: fence (``leader_heartbeat`` matches only while this
+   session holds the advisory lock and its term is current, else nothing is written:
+   :class:`LeadershipLostError`), lock the planned schedules whose ``next_run_at`` is still
+   the one planned from, insert one job per chosen fire time (``ON CONFLICT DO NOTHING``: the
+   unique ``(schedule_name, scheduled_for)`` is the last guard against a deposed leader, and
+   for ``overlap_policy: skip`` a unique index allows one live job per schedule), record the
+   fire times not run in ``skipped_fire_times``, and advance ``next_run_at`` — all or nothing.
+
+One bad schedule costs only itself: a row that cannot be planned (a cron expression written
+by hand that never fires) is stopped (``next_run_at = NULL``) with ``last_error``; a row
+whose writes the database refuses (the batch is then applied schedule by schedule) or whose
+planning fails otherwise gets ``last_error`` / ``last_error_at`` and is tried again a minute
+later (``schedule_failed`` at error level, ``scheduler_schedule_errors_total``,
+``scheduler status``). The other schedules, and the leader's rescue and pruning, go on.
 
 Look-ahead: fire times up to ``materialise_ahead_s`` (1 s) ahead become jobs whose ``run_at``
 is the fire time; the insert notification carries that time and workers start the job on a
@@ -22,29 +34,11 @@ fixed period: its heartbeat returns when the next materialisation is due and it 
 then (at most ``heartbeat_s``). ``overlap_policy: skip`` is decided at the fire time itself
 (a job materialised early would count as "live" against the previous one), so those
 schedules are materialised when due.
-
-Lateness and policies (``late = now - fire time``, database clock):
-
-* ``late < misfire_grace_s`` (60): on time, runs whatever the policy — so a leader failover of
-  a few seconds loses no fire time.
-* ``late > starting_deadline_s`` (unset = no deadline): recorded as ``starting_deadline``,
-  never run (Kubernetes CronJob ``startingDeadlineSeconds``).
-* otherwise it is a **misfire**, and the schedule's ``misfire_policy`` decides:
-  ``skip`` runs none; ``run_once`` (default) runs the most recent one only (as Kubernetes
-  CronJob); ``run_all`` runs every one in order. At most ``max_catch_up`` (100) fire times
-  run per schedule and tick, the most recent ones; older ones are recorded as
-  ``catch_up_cap`` with a warning.
-* ``overlap_policy: skip``: of several runnable fire times only the last is materialised, and
-  none while a job of the schedule is pending or running (``overlap`` rows). ``queue``: jobs
-  are materialised, and a job is claimed only when no older job of its schedule is live (see
-  ``claim_jobs``). ``allow`` (default): no restriction.
-
-Skipped fire times are recorded as spans (first, last, count) so a month-long outage of an
-every-second schedule is one row, not millions.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,16 +48,17 @@ from typing import Any
 import psycopg
 
 from . import metrics
-from .config import MisfirePolicy, OverlapPolicy
 from .cron import Cron
 from .errors import CronError, LeadershipLostError
+from .limits import exception_text
 from .log import get_logger
+from .planning import MAX_FIRE_TIMES_PER_TICK, Plan, Skip, plan, policy_of
 from .store import Store
 
 log = get_logger("scheduler.materialiser")
 
-_TICK = timedelta(microseconds=1)
-COUNT_CAP = 10_000  # fire times counted in a skipped span; more is recorded as NULL
+MAX_SCHEDULES_PER_TICK = 500  # due schedules read per tick
+PLAN_BUDGET_S = 1.0  # planning stops after this long; the rest waits for the next tick
 
 
 @lru_cache(maxsize=1024)
@@ -72,158 +67,53 @@ def _cron(expression: str, timezone: str) -> Cron:
 
 
 @dataclass(frozen=True)
-class Policy:
-    """A schedule's catch-up rules; durations in seconds. Defaults match the column defaults."""
-
-    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE
-    overlap: OverlapPolicy = OverlapPolicy.ALLOW
-    max_catch_up: int = 100
-    misfire_grace_s: float = 60.0
-    starting_deadline_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Consecutive fire times not run: ``first``..``last`` (UTC), ``count`` of them (``None``
-    when more than :data:`COUNT_CAP`), and the reason (``misfire``, ``starting_deadline``,
-    ``catch_up_cap``, ``overlap``)."""
-
-    first: datetime
-    last: datetime
-    count: int | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a tick does for one schedule: the fire times to materialise (UTC, ascending), the
-    new ``next_run_at`` (after ``now``), and the fire times recorded as skipped."""
-
-    fire_times: list[datetime]
-    next_run_at: datetime
-    skips: list[Skip] = field(default_factory=list)
-
-
-def _latest(cron: Cron, lo: datetime, hi: datetime, k: int) -> list[datetime]:
-    """Up to ``k`` most recent fire times in ``(lo, hi]``, ascending, found by widening a
-    window back from ``hi`` (so an outage of months costs a few small searches)."""
-    if k <= 0 or hi <= lo:
-        return []
-    width = timedelta(minutes=1)
-    while True:
-        start = max(lo, hi - width)
-        found: list[datetime] = []
-        cursor = start
-        while True:  # walk the window forward in bounded batches, keeping the last k
-            batch = cron.fire_times(cursor, hi, 4 * k + 16)
-            found = (found + batch)[-k:]
-            if len(batch) < 4 * k + 16:
-                break
-            cursor = batch[-1]
-        if len(found) >= k or start == lo:
-            return found
-        width *= 2
-
-
-def _span(cron: Cron, lo: datetime, hi: datetime, reason: str) -> Skip | None:
-    """The fire times in ``(lo, hi]`` as one :class:`Skip`, or ``None`` if there are none."""
-    if hi <= lo:
-        return None
-    first = cron.next_after(lo)
-    if first > hi:
-        return None
-    last = _latest(cron, lo, hi, 1)[-1]
-    counted = len(cron.fire_times(lo, hi, COUNT_CAP + 1))
-    return Skip(first, last, counted if counted <= COUNT_CAP else None, reason)
-
-
-def plan(
-    cron: Cron,
-    next_run_at: datetime,
-    now: datetime,
-    policy: Policy = Policy(),
-    ahead: timedelta = timedelta(0),
-) -> Plan:
-    """Decide which due fire times of one schedule to run and which to record as skipped.
-
-    Args:
-        cron: the schedule's cron expression in its time zone.
-        next_run_at: the persisted next fire time (aware); due when ``<= now + ahead``.
-        now: the database clock (aware); lateness is measured against it.
-        policy: the schedule's misfire/overlap policy (rules in the module docstring).
-        ahead: look-ahead (default 0): fire times up to ``now + ahead`` are materialised
-            now, as on-time jobs whose ``run_at`` is the fire time. Ignored (0) with
-            ``overlap_policy: skip``, which must be decided at the fire time.
-
-    Returns:
-        A :class:`Plan`. Every due fire time is either in ``fire_times`` or in a ``skips``
-        span; ``next_run_at`` is the first fire time after ``now + ahead``.
-    """
-    horizon = now if policy.overlap is OverlapPolicy.SKIP else now + ahead
-    if next_run_at > horizon:
-        return Plan([], next_run_at)
-    skips: list[Skip] = []
-
-    def skip(lo: datetime, hi: datetime, reason: str) -> None:
-        s = _span(cron, lo, hi, reason)
-        if s:
-            skips.append(s)
-
-    lo = next_run_at - _TICK  # regions below are half-open: (lo, hi]
-    if policy.starting_deadline_s is not None:
-        expired_hi = min(now, now - timedelta(seconds=policy.starting_deadline_s) - _TICK)
-        if expired_hi > lo:
-            skip(lo, expired_hi, "starting_deadline")
-            lo = expired_hi
-    grace_hi = now - timedelta(seconds=policy.misfire_grace_s)  # late >= grace: a misfire
-    misfire_lo, misfire_hi = lo, max(lo, min(grace_hi, now))
-    lo = misfire_hi
-
-    on_time = _latest(cron, lo, horizon, policy.max_catch_up)
-    if on_time:
-        skip(lo, on_time[0] - _TICK, "catch_up_cap")
-    room = policy.max_catch_up - len(on_time)
-    chosen: list[datetime] = []
-    if misfire_hi > misfire_lo:
-        if policy.misfire is MisfirePolicy.SKIP:
-            skip(misfire_lo, misfire_hi, "misfire")
-        elif policy.misfire is MisfirePolicy.RUN_ONCE:
-            chosen = _latest(cron, misfire_lo, misfire_hi, min(1, room))
-            if chosen:
-                skip(misfire_lo, chosen[0] - _TICK, "misfire")
-            else:
-                skip(misfire_lo, misfire_hi, "catch_up_cap")
-        else:  # RUN_ALL
-            chosen = _latest(cron, misfire_lo, misfire_hi, room)
-            skip(misfire_lo, chosen[0] - _TICK if chosen else misfire_hi, "catch_up_cap")
-    runs = chosen + on_time
-    if policy.overlap is OverlapPolicy.SKIP and len(runs) > 1:
-        skips.append(Skip(runs[0], runs[-2], len(runs) - 1, "overlap"))
-        runs = runs[-1:]
-    return Plan(runs, cron.next_after(horizon), skips)
-
-
-def policy_of(row: dict[str, Any]) -> Policy:
-    """The :class:`Policy` of a ``schedules`` row."""
-    return Policy(
-        misfire=MisfirePolicy(row["misfire_policy"]),
-        overlap=OverlapPolicy(row["overlap_policy"]),
-        max_catch_up=row["max_catch_up"],
-        misfire_grace_s=row["misfire_grace_s"],
-        starting_deadline_s=row["starting_deadline_s"],
-    )
-
-
-@dataclass(frozen=True)
 class TickResult:
-    """Outcome of one tick: jobs inserted, fire times recorded as skipped, the database clock,
-    and when the next tick must materialise (``None`` when no schedule is active): the
-    earliest ``next_run_at`` minus the look-ahead (``overlap_policy: skip``: the fire time)."""
+    """Outcome of one tick: jobs inserted, fire-time spans recorded as skipped, the clock
+    planned against, when the next tick must materialise (``None`` when no schedule is
+    active: the earliest ``next_run_at`` minus the look-ahead; ``overlap_policy: skip``: the
+    fire time; a schedule that failed: a minute after its failure), and ``more``: due work
+    was left for the next tick by the per-tick bounds."""
 
     inserted: int
     skipped: int
     now: datetime
     materialise_at: datetime | None
+    more: bool = False
+
+
+@dataclass
+class _Work:
+    """A tick's plans (name -> the ``next_run_at`` planned from, and the plan) and the
+    schedules that failed (name -> error text, and whether to stop it)."""
+
+    plans: dict[str, tuple[datetime, Plan]] = field(default_factory=dict)
+    errors: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    more: bool = False
+
+
+def _plan_due(
+    due: list[dict[str, Any]], now: datetime, ahead: timedelta, *, budget: int, budget_s: float
+) -> _Work:
+    """Plan the due schedules in Python, outside any transaction, within ``budget`` fire
+    times and ``budget_s`` seconds; whatever does not fit waits for the next tick. A schedule
+    that cannot be planned costs only itself."""
+    work, started = _Work(), time.monotonic()
+    for row in due:
+        if budget <= 0 or time.monotonic() - started > budget_s:
+            work.more = True
+            break
+        try:
+            cron = _cron(row["cron"], row["timezone"])
+            p = plan(cron, row["next_run_at"], now, policy_of(row), ahead, limit=budget)
+        except CronError as exc:  # a row written by hand: stop it rather than fail each tick
+            work.errors[row["name"]] = (exception_text(exc), True)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
+            work.errors[row["name"]] = (exception_text(exc), False)
+            continue
+        work.plans[row["name"]] = (row["next_run_at"], p)
+        budget -= len(p.fire_times)
+    return work
 
 
 async def tick(
@@ -234,8 +124,11 @@ async def tick(
     term: int,
     now: datetime | None = None,
     ahead_s: float = 0.0,
+    budget: int = MAX_FIRE_TIMES_PER_TICK,
 ) -> TickResult:
-    """Run one materialisation transaction on the leader's lock session.
+    """One materialisation on the leader's lock session: read the due schedules (no lock),
+    plan them in Python outside any transaction, then apply the plans in one short fenced
+    transaction to the schedules whose ``next_run_at`` is still the one planned from.
 
     Args:
         now: the clock to plan against; ``None`` (production) = the database ``now()``.
@@ -243,87 +136,141 @@ async def tick(
         ahead_s: look-ahead in seconds (``Settings.materialise_ahead_s``, default 0 here):
             fire times up to ``now + ahead_s`` become jobs now, with ``run_at`` = the fire
             time, so workers can start them on a timer at the exact second.
+        budget: most fire times materialised by this tick (default 1,000); at most
+            :data:`MAX_SCHEDULES_PER_TICK` schedules are read and planning stops after
+            :data:`PLAN_BUDGET_S`. ``TickResult.more`` says work was left.
 
     Raises:
         LeadershipLostError: the session no longer holds the lock or the term moved on;
             nothing was committed.
         psycopg.OperationalError: the lock session died (its writes died with it).
     """
+    clock = now or await store.database_now(conn)
+    due = await store.fetch(
+        conn, "schedules_due", {"now": clock, "ahead_s": ahead_s, "limit": MAX_SCHEDULES_PER_TICK}
+    )
+    work = _plan_due(due, clock, timedelta(seconds=ahead_s), budget=budget,
+                     budget_s=PLAN_BUDGET_S)  # fmt: skip
+    work.more = work.more or len(due) == MAX_SCHEDULES_PER_TICK
+    try:
+        inserted, skipped = await _apply(conn, store, work, holder=holder, term=term, now=now)
+    except (LeadershipLostError, psycopg.OperationalError):
+        raise
+    except psycopg.Error as exc:  # one schedule's rows refused: apply each schedule alone
+        log.warning("materialise_batch_failed", error=exception_text(exc, 300),
+                    schedules=len(work.plans))  # fmt: skip
+        inserted, skipped = await _apply_one_by_one(conn, store, work, holder, term, now)
+    await _record_errors(conn, store, work.errors)
+    rows = await store.fetch(conn, "schedules_next_due", {"ahead_s": ahead_s})
+    materialise_at = rows[0]["materialise_at"] if rows else None
+    return TickResult(inserted, skipped, clock, materialise_at, work.more)
+
+
+async def _apply_one_by_one(
+    conn: psycopg.AsyncConnection[Any],
+    store: Store,
+    work: _Work,
+    holder: str,
+    term: int,
+    now: datetime | None,
+) -> tuple[int, int]:
+    inserted = skipped = 0
+    for name, planned in work.plans.items():
+        one = _Work(plans={name: planned})
+        try:
+            i, k = await _apply(conn, store, one, holder=holder, term=term, now=now)
+        except (LeadershipLostError, psycopg.OperationalError):
+            raise
+        except psycopg.Error as exc:
+            work.errors[name] = (exception_text(exc), False)
+            continue
+        inserted, skipped = inserted + i, skipped + k
+    return inserted, skipped
+
+
+async def _record_errors(
+    conn: psycopg.AsyncConnection[Any], store: Store, errors: dict[str, tuple[str, bool]]
+) -> None:
+    """Note each failed schedule on its row (``last_error``, ``last_error_at``); it is tried
+    again a minute later, or never (``next_run_at = NULL``) when it cannot be planned at all."""
+    if not errors:
+        return
+    for name, (error, stop) in errors.items():
+        metrics.SCHEDULE_ERRORS.labels(name).inc()
+        log.error("schedule_failed", schedule=name, error=error,
+                  action="stopped until its definition changes" if stop else "retried in 60 s")  # fmt: skip
+    await conn.execute(
+        store.q["schedules_record_errors"],
+        {"names": list(errors), "errors": [e for e, _ in errors.values()],
+         "stops": [stop for _, stop in errors.values()]},
+    )  # fmt: skip
+
+
+async def _apply(
+    conn: psycopg.AsyncConnection[Any],
+    store: Store,
+    work: _Work,
+    *,
+    holder: str,
+    term: int,
+    now: datetime | None,
+) -> tuple[int, int]:
+    """Write the plans in one fenced transaction, for the schedules whose ``next_run_at`` is
+    still the one they were planned from (another leader may have moved it meanwhile).
+    Returns (jobs inserted, skip spans recorded)."""
     async with conn.transaction():
-        db_now = await store.fence(conn, holder, term, now=now)
-        if db_now is None:
+        if await store.fence(conn, holder, term, now=now) is None:
             raise LeadershipLostError(f"term {term} is no longer current for {holder}")
-        due = await store.fetch(conn, "schedules_due", {"now": db_now, "ahead_s": ahead_s})
-        ahead = timedelta(seconds=ahead_s)
-        names: list[str] = []
-        fire_times: list[datetime] = []
-        skips: list[tuple[str, Skip]] = []
-        advance: dict[str, list[Any]] = {"names": [], "next_run_ats": [], "last_fire_ats": []}
-        for row in due:
-            try:
-                p = plan(
-                    _cron(row["cron"], row["timezone"]),
-                    row["next_run_at"],
-                    db_now,
-                    policy_of(row),
-                    ahead,
-                )
-            except CronError as exc:
-                # A row written by hand (not through a validated file): stop it, loudly,
-                # rather than failing every tick.
-                log.error("schedule_invalid", schedule=row["name"], error=str(exc))
-                p = None
-            for s in p.skips if p else []:
-                (log.warning if s.reason == "catch_up_cap" else log.info)(
-                    "fire_times_skipped",
-                    schedule=row["name"],
-                    reason=s.reason,
-                    first=s.first.isoformat(),
-                    last=s.last.isoformat(),
-                    fire_times=s.count,
-                )
-                skips.append((row["name"], s))
-            names.extend([row["name"]] * len(p.fire_times if p else []))
-            fire_times.extend(p.fire_times if p else [])
-            advance["names"].append(row["name"])
-            advance["next_run_ats"].append(p.next_run_at if p else None)
-            advance["last_fire_ats"].append(p.fire_times[-1] if p and p.fire_times else None)
+        if not work.plans:
+            return 0, 0
+        locked = await store.fetch(conn, "schedules_lock_planned", {
+            "names": list(work.plans), "next_run_ats": [f for f, _ in work.plans.values()]})  # fmt: skip
+        plans = {r["name"]: work.plans[r["name"]][1] for r in locked}
+        names = [n for n, p in plans.items() for _ in p.fire_times]
+        fire_times = [t for p in plans.values() for t in p.fire_times]
+        skips = [(n, s) for n, p in plans.items() for s in p.skips]
         inserted = 0
         if names:
             params = {"names": names, "fire_times": fire_times, "term": term}
             inserted = len(await store.fetch(conn, "materialise_fire_times", params))
             # planned but neither inserted nor already there: an overlap skip
             overlap = await store.fetch(conn, "record_overlap_skips", params)
-            if overlap:
-                log.info(
-                    "fire_times_skipped",
-                    reason="overlap",
-                    schedules=[r["schedule_name"] for r in overlap],
-                )
-                for r in overlap:
-                    metrics.FIRE_TIMES.labels(r["schedule_name"], "overlap").inc()
-        if skips:
-            await conn.execute(
-                store.q["record_skips"],
-                {
-                    "names": [n for n, _ in skips],
-                    "firsts": [s.first for _, s in skips],
-                    "lasts": [s.last for _, s in skips],
-                    "counts": [s.count for _, s in skips],
-                    "reasons": [s.reason for _, s in skips],
-                    "term": term,
-                },
-            )
-        if advance["names"]:
-            await conn.execute(store.q["schedules_advance"], advance)
-        next_rows = await store.fetch(conn, "schedules_next_due", {"ahead_s": ahead_s})
-        materialise_at = next_rows[0]["materialise_at"] if next_rows else None
+            skips += [(r["schedule_name"], None) for r in overlap]
+        if any(s is not None for _, s in skips):
+            real = [(n, s) for n, s in skips if s is not None]
+            await conn.execute(store.q["record_skips"], {
+                "names": [n for n, _ in real], "firsts": [s.first for _, s in real],
+                "lasts": [s.last for _, s in real], "counts": [s.count for _, s in real],
+                "reasons": [s.reason for _, s in real], "term": term})  # fmt: skip
+        if plans:
+            await conn.execute(store.q["schedules_advance"], {
+                "names": list(plans), "next_run_ats": [p.next_run_at for p in plans.values()],
+                "last_fire_ats": [p.fire_times[-1] if p.fire_times else None
+                                  for p in plans.values()]})  # fmt: skip
+    _report(plans, names, skips, inserted, term)
+    return inserted, len(skips)
+
+
+def _report(
+    plans: dict[str, Plan],
+    names: list[str],
+    skips: list[tuple[str, Skip | None]],
+    inserted: int,
+    term: int,
+) -> None:
+    """Log and count what a committed apply wrote."""
+    for name, s in skips:
+        if s is None:
+            metrics.FIRE_TIMES.labels(name, "overlap").inc()
+            log.info("fire_times_skipped", schedule=name, reason="overlap")
+            continue
+        metrics.FIRE_TIMES.labels(name, s.reason).inc(s.count)
+        (log.warning if s.reason == "catch_up_cap" else log.info)(
+            "fire_times_skipped", schedule=name, reason=s.reason, first=s.first.isoformat(),
+            last=s.last.isoformat(), fire_times=s.count,
+        )  # fmt: skip
     for name, n in Counter(names).items():
         metrics.FIRE_TIMES.labels(name, "materialised").inc(n)
-    for name, s in skips:
-        metrics.FIRE_TIMES.labels(name, s.reason).inc(s.count or COUNT_CAP)
     if names:
-        log.info("fire_times_materialised", jobs=inserted, fire_times=len(names), term=term)
-    return TickResult(
-        inserted=inserted, skipped=len(skips), now=db_now, materialise_at=materialise_at
-    )
+        log.info("fire_times_materialised", jobs=inserted, fire_times=len(names), term=term,
+                 schedules=len(plans))  # fmt: skip

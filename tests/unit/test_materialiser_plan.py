@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from scheduler.config import MisfirePolicy, OverlapPolicy
 from scheduler.cron import Cron
-from scheduler.materialiser import Policy, Skip, plan
+from scheduler.planning import Policy, Skip, plan
 
 MINUTELY = Cron("* * * * *")
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -95,8 +95,28 @@ def test_a_month_of_every_second_fire_times_is_one_bounded_record():
     now = T0 + timedelta(days=30)
     p = plan(cron, T0, now, Policy(misfire=MisfirePolicy.RUN_ONCE))
     assert p.fire_times == [now - timedelta(seconds=60 - i) for i in range(61)]
-    assert p.skips[0].first == T0 and p.skips[0].count is None  # more than 10,000
+    # counted, not walked: 30 days of seconds but the 61 run
+    assert p.skips == [Skip(T0, now - timedelta(seconds=61), 30 * 86400 - 60, "misfire")]
     assert p.next_run_at == now + timedelta(seconds=1)
+
+
+def test_run_all_of_a_month_is_cut_into_bounded_plans_that_go_on_where_they_stopped():
+    """max_catch_up 10,000 of an every-second schedule a month late: each plan holds at most
+    `limit` fire times and resumes after the last one; together they run the 10,000 most
+    recent fire times once each and record the rest once."""
+    cron = Cron("* * * * * *")
+    now = T0 + timedelta(days=30)
+    policy = Policy(misfire=MisfirePolicy.RUN_ALL, max_catch_up=10_000)
+    runs, skips, cursor, plans = [], [], T0, 0
+    while cursor <= now:
+        p = plan(cron, cursor, now, policy, limit=1_000)
+        assert len(p.fire_times) <= 1_000 and p.next_run_at > cursor
+        runs += p.fire_times
+        skips += p.skips
+        cursor, plans = p.next_run_at, plans + 1
+    assert plans == 10 and len(runs) == len(set(runs)) == 10_000
+    assert runs == [now - timedelta(seconds=9_999 - i) for i in range(10_000)]
+    assert skips == [Skip(T0, now - timedelta(seconds=10_000), 30 * 86400 - 9_999, "catch_up_cap")]
 
 
 def test_fire_times_use_the_schedule_zone():
