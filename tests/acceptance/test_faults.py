@@ -20,6 +20,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from scheduler import embedded, enqueue
+from scheduler.settings import Settings
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,11 +33,43 @@ schedules:
     cron: "* * * * * *"
     task: acceptance.tick
 """
+# Real Settings fields only (test_fault_timings_are_real_settings checks it: Settings ignores
+# unknown SCHEDULER_ variables). Rescue has no interval of its own: the leader's heartbeat
+# (every heartbeat_s at most) says when the earliest lease expires and rescues then.
 DEFAULT_LEADER_TIMINGS = {
     "SCHEDULER_LEADER_RETRY_S": "0.5",
     "SCHEDULER_LEASE_S": "2",
-    "SCHEDULER_RESCUE_INTERVAL_S": "0.5",
 }
+
+
+def _setting_of_variable() -> dict[str, str]:
+    """Environment variable -> Settings field, as pydantic-settings reads them."""
+    names = {}
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names[alias if isinstance(alias, str) else f"SCHEDULER_{field.upper()}"] = field
+    return names
+
+
+def test_fault_timings_are_real_settings(cli_env, monkeypatch):
+    """Settings ignores unknown SCHEDULER_ variables, so a misspelt or invented timing would
+    leave the default in place unnoticed: every SCHEDULER_ variable the replicas of these
+    tests get must be a setting and be read with the value given, and the leader timings the
+    module docstring relies on must be the ones in force."""
+    env = {**cli_env, **DEFAULT_LEADER_TIMINGS}
+    fields = _setting_of_variable()
+    unknown = sorted(k for k in env if k.startswith("SCHEDULER_") and k not in fields)
+    assert unknown == [], f"not settings (ignored by the replicas): {unknown}"
+    for name in os.environ:
+        if name.startswith("SCHEDULER_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("SCHEDULER_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    for name, value in DEFAULT_LEADER_TIMINGS.items():
+        assert getattr(settings, fields[name]) == float(value), name
+    assert (settings.heartbeat_s, settings.leader_session_timeout_s) == (2.0, 5.0)
 
 
 def _config(tmp_path: Path) -> str:
@@ -68,6 +101,17 @@ def _wait_new_leader(db: psycopg.Connection, old_term: int, timeout: float) -> t
     start = time.monotonic()
     pid_term = wait_until(lambda: (lt := _leader(db)) and lt[1] > old_term and lt, timeout=timeout)
     return time.monotonic() - start, pid_term[0]
+
+
+def _jobs_of_term(db: psycopg.Connection, term: int) -> set[int]:
+    """Ids of the committed jobs materialised in ``term``.
+
+    Taken right after the next election is visible, this set is exact: the old leader's
+    session had ended (its lock was free) before that election committed, so whatever it
+    committed is in the set, and any id of ``term`` that appears later is a late commit,
+    whenever its transaction began (jobs.created_at is the transaction's start time, so a
+    created_at comparison misses a transaction begun before the election)."""
+    return {r[0] for r in db.execute("SELECT id FROM scheduler.jobs WHERE term = %s", [term])}
 
 
 def _settle(db: psycopg.Connection) -> None:
@@ -140,21 +184,19 @@ def test_leader_sigstop_is_replaced_within_10s_and_commits_nothing_when_resumed(
     os.kill(leader.pid, signal.SIGSTOP)
     try:
         elapsed, new_pid = _wait_new_leader(db, old_term, timeout=15)
+        old_term_jobs = _jobs_of_term(db, old_term)  # everything the old leader committed
+        assert old_term_jobs, "the old leader's jobs do not carry its term: the check below is void"
         assert new_pid == follower.pid
         print(f"\nSIGSTOP failover: {elapsed:.2f} s")
         assert elapsed < 10.0, f"hung leader replaced after {elapsed:.2f} s"
-        elected_at = db.execute("SELECT elected_at FROM scheduler.leader").fetchone()[0]
         _wait_fired(db, 2)
     finally:
         os.kill(leader.pid, signal.SIGCONT)
     # the old leader notices its dead session and steps down; it rejoins as a follower
     wait_until(lambda: "leader_stepped_down" in leader.output(), timeout=15)
     _wait_fired(db, 2)
-    late = db.execute(
-        "SELECT count(*) FROM scheduler.jobs WHERE term = %s AND created_at > %s",
-        [old_term, elected_at],
-    ).fetchone()[0]
-    assert late == 0, "the deposed leader materialised after the new election"
+    late = _jobs_of_term(db, old_term) - old_term_jobs
+    assert late == set(), f"the deposed leader committed jobs {late} after the new election"
     assert _leader(db)[0] == follower.pid
     _settle(db)
     for r in replicas:
@@ -191,6 +233,12 @@ def test_worker_sigkill_mid_job_runs_again_elsewhere_after_the_lease(
     with psycopg.connect(db_url, autocommit=True) as conn:
         job_id = enqueue("acceptance.slow_once", args={"marker": str(marker)}, connection=conn)
     wait_until(marker.exists, timeout=30)
+    lease_left_s = db.execute(
+        "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM scheduler.jobs "
+        "WHERE id = %s AND state = 'running'",
+        [job_id],
+    ).fetchone()[0]
+    assert 0 < lease_left_s <= 2.0, f"lease {lease_left_s} s: SCHEDULER_LEASE_S=2 not in force"
     os.kill(first.pid, signal.SIGKILL)
     second = start_replica(
         "run", "--import", "tests.acceptance.app_tasks", env=DEFAULT_LEADER_TIMINGS

@@ -36,6 +36,32 @@ def _elector(db_url: str, holder: str, ticks: list[tuple[str, int]]) -> LeaderEl
     )
 
 
+def _waiting_for_the_lock(db: psycopg.Connection, holder: str) -> bool:
+    """True while the lock session of elector ``holder`` waits inside PostgreSQL for an
+    advisory lock (the leader's: the only one these tests take)."""
+    return db.execute(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = %s AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        [f"scheduler leader {holder}"],
+    ).fetchone()[0]
+
+
+def _terminate_lock_session(db: psycopg.Connection, holder: str) -> None:
+    killed = db.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s",
+        [f"scheduler leader {holder}"],
+    ).fetchone()[0]
+    assert killed == 1
+
+
+async def _ticks_by(ticks: list[tuple[str, int]], holder: str, n: int) -> None:
+    """Wait until ``holder`` has ticked ``n`` more times (a deliberate interval measured in
+    the leader's ticks rather than in seconds)."""
+    seen = len(ticks)
+    await wait_until_async(lambda: sum(h == holder for h, _ in ticks[seen:]) >= n, timeout=5)
+
+
 def test_one_leader_at_a_time_and_graceful_handover(db, db_url):
     async def scenario() -> list[tuple[str, int]]:
         ticks: list[tuple[str, int]] = []
@@ -44,15 +70,16 @@ def test_one_leader_at_a_time_and_graceful_handover(db, db_url):
         run_a = asyncio.create_task(a.run(stop_a))
         await asyncio.wait_for(a.is_leader.wait(), 10)
         run_b = asyncio.create_task(b.run(stop_b))
-        await asyncio.sleep(0.5)  # b waits for the lock and must not win while a leads
+        await wait_until_async(lambda: _waiting_for_the_lock(db, "b"), timeout=10)
+        # Deliberate interval: with b campaigning (waiting for the lock), a leads on for three
+        # more ticks and b must not win meanwhile.
+        await _ticks_by(ticks, "a", 3)
         assert not b.is_leader.is_set() and a.term == 1
         stop_a.set()
         await run_a
         await asyncio.wait_for(b.is_leader.wait(), 2)
         assert b.term == 2
-        async with asyncio.timeout(5):
-            while ("b", 2) not in ticks:
-                await asyncio.sleep(0.01)
+        await wait_until_async(lambda: ("b", 2) in ticks, timeout=5)
         stop_b.set()
         await run_b
         return ticks
@@ -75,16 +102,16 @@ def test_killed_lock_session_steps_down_and_follower_takes_over(db, db_url):
         run_a = asyncio.create_task(a.run(stop))
         await asyncio.wait_for(a.is_leader.wait(), 10)
         run_b = asyncio.create_task(b.run(stop))
-        await asyncio.sleep(0.2)
-        db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'scheduler leader a'"
-        )
+        await wait_until_async(lambda: _waiting_for_the_lock(db, "b"), timeout=10)
+        _terminate_lock_session(db, "a")
         await asyncio.wait_for(b.is_leader.wait(), 5)
         assert b.term == 2
-        # a comes back as a follower: it never leads again while b holds the lock
-        await asyncio.sleep(0.5)
-        assert not a.is_leader.is_set()
+        # a comes back as a follower: its new session waits for the lock...
+        await wait_until_async(lambda: _waiting_for_the_lock(db, "a"), timeout=10)
+        # ... and (deliberate interval) while b leads on for three more ticks, a must not lead
+        await _ticks_by(ticks, "b", 3)
+        assert not a.is_leader.is_set() and a.term is None
+        assert {t for h, t in ticks if h == "a"} == {1}
         stop.set()
         await asyncio.gather(run_a, run_b)
 
@@ -104,16 +131,8 @@ def test_follower_waits_inside_postgres_and_leads_as_soon_as_the_lock_is_free(db
         run_a = asyncio.create_task(a.run(stop_a))
         await asyncio.wait_for(a.is_leader.wait(), 10)
         run_b = asyncio.create_task(b.run(stop_b))
-        async with asyncio.timeout(5):  # b's wait is visible in pg_stat_activity
-            while not db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                "'scheduler leader b' AND wait_event = 'advisory'"
-            ).fetchone()[0]:
-                await asyncio.sleep(0.01)
-        db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'scheduler leader a'"
-        )
+        await wait_until_async(lambda: _waiting_for_the_lock(db, "b"), timeout=10)
+        _terminate_lock_session(db, "a")
         await asyncio.wait_for(b.is_leader.wait(), 1)
         stop_b.set()
         await asyncio.wait_for(run_b, 5)
@@ -131,8 +150,8 @@ def test_stop_ends_a_followers_wait_for_the_lock(db, db_url):
         b = _elector(db_url, "b", [])
         stop = asyncio.Event()
         run_b = asyncio.create_task(b.run(stop))
-        await asyncio.sleep(0.3)
-        stop.set()
+        await wait_until_async(lambda: _waiting_for_the_lock(db, "b"), timeout=10)
+        stop.set()  # b is inside its (up to 10 s) wait: the stop must cancel it
         await asyncio.wait_for(run_b, 2)
         assert not b.is_leader.is_set()
         await holder.close()
@@ -315,9 +334,9 @@ def test_follower_with_a_different_schedules_file_logs_config_mismatch(db_url):
             run_a = asyncio.create_task(leader.run(stop))
             await asyncio.wait_for(leader.is_leader.wait(), 10)
             run_b = asyncio.create_task(follower.run(stop))
-            async with asyncio.timeout(10):
-                while not any(e["event"] == "config_mismatch" for e in logs):
-                    await asyncio.sleep(0.02)
+            await wait_until_async(
+                lambda: any(e["event"] == "config_mismatch" for e in logs), timeout=10
+            )
             stop.set()
             await asyncio.gather(run_a, run_b)
         return logs
