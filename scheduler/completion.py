@@ -16,9 +16,10 @@ When a write fails::
     anything else (a constraint, a value the database refuses, a bug)
         → the batch is split in halves and each half written alone, down to single rows;
     a single row that still fails
-        → written once more with ``complete_jobs_fallback``, which records the job's
-          transition even when its ``job_runs`` row cannot be inserted (a run already recorded
-          for that attempt: an attempt number reset by hand);
+        → written once more with ``complete_jobs`` (not the all-succeeded shortcut, whose
+          plain insert of the runs is the hot path), which records the job's transition even
+          when its ``job_runs`` row cannot be inserted (a run already recorded for that
+          attempt: an attempt number reset by hand; ``run_not_recorded``);
     and if that fails too
         → *dropped*: logged (``completion_dropped``, error level) and counted
           (``scheduler_completions_dropped_total``), its lease left to expire, so the leader
@@ -129,8 +130,8 @@ class CompletionWriter:
             return
         self._settle(batch, changed)
 
-    async def _statement(self, batch: list[Completion], *, split_after: int) -> set[int]:
-        """Ids the statement changed. Transient errors are retried here (a batch of several
+    async def _statement(self, batch: list[Completion], *, split_after: int) -> dict[int, bool]:
+        """``{job id: run recorded}`` of the jobs the statement changed. Transient errors are retried here (a batch of several
         rows at most ``split_after`` times); others raise :class:`_RowError`."""
         backoff, failures = 0.1, 0
         while True:
@@ -155,8 +156,8 @@ class CompletionWriter:
         outcome = completion.outcome
         try:
             async with self.pool.connection() as conn:
-                changed, recorded = await self.store.complete_job_fallback(
-                    conn, self.worker_id, outcome
+                changed = await self.store.complete_jobs(
+                    conn, self.worker_id, [outcome], succeeded_shortcut=False
                 )
         except Exception as exc:  # noqa: BLE001 - nothing more to try: let the lease expire
             metrics.COMPLETIONS_DROPPED.inc()
@@ -164,20 +165,20 @@ class CompletionWriter:
                            error=_short(first.__cause__ or first), fallback_error=_short(exc))  # fmt: skip
             self.on_settled(outcome["id"])
             return
-        if changed and not recorded:
-            self.log.warning(
-                "run_not_recorded", job_id=outcome["id"], attempt=outcome["attempt"],
-                reason="job_runs already holds this attempt (was jobs.attempt reset by hand? "
-                "use scheduler jobs retry)",
-            )  # fmt: skip
-        self._settle([completion], {outcome["id"]} if changed else set())
+        self._settle([completion], changed)
 
-    def _settle(self, batch: list[Completion], changed: set[int]) -> None:
+    def _settle(self, batch: list[Completion], changed: dict[int, bool]) -> None:
         for c in batch:
-            if c.outcome["id"] not in changed:
-                self.log.warning("job_completion_fenced", job_id=c.outcome["id"],
-                                 attempt=c.outcome["attempt"])  # fmt: skip
-            self.on_settled(c.outcome["id"])
+            job_id, attempt = c.outcome["id"], c.outcome["attempt"]
+            if job_id not in changed:
+                self.log.warning("job_completion_fenced", job_id=job_id, attempt=attempt)
+            elif not changed[job_id]:
+                self.log.warning(
+                    "run_not_recorded", job_id=job_id, attempt=attempt,
+                    reason="job_runs already holds this attempt (was jobs.attempt reset by "
+                    "hand? use scheduler jobs retry)",
+                )  # fmt: skip
+            self.on_settled(job_id)
             if c.on_written is not None:
                 c.on_written()
 

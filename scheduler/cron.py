@@ -461,9 +461,10 @@ class Cron:
         with self._lock:
             return self._iter.get_next(datetime, start_time=start)
 
-    def _fold_floor(self, instant: datetime) -> datetime | None:
-        """For fixed-time jobs: if ``instant`` lies in the repeated part of a fall-back, the
-        wall time at which the repeat ends (earlier wall times have already been seen)."""
+    def fold_floor(self, instant: datetime) -> datetime | None:
+        """For fixed-time jobs: if ``instant`` (UTC) lies in the repeated part of a DST-like
+        fall-back, the naive wall time at which the repeat ends (earlier wall times have
+        already been seen and do not fire again); else ``None``."""
         floor = None
         cursor = instant - _FOLD_LOOKBACK
         while (moment := first_transition(self.timezone, cursor, instant)) is not None:
@@ -481,7 +482,7 @@ class Cron:
         offset = utc_offset(zone, cursor)
         wall, inclusive = _naive(cursor + offset), False
         if self.fixed_time:
-            floor = self._fold_floor(cursor)
+            floor = self.fold_floor(cursor)
             if floor is not None and floor > wall:
                 wall, inclusive = floor, True
         for _ in range(_MAX_TRANSITIONS):

@@ -29,7 +29,6 @@ from .cron import MEDIUM_JUMP, UTC, Cron, CronFields, first_transition, utc_offs
 
 _SECOND = timedelta(seconds=1)
 _DAY = timedelta(days=1)
-_LOOKBACK = timedelta(days=1)  # a fold started this long ago still matters (cron._fold_floor)
 _MICRO = timedelta(microseconds=1)
 _END_OF_DAY = time(23, 59, 59)
 _MAX = datetime.max.replace(tzinfo=UTC)
@@ -44,7 +43,7 @@ def count(cron: Cron, after: datetime, until: datetime) -> int:
         return 0
     zone, fields = cron.timezone, cron.fields
     total, start = 0, first
-    floor = _fold_floor(cron, first)
+    floor = cron.fold_floor(first) if cron.fixed_time else None
     for moment, before, now in _transitions(cron, first, last):
         total += _stretch(fields, start, moment - _SECOND, before, floor)
         floor = None
@@ -115,23 +114,6 @@ def _year_transitions(key: str, year: int) -> tuple[tuple[datetime, timedelta, t
         found.append((moment, utc_offset(zone, moment - _MICRO), utc_offset(zone, moment)))
         cursor = moment
     return tuple(found)
-
-
-def _fold_floor(cron: Cron, first: datetime) -> datetime | None:
-    """For a fixed-time job counted from inside the repeated hour of a fall-back: the wall
-    time below which walls were already seen (as :meth:`Cron._fold_floor`)."""
-    if not cron.fixed_time:
-        return None
-    floor = None
-    cursor = first - _LOOKBACK
-    while (moment := first_transition(cron.timezone, cursor, first)) is not None:
-        before = utc_offset(cron.timezone, moment - _MICRO)
-        after = utc_offset(cron.timezone, moment)
-        if after < before and before - after <= MEDIUM_JUMP:
-            end = _naive(moment + before)
-            floor = end if floor is None else max(floor, end)
-        cursor = moment
-    return floor
 
 
 def _stretch(

@@ -101,7 +101,7 @@ def _key_busy(params: dict[str, Any]) -> IdempotencyKeyBusyError:
 
 
 def _outcome_arrays(worker_id: str, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The array parameters of ``complete_jobs`` and ``complete_jobs_fallback``."""
+    """The array parameters of ``complete_jobs``."""
     return {
         "worker_id": worker_id,
         "ids": [o["id"] for o in outcomes],
@@ -297,18 +297,33 @@ class Store:
         return await cur.fetchall()
 
     async def complete_jobs(
-        self, conn: psycopg.AsyncConnection[Any], worker_id: str, outcomes: list[dict[str, Any]]
-    ) -> set[int]:
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        worker_id: str,
+        outcomes: list[dict[str, Any]],
+        *,
+        succeeded_shortcut: bool = True,
+    ) -> dict[int, bool]:
         """Record a batch of attempt outcomes in one fenced statement.
 
         Each outcome dict has ``id, attempt, state`` (``succeeded``, ``pending`` for a retry,
         ``dead``), ``delay_s`` (retry delay in seconds, ignored otherwise), ``outcome``
         (``succeeded``, ``failed``, ``timeout``, ...), ``error`` and ``traceback``.
-        Returns the ids that changed; a missing id was fenced off (the job moved on).
+
+        A batch in which every attempt succeeded is written by ``complete_succeeded`` (two
+        arrays, a plain insert of the runs) unless ``succeeded_shortcut`` is False; else by
+        ``complete_jobs``, which writes a job's transition even when ``job_runs`` already
+        holds that attempt (an attempt number reset by hand).
+
+        Returns ``{job id: run recorded}`` for the jobs that changed; a missing id was fenced
+        off (the job moved on).
+
+        Raises:
+            psycopg.Error: the statement failed; nothing of the batch was written.
         """
         if not outcomes:
-            return set()
-        if all(o["outcome"] == "succeeded" for o in outcomes):
+            return {}
+        if succeeded_shortcut and all(o["outcome"] == "succeeded" for o in outcomes):
             cur = await conn.execute(
                 self.q["complete_succeeded"],
                 {
@@ -317,22 +332,10 @@ class Store:
                     "attempts": [o["attempt"] for o in outcomes],
                 },
             )
-            return {row[0] for row in await cur.fetchall()}
+            return {row[0]: True for row in await cur.fetchall()}
         # one statement (autocommit on the worker's pool): no BEGIN/COMMIT round trips
         cur = await conn.execute(self.q["complete_jobs"], _outcome_arrays(worker_id, outcomes))
-        return {row[0] for row in await cur.fetchall()}
-
-    async def complete_job_fallback(
-        self, conn: psycopg.AsyncConnection[Any], worker_id: str, outcome: dict[str, Any]
-    ) -> tuple[bool, bool]:
-        """:meth:`complete_jobs` for one outcome whose batch write failed: the job's
-        transition is written even when its ``job_runs`` row cannot be (that attempt is
-        already recorded). Returns ``(changed, run_recorded)``."""
-        cur = await conn.execute(
-            self.q["complete_jobs_fallback"], _outcome_arrays(worker_id, [outcome])
-        )
-        row = await cur.fetchone()
-        return (True, bool(row[1])) if row else (False, False)
+        return {row[0]: row[1] for row in await cur.fetchall()}
 
     # ---- leader ------------------------------------------------------------------------------
 

@@ -94,37 +94,11 @@ RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
 
 -- name: complete_jobs
 -- Fenced batch completion: a row changes only if it is still running this attempt of this
--- worker, so a stale worker cannot overwrite a newer attempt. One job_runs row per change.
-WITH outcome AS (
-    SELECT *
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
-                %(delays_s)s::double precision[], %(outcomes)s::text[], %(errors)s::text[],
-                %(tracebacks)s::text[])
-         AS o(id, attempt, state, delay_s, outcome, error, traceback)
-), changed AS (
-    UPDATE {schema}.jobs AS j
-    SET state = o.state,
-        run_at = CASE WHEN o.state = 'pending'
-                      THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
-        finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END,
-        lease_expires_at = NULL,
-        last_error = o.error,
-        updated_at = now()
-    FROM outcome AS o
-    WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = %(worker_id)s
-      AND j.attempt = o.attempt
-    RETURNING j.id, j.attempt, j.locked_at
-)
-INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome,
-                               error, traceback)
-SELECT c.id, c.attempt, %(worker_id)s, c.locked_at, now(), o.outcome, o.error, o.traceback
-FROM changed AS c JOIN outcome AS o ON o.id = c.id
-RETURNING job_id;
-
--- name: complete_jobs_fallback
--- complete_jobs for one outcome whose batch could not be written: the job's transition is
--- written even when job_runs already holds this attempt (an attempt number reset by hand), in
--- which case the run is not recorded (run_recorded = false) rather than blocking the job.
+-- worker, so a stale worker cannot overwrite a newer attempt. One job_runs row per change,
+-- unless job_runs already holds that attempt (jobs.attempt reset by hand): then the job's
+-- transition is written all the same and run_recorded is false. (complete_succeeded, the
+-- hot path, inserts plainly; its rare conflict makes the writer split the batch down to the
+-- row and write it with this statement.)
 WITH outcome AS (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
@@ -152,7 +126,7 @@ WITH outcome AS (
     ON CONFLICT (job_id, attempt) DO NOTHING
     RETURNING job_id
 )
-SELECT c.id, EXISTS (SELECT 1 FROM run) AS run_recorded FROM changed AS c;
+SELECT c.id, c.id IN (SELECT job_id FROM run) AS run_recorded FROM changed AS c;
 
 -- name: session_settings
 -- The lock session of a hung leader must end by itself whether it hung between statements,

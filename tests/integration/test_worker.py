@@ -261,7 +261,7 @@ def test_fenced_completion_cannot_overwrite_newer_attempt(db, db_url):
             return late, current
 
     late, current = asyncio.run(scenario())
-    assert late == set() and current == {job_id}
+    assert late == {} and current == {job_id: True}
     assert db.execute("SELECT worker_id, attempt FROM scheduler.job_runs").fetchall() == [
         ("new", 2)
     ]
