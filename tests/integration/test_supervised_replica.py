@@ -99,3 +99,44 @@ def _get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def test_a_failing_materialisation_does_not_stop_rescue(db, db_url, monkeypatch):
+    """The leader's duties fail independently: with every materialisation raising (a bug),
+    the leader still rescues an expired lease, and keeps its term."""
+    from scheduler import materialiser
+    from scheduler.store import Store
+
+    async def broken_tick(*args, **kwargs):
+        raise RuntimeError("a bug in the materialiser")
+
+    monkeypatch.setattr(materialiser, "tick", broken_tick)
+    db.execute(
+        "INSERT INTO scheduler.schedules (name, cron, timezone, task, max_attempts, "
+        "backoff_base_s, backoff_max_s, backoff_jitter, definition_hash, next_run_at) "
+        "VALUES ('due', '* * * * *', 'UTC', 'supervised.ok', 3, 1, 10, 0, 'h', now())"
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        (job_id,) = enqueue_many(ok, [{}], connection=conn)
+
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+            claimed = await Store("scheduler").claim_jobs(  # by a worker that then dies
+                c, queues=["default"], limit=1, worker_id="dead", lease_s=0.2
+            )
+            assert [j["id"] for j in claimed] == [job_id]
+            replica = Replica(db_url, Settings(poll_interval_s=0.2), None)
+            stop = asyncio.Event()
+            runner = asyncio.create_task(replica.run(stop))
+            async with asyncio.timeout(30):
+                while (await (await c.execute(
+                    "SELECT state FROM scheduler.jobs WHERE id = %s", [job_id]
+                )).fetchone())[0] != "succeeded":  # fmt: skip
+                    await asyncio.sleep(0.05)
+            stop.set()
+            await runner
+
+    asyncio.run(scenario())
+    runs = db.execute("SELECT attempt, outcome FROM scheduler.job_runs ORDER BY attempt").fetchall()
+    assert runs == [(1, "lost"), (2, "succeeded")]
+    assert db.execute("SELECT term FROM scheduler.leader").fetchone() == (1,)
