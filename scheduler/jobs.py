@@ -9,7 +9,7 @@ State machine (enforced by ``WHERE state = ...`` in every transition, see sql/qu
                ▲  │                                 │ │ │
                │  └─ cancel ─▶ cancelled            │ │ └─ success ─────────▶ succeeded
                │                                    │ └─── attempt == max ──▶ dead (dead letter)
-               └──── failure, attempt < max ────────┘      or unknown task
+               └──── failure, attempt < max ────────┘      or unknown task (past unknown_task_retry_s)
                      (run_at = now() + backoff)
 
 A job runs **at least once**: a handler may run again after a crash, so handlers should be
