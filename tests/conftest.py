@@ -22,21 +22,37 @@ from psycopg.conninfo import make_conninfo
 
 from scheduler import embedded
 from scheduler.store import Store
+from tests import servers
 
 TEMPLATE = "scheduler_test_template"
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
-    """libpq URL of the session's PostgreSQL server (admin database)."""
-    dsn = os.environ.get("SCHEDULER_TEST_DSN")
-    if dsn:
-        yield dsn
+def _server_params() -> list[str]:
+    return ["dsn"] if os.environ.get("SCHEDULER_TEST_DSN") else servers.majors()
+
+
+@pytest.fixture(scope="session", params=_server_params(), ids=lambda m: f"pg{m}")
+def pg_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """libpq URL of a PostgreSQL server for the session (admin database): every test that
+    uses a database runs once per major of ``SCHEDULER_TEST_PG`` (default ``18,15``: the
+    embedded 18 and Debian's 15), or on ``SCHEDULER_TEST_DSN`` alone when that is set."""
+    major = request.param
+    if major == "dsn":
+        yield os.environ["SCHEDULER_TEST_DSN"]
         return
-    with tempfile.TemporaryDirectory(prefix="scheduler-test-pg-") as tmp:
-        yield embedded.start(tmp)
-        embedded.stop(tmp)
+    if major == "18" and servers.bin_dir("18") is None:  # the embedded server is 18
+        with tempfile.TemporaryDirectory(prefix="scheduler-test-pg-") as tmp:
+            yield embedded.start(tmp)
+            embedded.stop(tmp)
+        return
+    if servers.bin_dir(major) is None:
+        message = f"PostgreSQL {major} is not installed (/usr/lib/postgresql/{major}/bin)"
+        if servers.in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    with servers.cluster(major) as server:
+        yield server.url()
 
 
 @pytest.fixture(scope="session")

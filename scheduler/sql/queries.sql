@@ -54,26 +54,46 @@ WHERE idempotency_key = %(idempotency_key)s AND state IN ('pending', 'running');
 
 -- name: claim_jobs
 -- One short statement that commits: the handler never runs inside this transaction.
--- Per queue, the claim index (queue, priority, run_at, id) WHERE state = 'pending' yields the
--- due jobs in order without sorting the table (a plain `queue = ANY(...)` made PostgreSQL
--- scan and sort every pending row).
+-- Cost independent of the jobs not yet due, on every PostgreSQL major: per queue, the
+-- distinct priorities of its pending jobs are found by one descent of the claim index
+-- (queue, priority, run_at, id) WHERE state = 'pending' each (a loose index scan, written
+-- as a recursive CTE: PostgreSQL <= 17 has no skip scan), then per priority the due jobs are
+-- read in (run_at, id) order, a range that ends at the first future job. A single walk
+-- ordered by (priority, run_at) had to read every future job of a priority before the next
+-- priority (1M future jobs: ~10,000 buffers and ~100 ms per claim on PostgreSQL 15). Cost
+-- grows with the number of distinct priorities in a queue, not with its jobs.
 -- overlap_policy = queue: a job is claimable only when no older job of its schedule is live.
-WITH due AS (
-    SELECT c.id
+WITH RECURSIVE priorities AS (
+    SELECT q.name AS queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue = q.name
+            ORDER BY j.priority LIMIT 1) AS priority
     FROM unnest(%(queues)s::text[]) AS q(name)
+  UNION ALL
+    SELECT p.queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority > p.priority
+            ORDER BY j.priority LIMIT 1)
+    FROM priorities AS p
+    WHERE p.priority IS NOT NULL
+), due AS (
+    SELECT c.id
+    FROM priorities AS p
     CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at
         FROM {schema}.jobs AS j
-        WHERE j.state = 'pending' AND j.queue = q.name AND j.run_at <= now()
+        WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority = p.priority
+          AND j.run_at <= now()
           AND (j.overlap <> 'queue' OR NOT EXISTS (
                   SELECT 1 FROM {schema}.jobs AS older
                   WHERE older.schedule_name = j.schedule_name
                     AND older.scheduled_for < j.scheduled_for
                     AND older.state IN ('pending', 'running')))
-        ORDER BY j.priority, j.run_at, j.id
+        ORDER BY j.run_at, j.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+    WHERE p.priority IS NOT NULL
     ORDER BY c.priority, c.run_at, c.id
     LIMIT %(limit)s
 )
