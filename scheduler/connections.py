@@ -97,7 +97,8 @@ def _default_pool(settings: Settings) -> tuple[ConnectionPool, str, str]:
                 open=True,
                 timeout=POOL_TIMEOUT_S,
                 name="scheduler-enqueue",
-                kwargs={"autocommit": True},
+                # no prepared statements: the URL may lead to a transaction pooler
+                kwargs={"autocommit": True, "prepare_threshold": None},
             )
             _pools[url] = pool
         return pool, url, source

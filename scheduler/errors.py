@@ -17,7 +17,8 @@ Every error derives from :class:`SchedulerError`, so ``except SchedulerError`` c
     │   ├── DatabaseNotConfiguredError  no connection given and SCHEDULER_DATABASE_URL unset
     │   ├── DatabaseUnavailableError    cannot connect, or no answer in time (URL redacted)
     │   ├── SchemaNotMigratedError      the schema's tables are missing or behind the code
-    │   └── MigrationPrivilegeError     migrations are pending and this role may not apply them
+    │   ├── MigrationPrivilegeError     migrations are pending and this role may not apply them
+    │   └── MigrationLockError          a migration could not take its table locks in time
     ├── LeadershipLostError    the leader lost its lock session or term while committing
     ├── PoolerError            the lock session is not a real session (transaction-mode pooler)
     └── ReplicaFailedError     an internal loop of a replica kept crashing; the replica stopped
@@ -146,3 +147,8 @@ class MigrationPrivilegeError(DatabaseError):
 class ReplicaFailedError(SchedulerError):
     """An internal loop of a replica crashed too often (see :mod:`scheduler.supervision`);
     the replica stopped gracefully and its process should exit non-zero."""
+
+
+class MigrationLockError(DatabaseError):
+    """A migration could not take the locks it needs within its ``lock_timeout``, on every
+    try (long transactions on the scheduler's tables); nothing of it was applied."""

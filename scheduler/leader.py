@@ -42,14 +42,20 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
   10 s plus a config check.
 * Database restart: every session dies; replicas reconnect with backoff (0.5 s doubling to
   5 s), so one leads within ~5 s of PostgreSQL accepting connections.
-* Transaction-mode poolers (PgBouncer) break session locks: after ``pg_try_advisory_lock`` the
-  elector checks ``pg_locks`` for its own backend and refuses to lead (``leader_refused``,
-  retried every 60 s) when the lock is not there. ``SCHEDULER_DIRECT_DATABASE_URL`` gives the
-  lock and LISTEN sessions a direct connection.
-* Network partition: TCP keepalives (idle 5 s, interval 1 s, 3 probes) and
-  ``tcp_user_timeout`` (10 s) on both ends of the lock connection: the server drops the
-  session (freeing the lock) within ~8-10 s, and the old leader's next statement fails, so it
-  steps down.
+* Transaction-mode poolers (PgBouncer) break session locks (:mod:`scheduler.pooler`): the
+  lock session uses ``SCHEDULER_DIRECT_DATABASE_URL`` when set. Without it, the replica checks
+  its one URL first; if it is a transaction pooler the elector never opens a session
+  (:attr:`LeaderElector.refusal`, ``leader_refused`` logged once at error level): no lock,
+  ``SET`` or session through the pool. As a second guard, after taking the lock the elector
+  checks that the lock's backend is still its own; if not, it ends that backend (releasing the
+  lock) and refuses to lead (``leader_refused``, retried every 60 s).
+* Network partition: the lock session goes silent, so ``idle_session_timeout`` (5 s) ends it
+  on the server and frees the lock (measured 5.0 s on PostgreSQL 15,
+  ``tests/acceptance/test_partition.py``); TCP keepalives (idle 5 s, interval 1 s, 3 probes)
+  and ``tcp_user_timeout`` (10 s) on both ends are the backstop (~10.5 s). The cut-off
+  leader's next statement fails after ``tcp_user_timeout``, so it steps down by itself
+  (~11.5 s after the cut, committing nothing meanwhile: its session is gone), and after the
+  heal it campaigns again as a follower (``leader_campaigning`` with ``rejoined=true``).
 * Materialisation runs on the lock session itself, so when the session dies its transaction
   dies with it; each transaction first runs ``leader_heartbeat`` (lock still held by this backend,
   term current). ``UNIQUE (schedule_name, scheduled_for)`` is the last guard.
@@ -80,6 +86,12 @@ OnElected = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[None]]
 Tick = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[float]]
 
 POOLER_RETRY_S = 60.0  # a replica behind a transaction-mode pooler retries leading this rarely
+POOLED_LOCK = (
+    "the advisory lock was taken by a server session this connection no longer talks to: "
+    "SCHEDULER_DATABASE_URL goes through a transaction-mode pooler (e.g. PgBouncer), which "
+    "breaks session locks. Refusing to lead (that session was ended, releasing the lock); set "
+    "SCHEDULER_DIRECT_DATABASE_URL to a direct connection"
+)
 CONFIG_CHECK_S = 10.0  # how often a follower compares its schedules file with the leader's
 
 KEEPALIVES = {  # every connection of a replica (pool, lock session, LISTEN, probes)
@@ -90,6 +102,21 @@ KEEPALIVES = {  # every connection of a replica (pool, lock session, LISTEN, pro
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,  # ms: unacknowledged data for this long breaks the connection
 }
+
+
+def _failover(before: int, timeline: int, term: int) -> None:
+    """The database is on another timeline than at the previous election: a standby was
+    promoted. Say so loudly: with asynchronous replication, commits acknowledged by the old
+    primary after the standby's last replayed WAL are gone (jobs enqueued, fire times
+    materialised, outcomes written), so jobs may be missing and fire times may run again."""
+    metrics.DATABASE_FAILOVERS.inc()
+    log.error(
+        "database_failover_detected", old_timeline=before, new_timeline=timeline, term=term,
+        detail="PostgreSQL switched timelines since the previous election (a standby was "
+        "promoted). With asynchronous replication, work acknowledged by the old primary may "
+        "be lost: enqueued jobs missing, fire times run again. Use synchronous replication "
+        "(docs/operations.md) to prevent it.",
+    )  # fmt: skip
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -134,9 +161,18 @@ class LeaderElector:
         self.term: int | None = None
         self.is_leader = asyncio.Event()
         self._mismatch_term: int | None = None
+        self._lost = False  # a lock session of this elector was lost before (rejoin logs)
+        #: why this replica must not campaign at all (its only URL is a transaction pooler:
+        #: no session, lock or SET may go through it), set before run(); None: campaign
+        self.refusal: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Campaign until ``stop`` is set; on stop, release the lock if held."""
+        """Campaign until ``stop`` is set; on stop, release the lock if held. With a
+        :attr:`refusal`, log it once (error) and never open a session."""
+        if self.refusal is not None:
+            log.error("leader_refused", error=self.refusal)
+            await stop.wait()
+            return
         backoff = self.settings.leader_retry_s
         while not stop.is_set():
             try:
@@ -148,6 +184,7 @@ class LeaderElector:
                 await _sleep_or_stop(stop, POOLER_RETRY_S)
             except (psycopg.Error, LeadershipLostError, OSError) as exc:
                 was_leader = self.term is not None
+                self._lost = True
                 self._step_down()
                 log.warning(
                     "leader_stepped_down" if was_leader else "leader_connection_lost",
@@ -182,9 +219,11 @@ class LeaderElector:
                 "file wins until a replica with this file is elected",
             )
 
-    async def _wait_for_lock(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> bool:
+    async def _wait_for_lock(
+        self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event
+    ) -> int | None:
         """Wait inside PostgreSQL for the lock, at most CONFIG_CHECK_S; a stop cancels the
-        wait. True when granted."""
+        wait. The pid of the backend that took it when granted, else None."""
         waiter = asyncio.ensure_future(self.store.wait_lock_leader(conn, CONFIG_CHECK_S))
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -195,7 +234,7 @@ class LeaderElector:
             await conn.cancel_safe(timeout=5)
             with contextlib.suppress(psycopg.Error):
                 await waiter
-            return False
+            return None
         return waiter.result()
 
     def _step_down(self) -> None:
@@ -211,21 +250,22 @@ class LeaderElector:
                 idle_session_timeout_s=self.settings.leader_session_timeout_s,
                 name=f"scheduler leader {self.holder}",
             )
-            while not stop.is_set():
+            log.info("leader_campaigning", holder=self.holder, rejoined=self._lost)
+            pid = None
+            while not stop.is_set() and pid is None:
                 await self._check_config(conn)
-                if await self._wait_for_lock(conn, stop):
-                    break
+                pid = await self._wait_for_lock(conn, stop)
             if stop.is_set():
                 return  # closing the session frees the lock if it was granted meanwhile
-            if not await self.store.lock_held(conn):
-                raise PoolerError(
-                    "pg_try_advisory_lock succeeded but this backend does not hold the lock: "
-                    "the connection goes through a transaction-mode pooler (e.g. PgBouncer), "
-                    "which breaks session locks. Refusing to lead; set "
-                    "SCHEDULER_DIRECT_DATABASE_URL to a direct connection"
-                )
-            self.term = await self.store.elect(conn, self.holder, self.config_hash)
-            log.info("leader_elected", holder=self.holder, term=self.term)
+            if not await self.store.lock_held(conn, pid):
+                await self.store.release_pooled_lock(conn, pid)  # the lock is not left behind
+                raise PoolerError(POOLED_LOCK)
+            self.term, before, timeline = await self.store.elect_on_timeline(
+                conn, self.holder, self.config_hash
+            )
+            log.info("leader_elected", holder=self.holder, term=self.term, timeline=timeline)
+            if before is not None and before != timeline:
+                _failover(before, timeline, self.term)
             metrics.ELECTIONS.inc()
             metrics.LEADER.set(1)
             metrics.LEADER_TERM.set(self.term)

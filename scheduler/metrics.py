@@ -20,7 +20,8 @@ served at ``GET /metrics`` by :mod:`scheduler.health` on ``SCHEDULER_METRICS_POR
   their attempt ended), ``scheduler_loop_crashes_total`` by loop (restarted by the
   supervisor), ``scheduler_schedule_errors_total`` by schedule (materialisation failed,
   retried a minute later), ``scheduler_completions_dropped_total`` (an outcome that could not
-  be written even alone; its job is rescued as ``lost``).
+  be written even alone; its job is rescued as ``lost``), ``scheduler_database_failovers_total``
+  (an election found PostgreSQL on a new timeline: a standby was promoted).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ SCHEDULE_ERRORS = Counter(
     "scheduler_schedule_errors", "Schedules whose materialisation failed (retried later)",
     ["schedule"], registry=REGISTRY,
 )  # fmt: skip
+DATABASE_FAILOVERS = Counter(
+    "scheduler_database_failovers",
+    "Elections that found PostgreSQL on a new timeline (a standby was promoted)",
+    registry=REGISTRY,
+)
 COMPLETIONS_DROPPED = Counter(
     "scheduler_completions_dropped",
     "Attempt outcomes that could not be written even alone (the lease is then left to expire)",

@@ -299,7 +299,10 @@ async def connect(url: str, settings: Settings) -> psycopg.AsyncConnection[Any]:
     if "connect_timeout" not in conninfo_to_dict(url):
         params["connect_timeout"] = max(2, math.ceil(settings.connect_timeout_s))
     try:
-        return await psycopg.AsyncConnection.connect(url, autocommit=True, **params)
+        # no prepared statements: the URL may lead to a transaction pooler
+        return await psycopg.AsyncConnection.connect(
+            url, autocommit=True, prepare_threshold=None, **params
+        )
     except psycopg.Error as exc:
         reason = _reason(exc, url)
         if "timeout" in reason and params:

@@ -27,6 +27,7 @@ from .errors import LeadershipLostError, MigrationPrivilegeError, ReplicaFailedE
 from .leader import KEEPALIVES, LeaderElector
 from .limits import exception_text
 from .log import get_logger, redact_url
+from .pooler import NO_PREPARE, is_transaction_pooled
 from .schedules import ReconcileResult, reconcile
 from .settings import Settings
 from .store import Store
@@ -99,6 +100,25 @@ class Replica:
         self.health_port: int | None = None  # bound port of /metrics etc., once serving
         self.supervisor: Supervisor | None = None  # the running replica's, once started
         self.worker = Worker(self.pool, direct_url, self.store, settings, self.id)
+
+    async def _check_pooler(self) -> None:
+        """Before any session-scoped work: is ``url`` a transaction pooler? (See
+        :mod:`scheduler.pooler`.) A separate direct URL means it may be: no prepared
+        statements. Without one, a detected pooler also means no leading and no LISTEN."""
+        direct = self.settings.direct_database_url
+        if direct and direct != self.url:
+            self.pool.kwargs.update(NO_PREPARE)
+            return
+        if not await is_transaction_pooled(self.url, self.store, **KEEPALIVES):
+            return
+        self.pool.kwargs.update(NO_PREPARE)
+        self.elector.refusal = (
+            "SCHEDULER_DATABASE_URL goes through a transaction-mode pooler (e.g. PgBouncer), "
+            "where session locks, SET and LISTEN do not work: this replica runs jobs but will "
+            "not lead (no cron fire times, no lease rescue) until SCHEDULER_DIRECT_DATABASE_URL "
+            "gives it a direct connection"
+        )
+        self.worker.listen_url = None  # the worker wakes on timers and the safety poll
 
     async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
         if self.config is None:
@@ -224,6 +244,7 @@ class Replica:
                 rest); ``/healthz`` answered 503 meanwhile. The process should exit non-zero.
         """
         set_default_database_url(self.url)
+        await self._check_pooler()
         await self.pool.open(wait=True, timeout=30)
         log.info(
             "replica_started",

@@ -8,11 +8,14 @@ always bound parameters.
 Connections: the service keeps an :class:`psycopg_pool.AsyncConnectionPool` for claims and
 completions, and dedicated connections (outside the pool) for the leader lock session and for
 LISTEN. ``schedule_at()`` may use the caller's connection, sync or async, so that its INSERT
-is part of the caller's transaction.
+is part of the caller's transaction; statements on a caller's connection are never prepared
+(``prepare=False``: the caller may sit behind a transaction pooler, see
+:mod:`scheduler.pooler`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .errors import IdempotencyKeyBusyError
+from .errors import IdempotencyKeyBusyError, MigrationLockError
 
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -88,6 +91,9 @@ def _migrations_lock_key(schema: str) -> str:
     return f"scheduler.migrate:{schema}"
 
 
+MIGRATION_LOCK_TIMEOUT_S = 5.0  # lock_timeout of a migration's statements
+MIGRATION_TRIES = 5  # a migration whose locks time out is tried again, 1, 2, 4, 8 s later
+
 # Each miss means the live job holding the key finished between our INSERT and our SELECT:
 # the system moves on, so trying again is safe; 3 tries failed under a real race.
 IDEMPOTENT_TRIES = 100
@@ -136,28 +142,53 @@ class Store:
         """Apply the shipped migrations not yet applied, each in its own transaction, under a
         transaction-level advisory lock (so concurrent ``migrate`` calls serialise). Idempotent.
 
+        A migration's statements wait at most :data:`MIGRATION_LOCK_TIMEOUT_S` (5 s) for the
+        locks they need (``lock_timeout``): a migration that rebuilds an index takes ``ACCESS
+        EXCLUSIVE`` on its table, which would otherwise queue every reader behind a long
+        transaction. It is tried :data:`MIGRATION_TRIES` times, waiting 1, 2, 4... s between.
+
         Returns the migrations applied by this call (empty when the schema is current).
+
+        Raises:
+            MigrationLockError: a migration could not take its locks in time, every try.
         """
         if not await self.pending_migrations(conn):
             return []  # read-only check: a least-privilege role may start when current
         applied_now: list[Migration] = []
         for migration in migrations():
-            async with conn.transaction():
-                await conn.execute(
-                    self.q["migrations_lock"], {"key": _migrations_lock_key(self.schema)}
-                )
-                await conn.execute(self.q["migrations_table"])
-                cur = await conn.execute(self.q["migrations_applied"])
-                done = {row[0] for row in await cur.fetchall()}
-                if migration.version in done:
-                    continue
-                await conn.execute(_compose(migration.text, self.schema))
-                await conn.execute(
-                    self.q["migration_record"],
-                    {"version": migration.version, "name": migration.name},
-                )
-                applied_now.append(migration)
+            for attempt in range(MIGRATION_TRIES):
+                try:
+                    if await self._apply(conn, migration):
+                        applied_now.append(migration)
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    if attempt + 1 == MIGRATION_TRIES:
+                        raise MigrationLockError(
+                            f"migration {migration.version:04d}_{migration.name} could not take "
+                            f"its locks within {MIGRATION_LOCK_TIMEOUT_S:g} s, {MIGRATION_TRIES} "
+                            "times (long transactions on the scheduler's tables?); nothing of it "
+                            "was applied: run `scheduler migrate` again when they are done"
+                        ) from None
+                    await asyncio.sleep(2.0**attempt)
         return applied_now
+
+    async def _apply(self, conn: psycopg.AsyncConnection[Any], migration: Migration) -> bool:
+        """Apply one migration in one transaction; False if another process already did."""
+        async with conn.transaction():
+            await conn.execute(self.q["migrations_lock"], {"key": _migrations_lock_key(self.schema)})
+            await conn.execute(self.q["migrations_table"])
+            cur = await conn.execute(self.q["migrations_applied"])
+            if migration.version in {row[0] for row in await cur.fetchall()}:
+                return False
+            await conn.execute(
+                self.q["migration_lock_timeout"],
+                {"ms": str(int(MIGRATION_LOCK_TIMEOUT_S * 1000))},
+            )
+            await conn.execute(_compose(migration.text, self.schema))
+            await conn.execute(
+                self.q["migration_record"], {"version": migration.version, "name": migration.name}
+            )
+        return True
 
     async def pending_migrations(self, conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
         """Shipped migrations that the database has not applied yet."""
@@ -194,14 +225,14 @@ class Store:
         """
         with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
-                cur.execute(self.q["insert_job"], params)
+                cur.execute(self.q["insert_job"], params, prepare=False)
                 return int(cur.fetchone()[0])  # type: ignore[index]
             for _ in range(IDEMPOTENT_TRIES):
-                cur.execute(self.q["insert_job_idempotent"], params)
+                cur.execute(self.q["insert_job_idempotent"], params, prepare=False)
                 row = cur.fetchone()
                 if row:
                     return int(row[0])
-                cur.execute(self.q["live_job_by_idempotency_key"], params)
+                cur.execute(self.q["live_job_by_idempotency_key"], params, prepare=False)
                 row = cur.fetchone()
                 if row:
                     return int(row[0])
@@ -211,14 +242,14 @@ class Store:
         """Async twin of :meth:`insert_job_sync`."""
         async with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
-                await cur.execute(self.q["insert_job"], params)
+                await cur.execute(self.q["insert_job"], params, prepare=False)
                 return int((await cur.fetchone())[0])  # type: ignore[index]
             for _ in range(IDEMPOTENT_TRIES):
-                await cur.execute(self.q["insert_job_idempotent"], params)
+                await cur.execute(self.q["insert_job_idempotent"], params, prepare=False)
                 row = await cur.fetchone()
                 if row:
                     return int(row[0])
-                await cur.execute(self.q["live_job_by_idempotency_key"], params)
+                await cur.execute(self.q["live_job_by_idempotency_key"], params, prepare=False)
                 row = await cur.fetchone()
                 if row:
                     return int(row[0])
@@ -249,7 +280,7 @@ class Store:
         if not rows:
             return []
         with conn.cursor() as cur:  # no transaction block: the caller's, or autocommit
-            cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)})
+            cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)}, prepare=False)
             reserved = cur.fetchall()
             with cur.copy(self.q["copy_jobs"]) as copy:
                 copy.set_types(self._COPY_TYPES)
@@ -264,7 +295,7 @@ class Store:
         if not rows:
             return []
         async with conn.cursor() as cur:
-            await cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)})
+            await cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)}, prepare=False)
             reserved = await cur.fetchall()
             async with cur.copy(self.q["copy_jobs"]) as copy:
                 copy.set_types(self._COPY_TYPES)
@@ -351,10 +382,13 @@ class Store:
             },
         )
 
-    async def wait_lock_leader(self, conn: psycopg.AsyncConnection[Any], timeout_s: float) -> bool:
+    async def wait_lock_leader(
+        self, conn: psycopg.AsyncConnection[Any], timeout_s: float
+    ) -> int | None:
         """Wait up to ``timeout_s`` seconds inside PostgreSQL for the session-level leader lock
         (``pg_advisory_lock`` under ``lock_timeout``; no ``statement_timeout`` for the wait).
-        Returns ``True`` when granted, ``False`` on timeout. Cancel with ``conn.cancel_safe()``.
+        Returns the pid of the backend that took it, or ``None`` on timeout. Cancel with
+        ``conn.cancel_safe()``.
         """
         try:
             async with conn.transaction():
@@ -362,10 +396,11 @@ class Store:
                     self.q["leader_wait_timeouts"],
                     {"lock_timeout_ms": str(max(1, int(timeout_s * 1000)))},
                 )
-                await conn.execute(self.q["leader_wait_lock"], {"key": self.leader_key})
-            return True
+                cur = await conn.execute(self.q["leader_wait_lock"], {"key": self.leader_key})
+                row = await cur.fetchone()
+            return int(row[1]) if row else None
         except psycopg.errors.LockNotAvailable:
-            return False
+            return None
 
     async def try_lock_leader(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """``pg_try_advisory_lock`` on the schema's leader key (session level, autocommit)."""
@@ -373,11 +408,16 @@ class Store:
         row = await cur.fetchone()
         return bool(row and row[0])
 
-    async def lock_held(self, conn: psycopg.AsyncConnection[Any]) -> bool:
-        """True when this backend holds the leader lock (``pg_locks``)."""
-        cur = await conn.execute(self.q["lock_held"], {"key": self.leader_key})
+    async def lock_held(self, conn: psycopg.AsyncConnection[Any], pid: int) -> bool:
+        """True when this connection's backend is ``pid`` (the one that took the leader lock)
+        and holds the lock (``pg_locks``); False behind a transaction pooler."""
+        cur = await conn.execute(self.q["lock_held"], {"key": self.leader_key, "pid": pid})
         row = await cur.fetchone()
         return bool(row and row[0])
+
+    async def release_pooled_lock(self, conn: psycopg.AsyncConnection[Any], pid: int) -> None:
+        """End backend ``pid``, which took the leader lock through a transaction pooler."""
+        await conn.execute(self.q["release_pooled_lock"], {"pid": pid})
 
     async def unlock_leader(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(self.q["leader_unlock"], {"key": self.leader_key})
@@ -386,13 +426,20 @@ class Store:
         self, conn: psycopg.AsyncConnection[Any], holder: str, config_hash: str | None
     ) -> int:
         """Record a new term in the ``leader`` row; returns the term."""
+        return (await self.elect_on_timeline(conn, holder, config_hash))[0]
+
+    async def elect_on_timeline(
+        self, conn: psycopg.AsyncConnection[Any], holder: str, config_hash: str | None
+    ) -> tuple[int, int | None, int]:
+        """Record a new term and the database's current timeline in the ``leader`` row;
+        returns ``(term, timeline the previous leader recorded (None: none), timeline)``."""
         async with conn.transaction():
             cur = await conn.execute(
                 self.q["leader_elect"], {"holder": holder, "config_hash": config_hash}
             )
             row = await cur.fetchone()
             assert row is not None
-            return int(row[0])
+            return int(row[0]), row[1], int(row[2])
 
     async def fence(
         self,

@@ -72,7 +72,9 @@ class Worker:
 
     Args:
         pool: async pool for claims and completions.
-        listen_url: URL of a direct connection for LISTEN (not through a transaction pooler).
+        listen_url: URL of a direct connection for LISTEN (not through a transaction pooler),
+            or ``None`` when there is none: the worker then wakes on a timer at the earliest
+            pending ``run_at`` it reads after each claim, and on the safety poll.
         store: statements for the schema.
         settings: ``queues``, ``concurrency``, ``poll_interval_s``, ``lease_s``,
             ``shutdown_grace_s``, ``unknown_task_retry_s``.
@@ -84,7 +86,7 @@ class Worker:
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        listen_url: str,
+        listen_url: str | None,
         store: Store,
         settings: Settings,
         worker_id: str,
@@ -164,11 +166,26 @@ class Worker:
                         continue
                 if claimed and claimed == free:
                     continue  # maybe more due: claim again as soon as a slot frees
+                if self.listen_url is None:
+                    await self._timer_for_next_due()
                 self.parked.set()
                 await self._wait(stopper, self.settings.poll_interval_s)
                 self.parked.clear()
         finally:
             stopper.cancel()
+
+    async def _timer_for_next_due(self) -> None:
+        """Without LISTEN: a wake-up at the earliest pending run_at still in the future (what
+        the insert notification would have announced), when it is before the safety poll."""
+        try:
+            async with self.pool.connection() as conn:
+                rows = await self.store.fetch(conn, "next_due", {"queues": self.settings.queues})
+        except psycopg.Error as exc:
+            self._log.warning("next_due_failed", error=exception_text(exc, 300))
+            return
+        delay = rows[0]["delay_s"] if rows else None
+        if delay is not None and delay < self.settings.poll_interval_s:
+            asyncio.get_running_loop().call_later(max(delay, 0.0), self._wake.set)
 
     async def _wait(self, stopper: asyncio.Future[Any], timeout: float) -> None:
         waker = asyncio.ensure_future(self._wake.wait())
@@ -389,7 +406,16 @@ class Worker:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for inserted jobs and cancel requests; reconnect with backoff (polling and
-        lease extensions cover the gap)."""
+        lease extensions cover the gap). Without a listen URL (only a transaction pooler),
+        say so once and return: timers and the safety poll do the waking."""
+        if self.listen_url is None:
+            self._log.warning(
+                "listen_unavailable", poll_interval_s=self.settings.poll_interval_s,
+                detail="LISTEN does not work through a transaction pooler: workers wake at "
+                "the earliest pending run_at read after each claim and on the safety poll; "
+                "set SCHEDULER_DIRECT_DATABASE_URL for notifications",
+            )  # fmt: skip
+            return
         channel = sql.Identifier(self.store.notify_channel)
         cancel_channel = sql.Identifier(self.store.cancel_channel)
         backoff = 0.5

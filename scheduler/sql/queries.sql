@@ -13,6 +13,11 @@ CREATE TABLE IF NOT EXISTS {schema}.migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- name: migration_lock_timeout
+-- A migration's statements wait this long (ms) for their locks, after the migrations lock:
+-- a migration must not queue every reader of a table behind a long transaction.
+SELECT set_config('lock_timeout', %(ms)s, true);
+
 -- name: probe_timeout
 -- Health probes must answer in time even when the database is slow.
 SET statement_timeout = 2000;
@@ -172,20 +177,35 @@ SELECT set_config('statement_timeout', '0', true),
 
 -- name: leader_wait_lock
 -- A follower waits inside PostgreSQL for the session-level leader lock: no polling, and the
--- lock is granted the moment the leader's session ends (crash, hang timeout, unlock).
-SELECT pg_advisory_lock(hashtextextended(%(key)s, 0));
+-- lock is granted the moment the leader's session ends (crash, hang timeout, unlock). Returns
+-- the backend that took it: behind a transaction pooler it may not be ours afterwards.
+SELECT pg_advisory_lock(hashtextextended(%(key)s, 0)), pg_backend_pid() AS pid;
+
+-- name: backend_pid
+SELECT pg_backend_pid() AS pid;
+
+-- name: release_pooled_lock
+-- The leader lock was taken by a server session a transaction pooler no longer gives us: end
+-- that session (it is ours: same role), which releases the lock. Unlocking cannot be aimed.
+SELECT pg_terminate_backend(%(pid)s) AS terminated;
 
 -- name: leader_unlock
 SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0)) AS unlocked;
 
 -- name: leader_elect
 -- A new term on every election; the row is audit and liveness, the lock is the authority.
-INSERT INTO {schema}.leader AS l (id, holder, term, elected_at, heartbeat_at, config_hash)
-VALUES (true, %(holder)s, 1, now(), now(), %(config_hash)s)
+-- Also the PostgreSQL timeline the election ran on (the first 8 hex digits of the current WAL
+-- file name), and the one the previous leader recorded: a different one means a failover.
+WITH previous AS (SELECT timeline FROM {schema}.leader),
+     now_on AS (SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                       AS timeline)
+INSERT INTO {schema}.leader AS l (id, holder, term, elected_at, heartbeat_at, config_hash,
+                                  timeline)
+VALUES (true, %(holder)s, 1, now(), now(), %(config_hash)s, (SELECT timeline FROM now_on))
 ON CONFLICT (id) DO UPDATE
 SET holder = EXCLUDED.holder, term = l.term + 1, elected_at = now(), heartbeat_at = now(),
-    config_hash = EXCLUDED.config_hash
-RETURNING term;
+    config_hash = EXCLUDED.config_hash, timeline = EXCLUDED.timeline
+RETURNING term, (SELECT timeline FROM previous) AS previous_timeline, timeline;
 
 -- name: leader_heartbeat
 -- Heartbeat and fence in one: matches only while this session still holds the advisory lock
@@ -437,9 +457,10 @@ WITH expired AS (
 SELECT id AS job_id, queue, task, state FROM moved;
 
 -- name: lock_held
--- Does this backend hold the leader lock? False behind a transaction-mode pooler, where the
--- lock was taken by a server connection this client no longer talks to.
-SELECT EXISTS (
+-- Does this backend hold the leader lock, and is it the backend that took it? False behind a
+-- transaction-mode pooler, where the lock was taken by a server connection this client no
+-- longer talks to.
+SELECT pg_backend_pid() = %(pid)s AND EXISTS (
     SELECT 1 FROM pg_locks
     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
       AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0)) AS held;
@@ -716,3 +737,31 @@ SELECT l.holder, l.term, l.elected_at, l.heartbeat_at, l.config_hash,
              AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
            AS lock_held
 FROM {schema}.leader AS l;
+
+-- name: next_due
+-- A worker that cannot LISTEN (behind a transaction pooler) sets a timer at the earliest
+-- pending run_at still in the future, in seconds from the database's now(); per queue and
+-- priority one index descent (as claim_jobs), so it does not grow with the future jobs.
+WITH RECURSIVE priorities AS (
+    SELECT q.name AS queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue = q.name
+            ORDER BY j.priority LIMIT 1) AS priority
+    FROM unnest(%(queues)s::text[]) AS q(name)
+  UNION ALL
+    SELECT p.queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority > p.priority
+            ORDER BY j.priority LIMIT 1)
+    FROM priorities AS p
+    WHERE p.priority IS NOT NULL
+)
+SELECT extract(epoch FROM min(n.run_at) - now())::float8 AS delay_s
+FROM priorities AS p
+CROSS JOIN LATERAL (
+    SELECT j.run_at FROM {schema}.jobs AS j
+    WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority = p.priority
+      AND j.run_at > now()
+    ORDER BY j.run_at LIMIT 1
+) AS n
+WHERE p.priority IS NOT NULL;

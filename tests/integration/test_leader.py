@@ -357,7 +357,8 @@ def test_lock_held_sees_only_the_session_that_took_the_lock(db_url):
             await psycopg.AsyncConnection.connect(db_url, autocommit=True) as b,
         ):
             assert await STORE.try_lock_leader(a)
-            return await STORE.lock_held(a), await STORE.lock_held(b)
+            pid = (await (await a.execute("SELECT pg_backend_pid()")).fetchone())[0]
+            return await STORE.lock_held(a, pid), await STORE.lock_held(b, pid)
 
     assert asyncio.run(scenario()) == (True, False)
 
@@ -405,3 +406,37 @@ def test_replica_materialises_cron_fire_times_ahead_of_time(db, db_url):
     ).fetchall()
     assert len(rows) >= 2
     assert all(ahead and not_early for ahead, not_early in rows), rows
+
+
+def test_an_election_on_another_timeline_reports_a_failover(db, db_url):
+    """The leader row records the timeline of each election; a new leader on another one (a
+    promoted standby) logs database_failover_detected at error level and counts it. (The
+    real failover: tests/acceptance/test_failover.py.)"""
+    from structlog.testing import capture_logs
+
+    from scheduler import metrics
+
+    async def elect_twice() -> tuple[int, int | None, int]:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            first = await STORE.elect_on_timeline(conn, "a", None)
+            assert first[1] is None  # no earlier election
+            db.execute("UPDATE scheduler.leader SET timeline = timeline + 7")  # as if promoted
+            return first
+
+    first = asyncio.run(elect_twice())
+    before = metrics.DATABASE_FAILOVERS._value.get()
+    with capture_logs() as logs:
+
+        async def scenario() -> None:
+            elector = _elector(db_url, "b", [])
+            stop = asyncio.Event()
+            runner = asyncio.create_task(elector.run(stop))
+            await wait_until_async(lambda: elector.term is not None, 10)
+            stop.set()
+            await runner
+
+        asyncio.run(scenario())
+    failover = [e for e in logs if e["event"] == "database_failover_detected"]
+    assert len(failover) == 1 and failover[0]["log_level"] == "error"
+    assert (failover[0]["old_timeline"], failover[0]["new_timeline"]) == (first[2] + 7, first[2])
+    assert metrics.DATABASE_FAILOVERS._value.get() == before + 1

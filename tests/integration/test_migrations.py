@@ -59,3 +59,39 @@ def test_custom_schema_name(fresh_db_url):
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'other_schema'"
         ).fetchone()[0]
         assert n >= 5
+
+
+def test_a_migration_waits_a_bounded_time_for_its_locks(fresh_db_url, monkeypatch):
+    """A pending migration behind a long transaction gives up (lock_timeout) instead of
+    queueing every reader of the table behind it for as long as that transaction lasts, and
+    applies once the way is clear."""
+    import pytest
+
+    from scheduler import store as store_module
+    from scheduler.errors import MigrationLockError
+
+    monkeypatch.setattr(store_module, "MIGRATION_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(store_module, "MIGRATION_TRIES", 2)
+    url = fresh_db_url()
+    last = migrations()[-1]
+    store = Store("scheduler")
+
+    async def up_to_all_but_last() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for m in migrations()[:-1]:
+                assert await store._apply(conn, m)
+
+    async def migrate() -> list:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await store.migrate(conn)
+
+    asyncio.run(up_to_all_but_last())
+    with psycopg.connect(url) as blocker:  # a long transaction reading every table
+        for (table,) in blocker.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'scheduler'"
+        ).fetchall():
+            blocker.execute(f"LOCK TABLE scheduler.{table} IN ACCESS SHARE MODE")
+        with pytest.raises(MigrationLockError, match=f"{last.version:04d}_{last.name}"):
+            asyncio.run(migrate())
+        blocker.rollback()
+    assert [m.version for m in asyncio.run(migrate())] == [last.version]

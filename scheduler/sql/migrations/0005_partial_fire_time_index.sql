@@ -4,7 +4,8 @@
 -- (bulk COPY: 146k -> 203k rows/s measured). The partial index keeps the guarantee for cron
 -- jobs (ON CONFLICT DO NOTHING arbitrates on it) and also serves the lookups of the old
 -- jobs_schedule index, which it replaces.
--- Takes a write lock on jobs while the index builds (seconds per million cron jobs).
+-- Holds ACCESS EXCLUSIVE on jobs (reads and writes wait) while the index builds (seconds
+-- per million cron jobs): see docs/operations.md, Upgrading.
 ALTER TABLE {schema}.jobs DROP CONSTRAINT jobs_one_per_fire_time;
 DROP INDEX {schema}.jobs_schedule;
 CREATE UNIQUE INDEX jobs_one_per_fire_time ON {schema}.jobs (schedule_name, scheduled_for)
