@@ -40,8 +40,12 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
   the lock at once. A follower asked to stop cancels its wait (``cancel_safe``).
 * Idle cost: the leader sends one statement per ``heartbeat_s``; a follower one wait per
   10 s plus a config check.
-* Database restart: every session dies; replicas reconnect with backoff (0.5 s doubling to
-  5 s), so one leads within ~5 s of PostgreSQL accepting connections.
+* Database restart or failover: every session dies; replicas reconnect with backoff (0.5 s
+  doubling to 1 s), so one leads within ~1 s of PostgreSQL (or a promoted standby on a
+  multi-host URL with ``target_session_attrs=read-write``) accepting connections. Each
+  election records the database's timeline; a new one (a promoted standby) is logged as
+  ``database_failover_detected`` at error level (with asynchronous replication, acknowledged
+  work may have been lost).
 * Transaction-mode poolers (PgBouncer) break session locks (:mod:`scheduler.pooler`): the
   lock session uses ``SCHEDULER_DIRECT_DATABASE_URL`` when set. Without it, the replica checks
   its one URL first; if it is a transaction pooler the elector never opens a session
@@ -85,6 +89,8 @@ log = get_logger("scheduler.leader")
 OnElected = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[None]]
 Tick = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[float]]
 
+RECONNECT_MAX_S = 1.0  # a lost lock session is reopened at least this often: after a failover
+# the promoted standby is found within about a second (a new leader within 2 s of promotion)
 POOLER_RETRY_S = 60.0  # a replica behind a transaction-mode pooler retries leading this rarely
 POOLED_LOCK = (
     "the advisory lock was taken by a server session this connection no longer talks to: "
@@ -192,7 +198,7 @@ class LeaderElector:
                     retry_in_s=round(backoff, 2),
                 )
                 await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
             except Exception:
                 self._step_down()  # a bug: the supervisor logs it and starts a new campaign
                 raise

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     leader_retry_s: float = Field(
         default=0.5,
         gt=0,
-        description="first delay before reconnecting a lost lock session (doubles up to 5 s); "
+        description="first delay before reconnecting a lost lock session (doubles up to 1 s); "
         "followers wait for the lock inside PostgreSQL and do not poll",
     )
     heartbeat_s: float = Field(

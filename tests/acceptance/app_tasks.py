@@ -29,3 +29,13 @@ def slow_once(marker: str) -> None:
         with open(marker, "w") as f:
             f.write(str(os.getpid()))
         time.sleep(120)
+
+
+@task(name="failover.record")
+def record(key: str) -> None:
+    """Append ``key`` to the file named by FAILOVER_RUNS_FILE: a record of executions
+    that no database failover can lose (tests/acceptance/test_failover.py)."""
+    import os
+
+    with open(os.environ["FAILOVER_RUNS_FILE"], "a", encoding="utf-8") as runs:
+        runs.write(key + "\n")  # one short O_APPEND write: lines never interleave
