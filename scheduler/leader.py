@@ -95,8 +95,12 @@ POOLER_RETRY_S = 60.0  # a replica behind a transaction-mode pooler retries lead
 POOLED_LOCK = (
     "the advisory lock was taken by a server session this connection no longer talks to: "
     "SCHEDULER_DATABASE_URL goes through a transaction-mode pooler (e.g. PgBouncer), which "
-    "breaks session locks. Refusing to lead (that session was ended, releasing the lock); set "
-    "SCHEDULER_DIRECT_DATABASE_URL to a direct connection"
+    "breaks session locks. Refusing to lead (that session was ended when idle, releasing the "
+    "lock); set SCHEDULER_DIRECT_DATABASE_URL to a direct connection"
+)
+POOLED_LOCK_KEPT = (
+    " - it was never idle within a second, so the lock stays with it until the pooler closes "
+    "that server connection (server_idle_timeout, server_lifetime)"
 )
 CONFIG_CHECK_S = 10.0  # how often a follower compares its schedules file with the leader's
 
@@ -264,8 +268,8 @@ class LeaderElector:
             if stop.is_set():
                 return  # closing the session frees the lock if it was granted meanwhile
             if not await self.store.lock_held(conn, pid):
-                await self.store.release_pooled_lock(conn, pid)  # the lock is not left behind
-                raise PoolerError(POOLED_LOCK)
+                released = await self.store.release_pooled_lock(conn, pid)
+                raise PoolerError(POOLED_LOCK + ("" if released else POOLED_LOCK_KEPT))
             self.term, before, timeline = await self.store.elect_on_timeline(
                 conn, self.holder, self.config_hash
             )

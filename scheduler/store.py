@@ -415,9 +415,15 @@ class Store:
         row = await cur.fetchone()
         return bool(row and row[0])
 
-    async def release_pooled_lock(self, conn: psycopg.AsyncConnection[Any], pid: int) -> None:
-        """End backend ``pid``, which took the leader lock through a transaction pooler."""
-        await conn.execute(self.q["release_pooled_lock"], {"pid": pid})
+    async def release_pooled_lock(self, conn: psycopg.AsyncConnection[Any], pid: int) -> bool:
+        """End backend ``pid``, which took the leader lock through a transaction pooler, the
+        first time it is idle between transactions within about a second; True if it was."""
+        for _ in range(20):
+            cur = await conn.execute(self.q["release_pooled_lock"], {"pid": pid})
+            if await cur.fetchone():
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     async def unlock_leader(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(self.q["leader_unlock"], {"key": self.leader_key})

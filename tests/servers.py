@@ -57,7 +57,7 @@ def _as_owner(args: Sequence[str], **kw) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, check=True, capture_output=True, text=True, **kw)
 
 
-def _owned_dir(prefix: str) -> Path:
+def owned_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         shutil.chown(path, "postgres", "postgres")
@@ -154,7 +154,7 @@ def start_cluster(
     conf: dict[str, str] | None = None,
 ) -> Cluster:
     """A new, running cluster of ``major`` on a free port (call ``remove()`` when done)."""
-    cluster = Cluster(major, _owned_dir(f"scheduler-pg{major}-"), free_port(), listen,
+    cluster = Cluster(major, owned_dir(f"scheduler-pg{major}-"), free_port(), listen,
                       dict(conf or {}))  # fmt: skip
     cluster.initdb()
     cluster.start()
@@ -163,7 +163,7 @@ def start_cluster(
 
 def start_standby(primary: Cluster) -> Cluster:
     """A streaming standby of ``primary`` (``pg_basebackup -R``), running, on its own port."""
-    standby = Cluster(primary.major, _owned_dir(f"scheduler-pg{primary.major}-standby-"),
+    standby = Cluster(primary.major, owned_dir(f"scheduler-pg{primary.major}-standby-"),
                       free_port(), primary.listen, dict(primary.conf))  # fmt: skip
     _as_owner([str(standby.bin / "pg_basebackup"), "-D", str(standby.data), "-R", "-X",
                "stream", "-d", primary.url(), "--no-sync"])  # fmt: skip

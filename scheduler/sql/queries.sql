@@ -187,7 +187,9 @@ SELECT pg_backend_pid() AS pid;
 -- name: release_pooled_lock
 -- The leader lock was taken by a server session a transaction pooler no longer gives us: end
 -- that session (it is ours: same role), which releases the lock. Unlocking cannot be aimed.
-SELECT pg_terminate_backend(%(pid)s) AS terminated;
+-- Only while it is idle between transactions, so no other client's transaction is cut.
+SELECT pg_terminate_backend(pid) AS terminated
+FROM pg_stat_activity WHERE pid = %(pid)s AND state = 'idle';
 
 -- name: leader_unlock
 SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0)) AS unlocked;
