@@ -1,7 +1,8 @@
 """Running one attempt's handler, and turning whatever it does into an outcome.
 
-Async handlers run on the event loop, in the job's own task; sync handlers run on a pool of
-``concurrency`` long-lived threads. Either way the result is data (:class:`Result`), never an
+Async handlers run on the event loop, in the job's own task; sync handlers run on up to
+``concurrency`` long-lived threads (:class:`HandlerThreads`), which hand results back to the
+loop in batches. Either way the result is data (:class:`Result`), never an
 exception that escapes into the replica:
 
 * returns                       → ``succeeded``
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
+import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +77,80 @@ def _call(func: Any, args: dict[str, Any]) -> Result:
     return SUCCEEDED
 
 
+class HandlerThreads:
+    """Up to ``size`` long-lived threads running sync handlers (``scheduler-job-N``).
+
+    Per job, the event loop puts one item on a queue and gets back an asyncio future; the
+    threads hand results back in batches (one ``call_soon_threadsafe`` per batch of results
+    that arrived while the loop was busy, not one per job), and no ``concurrent.futures``
+    machinery (work item, condition, chained futures) runs per job. Threads start on demand
+    and stay (daemon threads: a handler that never returns does not keep the process alive).
+    The worker never has more sync jobs running than ``size`` (its slots), so a job never
+    waits for a thread.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._done: list[tuple[int, asyncio.Future[Result], Result]] = []
+        self._notified = False
+        self._busy = 0  # submitted and not finished
+        self._threads: list[threading.Thread] = []
+        self._started: dict[int, float] = {}  # job id -> time.monotonic() its handler started
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def submit(self, job_id: int, func: Any, args: dict[str, Any]) -> asyncio.Future[Result]:
+        """Run ``func(**args)`` on a thread; the future resolves on the loop with its Result."""
+        self._loop = loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        with self._lock:
+            self._busy += 1
+            spawn = self._busy > len(self._threads) and len(self._threads) < self.size
+            if spawn:
+                thread = threading.Thread(target=self._serve, daemon=True,
+                                          name=f"scheduler-job-{len(self._threads)}")  # fmt: skip
+                self._threads.append(thread)
+        if spawn:
+            thread.start()
+        self._work.put((job_id, func, args, future))
+        return future
+
+    def started_at(self, job_id: int) -> float | None:
+        """``time.monotonic()`` when the handler of ``job_id`` started, None if not yet."""
+        return self._started.get(job_id)
+
+    def busy(self) -> int:
+        """Handlers submitted and not yet returned."""
+        return self._busy
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            job_id, func, args, future = item
+            self._started[job_id] = time.monotonic()
+            result = _call(func, args)
+            with self._lock:
+                self._busy -= 1
+                self._done.append((job_id, future, result))
+                notify, self._notified = not self._notified, True
+            if notify and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            done, self._done, self._notified = self._done, [], False
+        for job_id, future, result in done:
+            self._started.pop(job_id, None)
+            if not future.done():
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        """Let idle threads end; threads still running a handler end when it returns."""
+        for _ in self._threads:
+            self._work.put(None)
+
+
 class Executor:
     """Runs handlers; see the module docstring.
 
@@ -84,8 +161,8 @@ class Executor:
 
     def __init__(self, concurrency: int, log: Any):
         self.log = log
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="scheduler-job")
-        self._threads: dict[int, asyncio.Future[Result]] = {}  # job id -> its running thread
+        self._pool = HandlerThreads(concurrency)
+        self._threads: dict[int, asyncio.Future[Result]] = {}  # job id -> its running handler
         self._stuck: set[int] = set()
 
     def stuck(self) -> int:
@@ -117,25 +194,31 @@ class Executor:
         return SUCCEEDED
 
     async def _run_sync(self, task: Task, args: dict[str, Any], job_id: int) -> Result:
-        loop = asyncio.get_running_loop()
-        started = loop.create_future()
-
-        def call() -> Result:
-            loop.call_soon_threadsafe(_resolve, started)  # the timeout clock starts here
-            return _call(task.func, args)
-
-        thread = loop.run_in_executor(self._pool, call)
+        thread = self._pool.submit(job_id, task.func, args)
         self._threads[job_id] = thread
         thread.add_done_callback(lambda _: self._thread_done(job_id))
         try:
-            await asyncio.shield(started)
-            return await asyncio.wait_for(asyncio.shield(thread), task.timeout_s)
-        except TimeoutError:
-            self._overrun(job_id, task, "timeout")
-            return _timeout(task)
+            if task.timeout_s is None:
+                return await asyncio.shield(thread)
+            return await self._within(thread, task, job_id)
         except asyncio.CancelledError:
             self._overrun(job_id, task, "cancelled")
             raise
+
+    async def _within(self, thread: asyncio.Future[Result], task: Task, job_id: int) -> Result:
+        """The handler's Result, or a timeout once it has run ``timeout_s`` (counted from when
+        its thread started it, not from when it was submitted)."""
+        assert task.timeout_s is not None
+        while True:
+            started = self._pool.started_at(job_id)
+            left = task.timeout_s if started is None else started + task.timeout_s - time.monotonic()
+            done, _ = await asyncio.wait({thread}, timeout=max(left, 0.0))
+            if done:
+                return thread.result()
+            started = self._pool.started_at(job_id)
+            if started is not None and time.monotonic() - started >= task.timeout_s:
+                self._overrun(job_id, task, "timeout")
+                return _timeout(task)
 
     async def join(self, job_id: int) -> None:
         """Return when the sync handler thread of ``job_id`` (if any) has returned; the
@@ -164,16 +247,11 @@ class Executor:
 
     def alive(self) -> bool:
         """True while any sync handler thread is running."""
-        return bool(self._threads)
+        return self._pool.busy() > 0
 
     def shutdown(self) -> None:
         """Stop accepting work; running threads cannot be stopped and run on."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        self._pool.shutdown()
 
 
 def _timeout(task: Task) -> Result:

@@ -255,7 +255,7 @@ class Worker:
                   "schedule": job["schedule_name"]}  # fmt: skip
         if result.outcome is RunOutcome.SUCCEEDED:
             metrics.for_job(job["queue"], job["task"]).succeeded.inc()
-            self._log.info("job_succeeded", **fields)
+            self._log.debug("job_succeeded", **fields)  # per job: debug (as River logs none)
             self._complete(job, JobState.SUCCEEDED, result)
         elif result.outcome is RunOutcome.CANCELLED:
             self._log.warning("job_cancelled", **fields)
