@@ -87,6 +87,10 @@ class HandlerThreads:
     and stay (daemon threads: a handler that never returns does not keep the process alive).
     The worker never has more sync jobs running than ``size`` (its slots), so a job never
     waits for a thread.
+
+    The pool, not the future, knows whether a handler still runs: the future may be
+    cancelled (the attempt ended: operator cancel, shutdown) while its thread runs on;
+    :meth:`running` and :meth:`returned` answer for the thread.
     """
 
     def __init__(self, size: int):
@@ -95,23 +99,22 @@ class HandlerThreads:
         self._lock = threading.Lock()
         self._done: list[tuple[int, asyncio.Future[Result], Result]] = []
         self._notified = False
-        self._busy = 0  # submitted and not finished
         self._threads: list[threading.Thread] = []
+        self._running: set[int] = set()  # job ids submitted whose handler has not returned
         self._started: dict[int, float] = {}  # job id -> time.monotonic() its handler started
+        self._waiters: dict[int, asyncio.Future[None]] = {}  # job id -> set when it returns
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, job_id: int, func: Any, args: dict[str, Any]) -> asyncio.Future[Result]:
-        """Run ``func(**args)`` on a thread; the future resolves on the loop with its Result."""
+        """Run ``func(**args)`` on a thread; the future resolves on the loop with its Result
+        (unless it was cancelled meanwhile: the Result is then dropped)."""
         self._loop = loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        with self._lock:
-            self._busy += 1
-            spawn = self._busy > len(self._threads) and len(self._threads) < self.size
-            if spawn:
-                thread = threading.Thread(target=self._serve, daemon=True,
-                                          name=f"scheduler-job-{len(self._threads)}")  # fmt: skip
-                self._threads.append(thread)
-        if spawn:
+        self._running.add(job_id)
+        if len(self._running) > len(self._threads) and len(self._threads) < self.size:
+            thread = threading.Thread(target=self._serve, daemon=True,
+                                      name=f"scheduler-job-{len(self._threads)}")  # fmt: skip
+            self._threads.append(thread)
             thread.start()
         self._work.put((job_id, func, args, future))
         return future
@@ -120,9 +123,25 @@ class HandlerThreads:
         """``time.monotonic()`` when the handler of ``job_id`` started, None if not yet."""
         return self._started.get(job_id)
 
+    def running(self, job_id: int) -> bool:
+        """True until the handler of ``job_id`` has returned (as seen by the loop)."""
+        return job_id in self._running
+
+    def returned(self, job_id: int) -> asyncio.Future[None]:
+        """A future set when the handler of ``job_id`` returns (at once if it has)."""
+        assert self._loop is not None
+        waiter = self._waiters.get(job_id)
+        if waiter is None:
+            waiter = self._loop.create_future()
+            if job_id in self._running:
+                self._waiters[job_id] = waiter
+            else:
+                waiter.set_result(None)
+        return waiter
+
     def busy(self) -> int:
         """Handlers submitted and not yet returned."""
-        return self._busy
+        return len(self._running)
 
     def _serve(self) -> None:
         while (item := self._work.get()) is not None:
@@ -130,7 +149,6 @@ class HandlerThreads:
             self._started[job_id] = time.monotonic()
             result = _call(func, args)
             with self._lock:
-                self._busy -= 1
                 self._done.append((job_id, future, result))
                 notify, self._notified = not self._notified, True
             if notify and self._loop is not None:
@@ -141,9 +159,12 @@ class HandlerThreads:
         with self._lock:
             done, self._done, self._notified = self._done, [], False
         for job_id, future, result in done:
+            self._running.discard(job_id)
             self._started.pop(job_id, None)
             if not future.done():
                 future.set_result(result)
+            if self._waiters and (waiter := self._waiters.pop(job_id, None)) is not None:
+                waiter.set_result(None)
 
     def shutdown(self) -> None:
         """Let idle threads end; threads still running a handler end when it returns."""
@@ -162,7 +183,6 @@ class Executor:
     def __init__(self, concurrency: int, log: Any):
         self.log = log
         self._pool = HandlerThreads(concurrency)
-        self._threads: dict[int, asyncio.Future[Result]] = {}  # job id -> its running handler
         self._stuck: set[int] = set()
 
     def stuck(self) -> int:
@@ -194,56 +214,53 @@ class Executor:
         return SUCCEEDED
 
     async def _run_sync(self, task: Task, args: dict[str, Any], job_id: int) -> Result:
-        thread = self._pool.submit(job_id, task.func, args)
-        self._threads[job_id] = thread
-        thread.add_done_callback(lambda _: self._thread_done(job_id))
+        # awaited directly (no shield, no callback per job): a cancel of this attempt cancels
+        # the future only; the pool still tracks the thread, which runs on
+        future = self._pool.submit(job_id, task.func, args)
         try:
             if task.timeout_s is None:
-                return await asyncio.shield(thread)
-            return await self._within(thread, task, job_id)
+                return await future
+            return await self._within(future, task, job_id)
         except asyncio.CancelledError:
             self._overrun(job_id, task, "cancelled")
             raise
 
-    async def _within(self, thread: asyncio.Future[Result], task: Task, job_id: int) -> Result:
+    async def _within(self, future: asyncio.Future[Result], task: Task, job_id: int) -> Result:
         """The handler's Result, or a timeout once it has run ``timeout_s`` (counted from when
         its thread started it, not from when it was submitted)."""
         assert task.timeout_s is not None
         while True:
             started = self._pool.started_at(job_id)
             left = task.timeout_s if started is None else started + task.timeout_s - time.monotonic()
-            done, _ = await asyncio.wait({thread}, timeout=max(left, 0.0))
+            done, _ = await asyncio.wait({future}, timeout=max(left, 0.0))
             if done:
-                return thread.result()
+                return future.result()
             started = self._pool.started_at(job_id)
             if started is not None and time.monotonic() - started >= task.timeout_s:
+                future.cancel()  # its Result, when the thread returns, is dropped
                 self._overrun(job_id, task, "timeout")
                 return _timeout(task)
 
     async def join(self, job_id: int) -> None:
         """Return when the sync handler thread of ``job_id`` (if any) has returned; the
         caller's slot stays taken until then."""
-        thread = self._threads.get(job_id)
-        if thread is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(thread)
+        if self._pool.running(job_id):
+            await asyncio.shield(self._pool.returned(job_id))
 
     def _overrun(self, job_id: int, task: Task, reason: str) -> None:
-        thread = self._threads.get(job_id)
-        if thread is None or thread.done():
+        if not self._pool.running(job_id) or job_id in self._stuck:
             return
         self._stuck.add(job_id)
         metrics.THREADS_STUCK.set(len(self._stuck))
+        self._pool.returned(job_id).add_done_callback(lambda _: self._thread_done(job_id))
         self.log.warning("handler_thread_stuck", job_id=job_id, task=task.name, reason=reason,
                          timeout_s=task.timeout_s, stuck_threads=len(self._stuck))  # fmt: skip
 
     def _thread_done(self, job_id: int) -> None:
-        self._threads.pop(job_id, None)
-        if job_id in self._stuck:
-            self._stuck.discard(job_id)
-            metrics.THREADS_STUCK.set(len(self._stuck))
-            self.log.warning("handler_thread_returned", job_id=job_id,
-                             stuck_threads=len(self._stuck))  # fmt: skip
+        self._stuck.discard(job_id)
+        metrics.THREADS_STUCK.set(len(self._stuck))
+        self.log.warning("handler_thread_returned", job_id=job_id,
+                         stuck_threads=len(self._stuck))  # fmt: skip
 
     def alive(self) -> bool:
         """True while any sync handler thread is running."""
