@@ -129,7 +129,7 @@ def _failover(before: int, timeline: int, term: int) -> None:
     )  # fmt: skip
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
 
@@ -191,7 +191,7 @@ class LeaderElector:
             except PoolerError as exc:
                 self._step_down()
                 log.error("leader_refused", error=str(exc), retry_in_s=POOLER_RETRY_S)
-                await _sleep_or_stop(stop, POOLER_RETRY_S)
+                await sleep_or_stop(stop, POOLER_RETRY_S)
             except (psycopg.Error, LeadershipLostError, OSError) as exc:
                 was_leader = self.term is not None
                 self._lost = True
@@ -201,7 +201,7 @@ class LeaderElector:
                     error=str(exc).strip()[:300],
                     retry_in_s=round(backoff, 2),
                 )
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
             except Exception:
                 self._step_down()  # a bug: the supervisor logs it and starts a new campaign
@@ -260,6 +260,7 @@ class LeaderElector:
                 idle_session_timeout_s=self.settings.leader_session_timeout_s,
                 name=f"scheduler leader {self.holder}",
             )
+            await conn.execute(self.store.q["client_check_interval"], {"interval_ms": "200"})
             log.info("leader_campaigning", holder=self.holder, rejoined=self._lost)
             pid = None
             while not stop.is_set() and pid is None:
@@ -286,7 +287,7 @@ class LeaderElector:
                 await self.on_elected(conn, self.term)
             while not stop.is_set():
                 sleep_s = await self.tick(conn, self.term)
-                await _sleep_or_stop(stop, min(sleep_s, self.settings.heartbeat_s))
+                await sleep_or_stop(stop, min(sleep_s, self.settings.heartbeat_s))
             # Graceful stop: release the lock at once so a follower leads within leader_retry_s.
             await self.store.unlock_leader(conn)
             log.info("leader_released", holder=self.holder, term=self.term)

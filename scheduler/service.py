@@ -26,6 +26,7 @@ from .connections import set_default_database_url
 from .errors import LeadershipLostError, MigrationPrivilegeError, ReplicaFailedError
 from .leader import KEEPALIVES, LeaderElector
 from .limits import exception_text
+from .liveness import LivenessLock, liveness_namespace
 from .log import get_logger, redact_url
 from .pooler import NO_PREPARE, is_transaction_pooled
 from .schedules import ReconcileResult, reconcile
@@ -100,6 +101,10 @@ class Replica:
         self.health_port: int | None = None  # bound port of /metrics etc., once serving
         self.supervisor: Supervisor | None = None  # the running replica's, once started
         self.worker = Worker(self.pool, direct_url, self.store, settings, self.id)
+        # fast rescue: this replica's liveness lock, and the leader's watch on the others'
+        self.liveness = LivenessLock(direct_url, self.store, settings, replica=self.id)
+        self.lost_replicas = maintenance.LostReplicas(liveness_namespace(settings.schema_name))
+        self._next_liveness_check = 0.0
 
     async def _check_pooler(self) -> None:
         """Before any session-scoped work: is ``url`` a transaction pooler? (See
@@ -119,6 +124,11 @@ class Replica:
             "gives it a direct connection"
         )
         self.worker.listen_url = None  # the worker wakes on timers and the safety poll
+        self.liveness.refusal = (
+            "no direct connection (SCHEDULER_DATABASE_URL is a transaction-mode pooler and "
+            "SCHEDULER_DIRECT_DATABASE_URL is unset): no liveness lock, so if this replica dies "
+            "its jobs run again only after their lease (lease_s)"
+        )
 
     async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
         if self.config is None:
@@ -180,6 +190,11 @@ class Replica:
             await _duty("rescue", maintenance.rescue_expired_leases(
                 conn, self.store, holder=self.id, term=term))  # fmt: skip
         loop_time = asyncio.get_running_loop().time()
+        jobs_running = beat["rescue_at"] is not None
+        if jobs_running and loop_time >= self._next_liveness_check:
+            self._next_liveness_check = loop_time + maintenance.LIVENESS_CHECK_S
+            await _duty("rescue_lost_replicas", self.lost_replicas.check(
+                conn, self.store, holder=self.id, term=term, now=loop_time))  # fmt: skip
         if loop_time >= self._next_prune:
             s = self.settings
             pruned = await _duty("prune", maintenance.prune(
@@ -197,7 +212,10 @@ class Replica:
             (t for t in (materialise_at, beat["rescue_at"]) if t is not None and t > now),
             default=None,
         )
-        return _seconds_until(wake, now, self.settings.heartbeat_s)
+        cap = self.settings.heartbeat_s
+        if jobs_running:  # look for gone replicas every LIVENESS_CHECK_S while jobs run
+            cap = min(cap, max(0.0, self._next_liveness_check - loop_time))
+        return _seconds_until(wake, now, cap)
 
     @staticmethod
     async def _beat(stop: asyncio.Event, server: health.HealthServer | None) -> None:
@@ -265,6 +283,10 @@ class Replica:
             )  # fmt: skip
             server.start()
             self.health_port = server.port
+        # the liveness lock outlives the worker: while a job of this replica may still run, its
+        # session must not end (the leader would take that for a death)
+        worker_done = asyncio.Event()
+        liveness = supervisor.start("scheduler-liveness", lambda: self.liveness.run(worker_done))
         loops = [
             supervisor.start("scheduler-beat", lambda: self._beat(stop, server)),
             supervisor.start("scheduler-leader", lambda: self.elector.run(stop)),
@@ -274,6 +296,8 @@ class Replica:
         try:
             await asyncio.wait(loops)
         finally:
+            worker_done.set()
+            await asyncio.wait([liveness])
             if server is not None:
                 server.stop()
             await self.pool.close()

@@ -767,3 +767,143 @@ CROSS JOIN LATERAL (
     ORDER BY j.run_at LIMIT 1
 ) AS n
 WHERE p.priority IS NOT NULL;
+
+-- name: liveness_session_settings
+-- The liveness session of a replica (scheduler.liveness.LivenessLock) must end only when its
+-- process dies, never because the process is merely stopped or slow: no idle or statement
+-- timeouts (whatever the server's defaults), and the server notices a silent peer (a
+-- partition, a host gone) only after the keepalive idle time, set to at least the lease, so
+-- a partition is never rescued sooner than by the lease.
+SELECT set_config('idle_session_timeout', '0', false),
+       set_config('idle_in_transaction_session_timeout', '0', false),
+       set_config('statement_timeout', '10000', false),
+       set_config('tcp_keepalives_idle', %(keepalives_idle_s)s, false),
+       set_config('tcp_keepalives_interval', '1', false),
+       set_config('tcp_keepalives_count', '3', false),
+       set_config('tcp_user_timeout', '0', false),
+       set_config('application_name', %(application_name)s, false);
+
+-- name: liveness_next_key
+-- The second key of a replica's liveness lock, once per process: unique among live replicas.
+SELECT nextval(%(sequence)s::regclass)::integer AS key;
+
+-- name: liveness_lock
+-- A replica's liveness lock: session level, two-integer key (pg_locks objsubid 2, distinct
+-- from every bigint key such as the leader's). Shared, so a reconnected session can take it
+-- while a half-open earlier session of the same replica still holds it.
+SELECT pg_try_advisory_lock_shared(%(ns)s, %(key)s) AS locked, pg_backend_pid() AS pid;
+
+-- name: liveness_held
+-- The liveness lock is held by this backend, the one that took it (false behind a
+-- transaction-mode pooler).
+SELECT pg_backend_pid() = %(pid)s AND EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
+      AND classid::bigint = %(ns)s AND objid::bigint = %(key)s) AS held;
+
+-- name: liveness_end_stale
+-- A reconnected liveness session ends the replica's earlier one if the server still keeps it
+-- (a partition it did not notice) and it still holds the replica's lock.
+SELECT pg_terminate_backend(l.pid) AS terminated
+FROM pg_locks AS l
+WHERE l.pid = %(pid)s AND l.pid <> pg_backend_pid() AND l.locktype = 'advisory' AND l.granted
+  AND l.objsubid = 2 AND l.classid::bigint = %(ns)s AND l.objid::bigint = %(key)s
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
+
+-- name: liveness_register
+-- Record the replica's liveness key, while (and only if) this session holds the lock, with
+-- the time and timeline of the registration (a restart or failover ends every session: a
+-- registration older than the server's start or of another timeline proves no death).
+UPDATE {schema}.replicas
+SET lock_key = %(key)s, lock_registered_at = now(),
+    lock_timeline = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+WHERE id = %(id)s
+  AND EXISTS (
+      SELECT 1 FROM pg_locks
+      WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
+        AND classid::bigint = %(ns)s AND objid::bigint = %(key)s)
+RETURNING id;
+
+-- name: liveness_unregister
+-- A stopping replica (its worker done): its remaining jobs, if any, go by lease only.
+UPDATE {schema}.replicas SET lock_key = NULL
+WHERE id = %(id)s AND lock_key = %(key)s;
+
+-- name: replicas_gone
+-- Leader: replicas that registered a liveness lock on this server instance and timeline,
+-- still have running jobs, and of which no session is left: nobody holds the lock and no
+-- backend carries the name of the replica's liveness or leader-campaign session.
+SELECT r.id
+FROM {schema}.replicas AS r
+WHERE r.lock_key IS NOT NULL
+  AND r.lock_registered_at > pg_postmaster_start_time()
+  AND r.lock_timeline = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+  AND EXISTS (SELECT 1 FROM {schema}.jobs AS j WHERE j.state = 'running' AND j.locked_by = r.id)
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_locks AS l
+      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+        AND l.classid::bigint = %(ns)s AND l.objid::bigint = r.lock_key
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_stat_activity AS a
+      WHERE a.datname = current_database()
+        AND a.application_name IN (left('scheduler liveness ' || r.id, 63),
+                                   left('scheduler leader ' || r.id, 63)));
+
+-- name: rescue_lost_replicas
+-- Leader only: the running jobs of the given replicas, if they are still gone (replicas_gone,
+-- checked again here), are rescued as rescue_expired_leases does (pending due now, dead at
+-- max_attempts, cancelled if an operator asked; a 'lost' run), and their queues notified.
+WITH gone AS (
+    SELECT r.id
+    FROM {schema}.replicas AS r
+    WHERE r.id = ANY(%(replicas)s::text[]) AND r.lock_key IS NOT NULL
+      AND r.lock_registered_at > pg_postmaster_start_time()
+      AND r.lock_timeline
+          = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_locks AS l
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+            AND l.classid::bigint = %(ns)s AND l.objid::bigint = r.lock_key
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_stat_activity AS a
+          WHERE a.datname = current_database()
+            AND a.application_name IN (left('scheduler liveness ' || r.id, 63),
+                                       left('scheduler leader ' || r.id, 63)))
+), lost AS (
+    SELECT j.id FROM {schema}.jobs AS j
+    WHERE j.state = 'running' AND j.locked_by IN (SELECT id FROM gone)
+    ORDER BY j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+), moved AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'pending' END,
+        run_at = now(),
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                             OR j.attempt >= j.max_attempts THEN now() END,
+        lease_expires_at = NULL,
+        last_error = 'replica ' || j.locked_by || ' is gone (its database session ended)',
+        updated_at = now()
+    FROM lost AS l
+    WHERE j.id = l.id AND j.state = 'running'
+    RETURNING j.id, j.attempt, j.locked_by, j.locked_at, j.state, j.last_error, j.queue, j.task
+), runs AS (
+    INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome,
+                                   error)
+    SELECT id, attempt, locked_by, locked_at, now(), 'lost', last_error FROM moved
+    ON CONFLICT (job_id, attempt) DO NOTHING
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, q.queue || ' ' || extract(epoch FROM now())::text)) AS n
+    FROM (SELECT DISTINCT queue FROM moved WHERE state = 'pending') AS q
+)
+SELECT m.id AS job_id, m.queue, m.task, m.state, m.locked_by AS replica
+FROM moved AS m CROSS JOIN notified;
+
+-- name: client_check_interval
+-- The leader-campaign session spends its life in statements (the follower's lock wait, 10 s):
+-- a backend notices its client died (SIGKILL) during a statement only with this check, so
+-- that session (the fast rescue's witness of a live replica) ends with its process.
+SELECT set_config('client_connection_check_interval', %(interval_ms)s, false);

@@ -59,6 +59,10 @@ ADDED: dict[tuple[str, str], Any] = {
     ("replicas", "stuck_threads"): 0,
     # 0009_leader_timeline
     ("leader", "timeline"): None,
+    # 0011_replica_liveness
+    ("replicas", "lock_key"): None,
+    ("replicas", "lock_registered_at"): None,
+    ("replicas", "lock_timeline"): None,
 }
 
 SCHEMA = {
