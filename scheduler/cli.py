@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one replica: leader candidate + workers")
     p.add_argument("--config", help="YAML schedules file (omit for a worker-only replica)")
     p.add_argument("--queues", help="comma-separated queues to work (default: default)")
-    p.add_argument("--concurrency", type=int, help="jobs run at once, 1-1000 (default 10)")
+    p.add_argument("--concurrency", type=int, help="jobs run at once, 1-1000 (default 100)")
     p.add_argument(
         "--import",
         dest="imports",

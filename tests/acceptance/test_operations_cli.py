@@ -171,7 +171,7 @@ def test_status_shows_leader_replicas_queues_and_schedules_in_trouble(db, run_cl
     report = json.loads(run_cli("status", "--json").stdout)
     assert report["leader"]["holder"].split(":")[1] == str(replica.pid)
     (me,) = report["replicas"]
-    assert me["leader"] is True and me["queues"] == "default" and me["concurrency"] == 10
+    assert me["leader"] is True and me["queues"] == "default" and me["concurrency"] == 100
     queues = {q["queue"]: q for q in report["queues"]}
     assert queues["nobody"]["due"] == 1 and float(queues["nobody"]["lag_s"]) >= 3600
     assert queues["default"]["dead"] == 1

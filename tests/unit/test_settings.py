@@ -39,7 +39,7 @@ def problems(**variables: str) -> list[str]:
 
 def test_defaults_load():
     settings = load_settings()
-    assert settings.queues == ["default"] and settings.concurrency == 10
+    assert settings.queues == ["default"] and settings.concurrency == 100
     assert settings.log_level == "info" and settings.connect_timeout_s == 10
 
 
