@@ -2,7 +2,7 @@
 without a SIGKILL of the leader) and W6 (idle queries per second, RSS while draining).
 
 Each replica is ``python -m scheduler run --import bench.tasks`` with default settings
-(``SCHEDULER_LOG_LEVEL=warning``), on its own fresh database.
+(log level ``info``, output to a file), on its own fresh database.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def start_replica(url: str, config: str | None, log_dir: Path, **env: str) -> su
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
     environ.update(
         SCHEDULER_DATABASE_URL=url,
-        SCHEDULER_LOG_LEVEL="warning",
         SCHEDULER_LOG_FORMAT="json",
         PYTHONPATH=str(ROOT),
         **env,
@@ -218,12 +217,12 @@ def _rss_mb(pid: int) -> float:
 
 
 def w6_rss_under_drain(admin_url: str, n: int) -> tuple[float, float]:
-    """Peak RSS (MB, sampled every 20 ms from /proc) of one replica (concurrency 100) while
+    """Peak RSS (MB, sampled every 20 ms from /proc) of one replica (default settings) while
     it drains ``n`` no-op jobs; also returns its drain rate (jobs/s) as a cross-check."""
     url = fresh_db(admin_url, "bench_w6_rss")
     insert_noops(url, n)
     with tempfile.TemporaryDirectory(prefix="bench-w6-") as tmp:
-        proc = start_replica(url, None, Path(tmp), SCHEDULER_CONCURRENCY="100")
+        proc = start_replica(url, None, Path(tmp))
         peak = 0.0
         try:
             with psycopg.connect(url, autocommit=True) as conn:

@@ -26,7 +26,8 @@ from ``Queries.install()``, default "durable" tables):
 
 * drain: n jobs inserted with the list form of ``Queries.enqueue`` (its bulk API) in batches of
   10,000 (ANALYZE afterwards), then ``QueueManager.run(batch_size=batch_size,
-  max_concurrent_tasks=100, mode=drain)`` with an ``async def noop(job)`` entrypoint.
+  max_concurrent_tasks=max(100, 2 * batch_size), mode=drain)`` (it refuses fewer than twice
+  the batch) with an ``async def noop(job)`` entrypoint.
   Jobs/s from worker start until the ``pgqueuer`` table is empty (finished jobs are deleted
   and logged to ``pgqueuer_log`` in one statement); ``shutdown`` is then set and the worker
   awaited (a few seconds, not counted: see the note below).
@@ -282,7 +283,8 @@ def _pgqueuer_worker(
 
 
 def pgqueuer_drain(admin_url: str, n: int, batch_size: int = 50) -> float:
-    """Jobs/s for one QueueManager (100 in flight) draining n no-op jobs (list enqueue)."""
+    """Jobs/s for one QueueManager draining n no-op jobs (list enqueue): 100 in flight, or
+    twice ``batch_size`` when that is more (PgQueuer refuses fewer)."""
     from pgqueuer.db import PsycopgDriver
     from pgqueuer.queries import Queries
     from pgqueuer.types import QueueExecutionMode
@@ -300,7 +302,7 @@ def pgqueuer_drain(admin_url: str, n: int, batch_size: int = 50) -> float:
             worker = asyncio.create_task(
                 qm.run(
                     batch_size=batch_size,
-                    max_concurrent_tasks=CONCURRENCY,
+                    max_concurrent_tasks=max(CONCURRENCY, 2 * batch_size),
                     mode=QueueExecutionMode.drain,
                 )
             )

@@ -4,6 +4,10 @@ Two shapes, each on a fresh database: ``due`` (N jobs all due now) and ``future`
 in 1-30 days, plus one due job inserted before each claim: a trickle). A claim is the
 production ``claim_jobs`` statement with a batch of 10, timed from the client (one round
 trip, committed); each claimed batch is completed before the next claim, as a worker would.
+
+And the shape users feel (:func:`w5_trickle_lateness`): a real replica, default settings,
+beside N future jobs, while one due job is enqueued every 50 ms: how late each one starts
+(``run_history.start_lateness_s``, database clock).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import time
 
 import psycopg
 
+from scheduler import enqueue
+from scheduler.service import Replica
+from scheduler.settings import Settings
 from scheduler.store import Store
 
 from .workloads import fresh_db
@@ -84,3 +91,35 @@ def w5_claim_latency(admin_url: str, size: int, shape: str, show_plan: bool = Fa
     if show_plan:
         print(explain(url))
     return latencies
+
+
+def w5_trickle_lateness(
+    admin_url: str, size: int, jobs: int = 200, every_s: float = 0.05
+) -> list[float]:
+    """Sorted start lateness (ms) of ``jobs`` due jobs enqueued one every ``every_s`` seconds
+    while a replica with default settings runs beside ``size`` future jobs."""
+    url = fresh_db(admin_url, "bench_w5_trickle")
+    fill(url, size, "future")
+
+    async def scenario() -> None:
+        replica = Replica(url, Settings(), None)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(replica.run(stop))
+        await asyncio.wait_for(replica.worker.listening.wait(), 30)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for _ in range(jobs):
+                await enqueue("bench.noop", connection=conn)
+                await asyncio.sleep(every_s)
+            for _ in range(600):
+                cur = await conn.execute("SELECT count(*) FROM scheduler.job_runs")
+                if (await cur.fetchone())[0] >= jobs:
+                    break
+                await asyncio.sleep(0.05)
+        stop.set()
+        await runner
+
+    asyncio.run(scenario())
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT start_lateness_s * 1000 FROM scheduler.run_history").fetchall()
+    assert len(rows) == jobs, f"{len(rows)} of {jobs} trickle jobs ran"
+    return sorted(float(r[0]) for r in rows)

@@ -36,10 +36,21 @@ def fresh_db(admin_url: str, name: str) -> str:
     return url
 
 
-def insert_noops(url: str, n: int) -> None:
+# The arguments of a typical job (a welcome e-mail): W2 enqueues these, not only ``{}``.
+REALISTIC_ARGS = {
+    "user_id": 1234567,
+    "email": "someone@example.com",
+    "template": "welcome",
+    "locale": "en-GB",
+    "tags": ["signup", "trial"],
+    "amount": 12.5,
+}
+
+
+def insert_noops(url: str, n: int, task: str = "bench.noop") -> None:
     with psycopg.connect(url) as conn:
         for start in range(0, n, 10_000):
-            enqueue_many("bench.noop", [{}] * min(10_000, n - start), connection=conn)
+            enqueue_many(task, [{}] * min(10_000, n - start), connection=conn)
         conn.commit()
         conn.execute("ANALYZE scheduler.jobs")
         conn.commit()
@@ -64,9 +75,13 @@ async def run_replica_until(url: str, settings: Settings, done) -> float:
     return elapsed
 
 
-def w1_drain(admin_url: str, n: int, concurrency: int) -> float:
+def w1_drain(
+    admin_url: str, n: int, concurrency: int | None = None, task: str = "bench.noop"
+) -> float:
+    """Jobs/s of one in-process replica draining ``n`` no-op jobs of ``task`` (async
+    ``bench.noop`` or sync ``bench.sync_noop``), default settings but ``concurrency``."""
     url = fresh_db(admin_url, "bench_w1")
-    insert_noops(url, n)
+    insert_noops(url, n, task)
 
     async def all_done(conn) -> bool:
         # as cheap as the peers' check (an index probe, not a count every 10 ms)
@@ -75,21 +90,27 @@ def w1_drain(admin_url: str, n: int, concurrency: int) -> float:
         )
         return (await cur.fetchone())[0]
 
-    settings = Settings(concurrency=concurrency, log_level="warning")
+    settings = Settings() if concurrency is None else Settings(concurrency=concurrency)
     elapsed = asyncio.run(run_replica_until(url, settings, all_done))
     assert count(url, "state = 'succeeded'") == n
     return n / elapsed
 
 
-def w2_enqueue(admin_url: str, singles: int, bulk: int) -> tuple[float, float, float, float]:
+def w2_enqueue(
+    admin_url: str, singles: int, bulk: int, args: dict | None = None
+) -> tuple[float, float, float, float]:
+    """Single ``enqueue()`` calls (jobs/s, p50 and p99 ms) and bulk ``enqueue_many()``
+    (jobs/s), each job with ``args`` (default ``{}``)."""
     url = fresh_db(admin_url, "bench_w2")
     set_default_database_url(url)
-    enqueue("bench.noop")  # open the pool
+    task = "bench.noop" if args is None else "bench.send_welcome"
+    args = args or {}
+    enqueue(task, args=args)  # open the pool
     latencies = []
     started = time.perf_counter()
     for _ in range(singles):
         t = time.perf_counter()
-        enqueue("bench.noop")
+        enqueue(task, args=args)
         latencies.append((time.perf_counter() - t) * 1000)
     single_rate = singles / (time.perf_counter() - started)
     latencies.sort()
@@ -97,7 +118,7 @@ def w2_enqueue(admin_url: str, singles: int, bulk: int) -> tuple[float, float, f
     started = time.perf_counter()
     with psycopg.connect(url) as conn:
         for start in range(0, bulk, 10_000):
-            enqueue_many("bench.noop", [{}] * min(10_000, bulk - start), connection=conn)
+            enqueue_many(task, [args] * min(10_000, bulk - start), connection=conn)
         conn.commit()
     bulk_rate = bulk / (time.perf_counter() - started)
     close_default_pools()
