@@ -25,6 +25,8 @@ from .store import Store
 
 log = get_logger("scheduler.liveness")
 
+REREGISTER_S = 60.0  # the key is written again this often (the row may have aged out)
+
 LIVENESS_RETRY_S = 0.1  # first reconnect delay of a lost liveness session (doubles to 1 s)
 LIVENESS_UNAVAILABLE = (
     "the liveness lock was taken by a server session this connection no longer talks to "
@@ -45,7 +47,7 @@ class LivenessLock:
     least ``lease_s``: it ends when the process dies (the kernel closes the socket), not when
     the process is stopped, hung or cut off (those are rescued by lease, as before). The key
     is ``(liveness_namespace(schema), n)``, ``n`` from a sequence once per process, recorded
-    in ``replicas.lock_key`` (re-recorded every ``replica_heartbeat_s``, in case the row aged
+    in ``replicas.lock_key`` (re-recorded every ``REREGISTER_S``, 60 s, in case the row aged
     out). A lost session is noticed at once (the socket closes) and reopened within
     ``LIVENESS_RETRY_S`` doubling to 1 s. Without a direct connection (:attr:`refusal`) no
     lock is taken and the replica's jobs are rescued by lease only.
@@ -111,7 +113,7 @@ class LivenessLock:
                     self.registered.set()
                     log.info("liveness_lock_held", replica=self.replica, key=self.key)
                 # until the replica's row exists (its first heartbeat), try again soon
-                wait_s = self.settings.replica_heartbeat_s if recorded else 0.2
+                wait_s = REREGISTER_S if recorded else 0.2
                 await self._watch(conn, until, wait_s)
             with contextlib.suppress(psycopg.Error):
                 await self.store.fetch(conn, "liveness_unregister", params)

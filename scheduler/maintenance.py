@@ -133,6 +133,11 @@ class Pruned:
     skipped_fire_times: int = 0
     more: bool = False  # the batch budget ran out with rows left to prune
 
+    @property
+    def deleted(self) -> int:
+        """Rows deleted in all."""
+        return self.succeeded + self.cancelled + self.dead + self.skipped_fire_times
+
 
 async def prune(
     conn: psycopg.AsyncConnection[Any],

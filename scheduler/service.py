@@ -35,6 +35,8 @@ from .store import Store
 from .supervision import Supervisor
 from .worker import Worker
 
+PRUNE_IDLE_S = 60.0  # the pruning pause after a prune that found nothing to delete
+
 log = get_logger("scheduler.service")
 T = TypeVar("T")
 
@@ -204,7 +206,13 @@ class Replica:
             # a backlog is worked off one batch budget per tick, the ticks back to back, so
             # materialisation and rescue still get their turn between budgets
             backlog = pruned is not None and pruned.more
-            self._next_prune = loop_time + (0.0 if backlog else s.retention_interval_s)
+            # every retention_interval_s while there is something to prune (small prunes
+            # under load), six times less often (at most a minute) after finding nothing
+            idle = pruned is not None and not pruned.deleted
+            pause = s.retention_interval_s
+            if idle:
+                pause = max(pause, min(PRUNE_IDLE_S, 6 * pause))
+            self._next_prune = loop_time + (0.0 if backlog else pause)
             more = more or backlog
         if more:
             return 0.0  # bounded ticks back to back until the backlog is worked off
