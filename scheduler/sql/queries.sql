@@ -482,7 +482,7 @@ FROM STDIN;
 
 -- name: prune_jobs
 -- Leader only, one bounded batch: finished jobs older than their retention, with their runs
--- (ON DELETE CASCADE). A cron job is deleted only when its fire time is before its
+-- (trigger jobs_delete_runs, 0012). A cron job is deleted only when its fire time is before its
 -- schedule's next_run_at (or the schedule is gone): the materialiser never plans a fire time
 -- before next_run_at, and next_run_at never moves back, so deleting the row that guarded
 -- UNIQUE (schedule_name, scheduled_for) cannot make that fire time run again. Uses the
@@ -629,7 +629,7 @@ RETURNING event;
 SELECT pg_notify(%(channel)s, %(id)s::text);
 
 -- name: dead_letters_purge
--- Dead jobs finished before the cut-off, with their runs and events (ON DELETE CASCADE),
+-- Dead jobs finished before the cut-off, with their runs (trigger jobs_delete_runs) and events (ON DELETE CASCADE),
 -- in one bounded batch.
 DELETE FROM {schema}.jobs
 WHERE id IN (SELECT id FROM {schema}.jobs

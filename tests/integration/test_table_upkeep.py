@@ -116,3 +116,45 @@ def test_rescue_and_heartbeat_read_the_running_jobs_through_an_index(db):
         assert "jobs_running_worker" in plan, plan
         assert "Seq Scan on jobs" not in plan, plan
     db.rollback()
+
+
+def test_runs_have_no_foreign_key_check_and_still_go_with_their_job(db, db_url):
+    """0012: no per-row foreign-key check when a run is inserted (the completion's hot path),
+    and every way of deleting jobs (the prune, an operator's plain SQL) deletes their runs."""
+    fks = db.execute(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'scheduler.job_runs'::regclass "
+        "AND contype = 'f'"
+    ).fetchone()[0]
+    assert fks == 0
+    ids = enqueue_many(noop, [{}] * 6, connection=db)
+    db.commit()
+
+    async def run_all() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            jobs = await STORE.claim_jobs(
+                conn, queues=["default"], limit=6, worker_id=WORKER, lease_s=30
+            )
+            outcomes = [{"id": j["id"], "attempt": j["attempt"], "state": "succeeded",
+                         "outcome": "succeeded"} for j in jobs]  # fmt: skip
+            await STORE.complete_jobs(conn, WORKER, outcomes)
+
+    asyncio.run(run_all())
+    runs = "SELECT count(*) FROM scheduler.job_runs WHERE job_id = ANY(%s)"
+    assert db.execute(runs, [ids]).fetchone()[0] == 6
+    db.execute("DELETE FROM scheduler.jobs WHERE id = ANY(%s)", [ids[:2]])
+    db.commit()
+    assert db.execute(runs, [ids[:2]]).fetchone()[0] == 0
+    assert db.execute(runs, [ids[2:]]).fetchone()[0] == 4
+
+    async def prune() -> None:
+        from scheduler import maintenance
+
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await conn.execute("UPDATE scheduler.jobs SET finished_at = now() - interval '1 day'")
+            await maintenance.prune(conn, STORE, holder="t", term=1, succeeded_s=60, dead_s=60,
+                                    batch=100, stale_replicas_s=60)  # fmt: skip
+
+    asyncio.run(prune())
+    assert db.execute(runs, [ids]).fetchone()[0] == 0
+    left = db.execute("SELECT count(*) FROM scheduler.jobs WHERE id = ANY(%s)", [ids])
+    assert left.fetchone()[0] == 0
