@@ -201,7 +201,10 @@ class Executor:
 
     async def _run_async(self, task: Task, args: dict[str, Any]) -> Result:
         try:
-            await asyncio.wait_for(task.func(**args), task.timeout_s)
+            if task.timeout_s is None:  # awaited in place: no wait_for frame per job
+                await task.func(**args)
+            else:
+                await asyncio.wait_for(task.func(**args), task.timeout_s)
         except TimeoutError:
             return _timeout(task)
         except asyncio.CancelledError as exc:

@@ -58,7 +58,7 @@ from .limits import exception_text
 from .log import get_logger
 from .retry import Backoff
 from .settings import Settings
-from .store import Store
+from .store import Store, int_array
 from .supervision import Supervisor
 from .tasks import get_task
 
@@ -205,10 +205,11 @@ class Worker:
                 worker_id=self.worker_id,
                 lease_s=self.settings.lease_s,
             )
+        claimed: dict[tuple[str, str], int] = {}
         for job in jobs:
-            m = metrics.for_job(job["queue"], job["task"])
-            m.claimed.inc()
-            m.lateness.observe(max(0.0, job["lateness_s"]))
+            key = (job["queue"], job["task"])
+            claimed[key] = claimed.get(key, 0) + 1
+            metrics.for_job(*key).lateness.observe(max(0.0, job["lateness_s"]))
             self._leases[job["id"]] = job["attempt"]
             self._log.debug(
                 "job_claimed", job_id=job["id"], task=job["task"], attempt=job["attempt"]
@@ -217,6 +218,8 @@ class Worker:
             self._running.add(t)
             self._tasks[job["id"]] = t
             t.add_done_callback(self._job_done)
+        for key, n in claimed.items():  # one increment per task and batch, not per job
+            metrics.for_job(*key).claimed.inc(n)
         return len(jobs)
 
     def _job_done(self, t: asyncio.Task[None]) -> None:
@@ -342,7 +345,8 @@ class Worker:
                 continue
             ids = list(self._leases)
             attempts = [self._leases[i] for i in ids]
-            params = {"ids": ids, "attempts": attempts, "worker_id": self.worker_id,
+            params = {"ids": int_array(ids), "attempts": int_array(attempts),
+                      "worker_id": self.worker_id,
                       "lease_s": self.settings.lease_s}  # fmt: skip
             try:
                 async with self.pool.connection() as conn:
