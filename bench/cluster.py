@@ -142,15 +142,20 @@ def w4_cron(admin_url: str, duration_s: float, kill_leader_at_s: float | None) -
 
 
 def _server_log(admin: psycopg.Connection) -> Path | None:
-    """The embedded server's log file (``<data_directory>/log``), when this process can read
-    it; ``None`` for another server."""
+    """The server's log file when this process can read it: ``<data_directory>/log`` (the
+    embedded server) or ``<data_directory>/../log`` (bench/servers.py's clusters); ``None``
+    for another server."""
     try:
-        data_dir = admin.execute("SHOW data_directory").fetchone()[0]
-        path = Path(data_dir) / "log"
-        path.open("rb").close()
-        return path
-    except (OSError, psycopg.Error):
+        data_dir = Path(admin.execute("SHOW data_directory").fetchone()[0])
+    except psycopg.Error:
         return None
+    for path in (data_dir / "log", data_dir.parent / "log"):
+        try:
+            path.open("rb").close()
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def _count_logged_statements(log_path: Path, offset: int, start: str, end: str) -> int:

@@ -94,7 +94,7 @@ def w5_claim_latency(admin_url: str, size: int, shape: str, show_plan: bool = Fa
 
 
 def w5_trickle_lateness(
-    admin_url: str, size: int, jobs: int = 200, every_s: float = 0.05
+    admin_url: str, size: int, jobs: int = 600, every_s: float = 0.05
 ) -> list[float]:
     """Sorted start lateness (ms) of ``jobs`` due jobs enqueued one every ``every_s`` seconds
     while a replica with default settings runs beside ``size`` future jobs."""
