@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from . import __version__, health, maintenance, materialiser
@@ -34,6 +35,12 @@ from .settings import Settings
 from .store import Store
 from .supervision import Supervisor
 from .worker import Worker
+
+
+def _without_jit(url: str) -> str:
+    """The URL's libpq ``options`` with ``-c jit=off`` added."""
+    return f"{conninfo_to_dict(url).get('options') or ''} -c jit=off".strip()
+
 
 PRUNE_IDLE_S = 60.0  # the pruning pause after a prune that found nothing to delete
 
@@ -117,6 +124,10 @@ class Replica:
             self.pool.kwargs.update(NO_PREPARE)
             return
         if not await is_transaction_pooled(self.url, self.store, **KEEPALIVES):
+            # no JIT for the worker's short statements: a claim of a few hundred rows is
+            # costed above jit_above_cost, and compiling it took ~450 ms a claim on
+            # PostgreSQL 15 (Debian's build has LLVM); a startup option, never a SET
+            self.pool.kwargs["options"] = _without_jit(self.url)
             return
         self.pool.kwargs.update(NO_PREPARE)
         self.elector.refusal = (
