@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from . import __version__, health, maintenance, materialiser
@@ -35,12 +34,6 @@ from .settings import Settings
 from .store import Store
 from .supervision import Supervisor
 from .worker import Worker
-
-
-def _without_jit(url: str) -> str:
-    """The URL's libpq ``options`` with ``-c jit=off`` added."""
-    return f"{conninfo_to_dict(url).get('options') or ''} -c jit=off".strip()
-
 
 PRUNE_IDLE_S = 60.0  # the pruning pause after a prune that found nothing to delete
 
@@ -94,7 +87,9 @@ class Replica:
             open=False,
             name="scheduler",
             kwargs={"autocommit": True, **KEEPALIVES},
+            configure=self._configure_connection,
         )
+        self._jit_off = False  # set by _check_pooler on a session (not pooled) URL
         config_hash = config.config_hash() if config else None
         direct_url = settings.direct_database_url or url
         self._next_prune = 0.0
@@ -126,8 +121,9 @@ class Replica:
         if not await is_transaction_pooled(self.url, self.store, **KEEPALIVES):
             # no JIT for the worker's short statements: a claim of a few hundred rows is
             # costed above jit_above_cost, and compiling it took ~450 ms a claim on
-            # PostgreSQL 15 (Debian's build has LLVM); a startup option, never a SET
-            self.pool.kwargs["options"] = _without_jit(self.url)
+            # PostgreSQL 15 (Debian's build has LLVM). A SET per new connection (a session
+            # pooler resets it with the session; PgBouncer refuses the startup option)
+            self._jit_off = True
             return
         self.pool.kwargs.update(NO_PREPARE)
         self.elector.refusal = (
@@ -142,6 +138,12 @@ class Replica:
             "SCHEDULER_DIRECT_DATABASE_URL is unset): no liveness lock, so if this replica dies "
             "its jobs run again only after their lease (lease_s)"
         )
+
+    async def _configure_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Each new connection of the worker's pool: ``SET jit = off`` unless the URL is a
+        transaction pooler (where a SET would leak to other clients)."""
+        if self._jit_off:
+            await conn.execute(self.store.q["worker_session_settings"])
 
     async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
         if self.config is None:
