@@ -17,7 +17,7 @@ import time
 
 import psycopg
 
-from scheduler import enqueue
+from scheduler import enqueue_async
 from scheduler.service import Replica
 from scheduler.settings import Settings
 from scheduler.store import Store
@@ -108,7 +108,7 @@ def w5_trickle_lateness(
         await asyncio.wait_for(replica.worker.listening.wait(), 30)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for _ in range(jobs):
-                await enqueue("bench.noop", connection=conn)
+                await enqueue_async("bench.noop", connection=conn)
                 await asyncio.sleep(every_s)
             for _ in range(600):
                 cur = await conn.execute("SELECT count(*) FROM scheduler.job_runs")

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from scheduler import enqueue, enqueue_many, schedule_at
+from scheduler import enqueue, enqueue_many, schedule_at_async
 from scheduler.connections import close_default_pools, set_default_database_url
 from scheduler.service import Replica, migrate
 from scheduler.settings import Settings
@@ -138,7 +138,7 @@ def w3_lateness(admin_url: str, jobs: int, spread_s: float) -> list[float]:
         base = datetime.now(UTC) + timedelta(seconds=1)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for i in range(jobs):
-                await schedule_at(
+                await schedule_at_async(
                     "bench.noop", base + timedelta(seconds=spread_s * i / jobs), connection=conn
                 )
             while True:

@@ -2,12 +2,12 @@
 
 Public surface::
 
-    from scheduler import task, schedule_at, enqueue
+    from scheduler import task
 
     @task
     def send_email(to: str) -> None: ...
 
-    schedule_at(send_email, datetime.now(timezone.utc) + timedelta(minutes=5), args={"to": "a@b"})
+    send_email.schedule_in(timedelta(minutes=5), to="a@example.com")
 """
 
 from .errors import (
@@ -19,15 +19,31 @@ from .errors import (
     DuplicateTaskError,
     IdempotencyKeyBusyError,
     InvalidArgumentError,
+    JobNotFoundError,
+    JobWaitTimeoutError,
     LeadershipLostError,
     ReplicaFailedError,
     SchedulerError,
     SchemaNotMigratedError,
     SettingsError,
+    TaskArgumentsError,
     UnknownTaskError,
 )
-from .jobs import JobSpec, JobState, RunOutcome, enqueue, enqueue_many, schedule_at, schedule_many
-from .tasks import Task, task
+from .jobs import (
+    JobSpec,
+    JobState,
+    RunOutcome,
+    enqueue,
+    enqueue_async,
+    enqueue_many,
+    enqueue_many_async,
+    schedule_at,
+    schedule_at_async,
+    schedule_many,
+    schedule_many_async,
+)
+from .registry import JobContext, current_job, load_tasks
+from .tasks import Task, TaskCall, task
 
 __all__ = [
     "ConfigError",
@@ -38,8 +54,11 @@ __all__ = [
     "DuplicateTaskError",
     "IdempotencyKeyBusyError",
     "InvalidArgumentError",
+    "JobContext",
+    "JobNotFoundError",
     "JobSpec",
     "JobState",
+    "JobWaitTimeoutError",
     "LeadershipLostError",
     "ReplicaFailedError",
     "RunOutcome",
@@ -47,11 +66,19 @@ __all__ = [
     "SchemaNotMigratedError",
     "SettingsError",
     "Task",
+    "TaskArgumentsError",
+    "TaskCall",
     "UnknownTaskError",
+    "current_job",
     "enqueue",
+    "enqueue_async",
     "enqueue_many",
+    "enqueue_many_async",
+    "load_tasks",
     "schedule_at",
+    "schedule_at_async",
     "schedule_many",
+    "schedule_many_async",
     "task",
 ]
 __version__ = "0.1.0"

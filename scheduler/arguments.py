@@ -19,14 +19,14 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidArgumentError
-from .limits import shown
+from .limits import RESULT_MAX, shown
 
 JsonPath = tuple[str | int, ...]
 _INT_BITS_MAX = 13_000  # ~3,900 digits: below Python's int-to-str limit (4,300 by default)
 
 
 def json_problems(
-    value: Any, path: (), _active: set[int] | None = None
+    value: Any, path: JsonPath, _active: set[int] | None = None
 ) -> Iterator[tuple[JsonPath, str]]:
     """Yield ``(path, reason)`` for every part of ``value`` that JSON or PostgreSQL ``jsonb``
     cannot store: NaN/Infinity, strings or keys with ``\\u0000`` or unpaired surrogates,
@@ -105,7 +105,8 @@ def _plain(value: Any) -> bool:
                 return False
         return True
     if kind is int:
-        return value.bit_length() <= _INT_BITS_MAX
+        bits: int = value.bit_length()
+        return bits <= _INT_BITS_MAX
     return kind in _LEAVES
 
 
@@ -165,3 +166,28 @@ def to_jsonb(args: Mapping[str, Any] | None) -> Jsonb:
     """
     checked, text = _checked_args(args)
     return Jsonb(checked, dumps=lambda _: text)  # encoded once, while checking
+
+
+def result_json(value: Any) -> tuple[str | None, str | None]:
+    """A handler's return value as ``(JSON text, None)``, ``(None, None)`` for ``None``, or
+    ``(None, reason)`` when it cannot be stored: not JSON (the reason names the first
+    problems, as :func:`json_problems` finds them) or longer than
+    :data:`~scheduler.limits.RESULT_MAX` characters of JSON text. Never raises."""
+    if value is None:
+        return None, None
+    try:
+        text = _dumps(value)
+        if not (_plain(value) and "\\u0000" not in text and "\\ud" not in text):
+            found = list(itertools.islice(json_problems(value, ("result",)), 3))
+            if found:
+                return None, "; ".join(f"{dotted_path(p)}: {r}" for p, r in found)
+    except (ValueError, TypeError, RecursionError):
+        try:
+            found = list(itertools.islice(json_problems(value, ("result",)), 3))
+        except RecursionError:
+            found = []
+        reasons = "; ".join(f"{dotted_path(p)}: {r}" for p, r in found)
+        return None, reasons or "result is not JSON"
+    if len(text) > RESULT_MAX:
+        return None, f"result is {len(text):,} characters of JSON, more than {RESULT_MAX:,}"
+    return text, None

@@ -3,10 +3,13 @@ sync or async), or, when it passes none, a small pool on the default database UR
 commits at once.
 
 The default URL is the one the service set (:func:`set_default_database_url`, so handlers can
-enqueue follow-up jobs, also on the embedded server), else ``SCHEDULER_DATABASE_URL``. Its
-first use makes one connection with a connect timeout, so a malformed, unreachable or silent
-URL fails at once with :class:`~scheduler.errors.DatabaseUnavailableError` (URL redacted)
-rather than in the pool's background thread.
+enqueue follow-up jobs, also on the embedded server), else ``SCHEDULER_DATABASE_URL``, else
+the embedded server the CLI uses (``<SCHEDULER_EMBEDDED_DIR>/pgdata``, default
+``./.scheduler``: started or reused when that directory exists). Its first use makes one
+connection with a connect timeout, so a malformed, unreachable or silent URL fails at once
+with :class:`~scheduler.errors.DatabaseUnavailableError` (URL redacted) rather than in the
+pool's background thread. Sync calls use a sync pool; async calls an async pool per event
+loop, so an ``await`` never blocks the loop.
 
 The pool prepares its statements (server-side, at first use: about 70 µs less server work
 per enqueue than parsing and planning the INSERT each time) unless the URL leads to a
@@ -19,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from . import embedded
 from .errors import (
     DatabaseError,
     DatabaseNotConfiguredError,
@@ -45,6 +51,10 @@ POOL_TIMEOUT_S = 10.0  # longest wait for a pooled connection before DatabaseUna
 
 _pool_lock = threading.Lock()
 _pools: dict[str, ConnectionPool] = {}
+_async_pools: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, AsyncConnectionPool]
+] = weakref.WeakKeyDictionary()
+_prepare: dict[str, int | None] = {}  # URL -> prepare_threshold (asked once per URL)
 _default_url: str | None = None
 # a statement prepared on a server session the client does not own (an unseen pooler):
 # raised before the statement runs, so running it again unprepared writes nothing twice
@@ -102,21 +112,46 @@ def _prepare_threshold(conninfo: str, settings: Settings) -> int | None:
         return None
 
 
+def default_database_url(settings: Settings) -> tuple[str, str]:
+    """The database of calls without a connection, and where its URL came from: the URL the
+    service set, else ``SCHEDULER_DATABASE_URL``, else the embedded server under
+    ``settings.embedded_dir`` when its data directory exists (the one ``scheduler migrate``
+    / ``scheduler run`` made there; started if it is not running). Blocks while it starts.
+
+    Raises:
+        DatabaseNotConfiguredError: none of these; the message says where it looked.
+    """
+    if _default_url:
+        return _default_url, "set_default_database_url"
+    if settings.database_url:
+        return settings.database_url, "SCHEDULER_DATABASE_URL"
+    root = Path(settings.embedded_dir).expanduser().resolve()
+    if (root / "pgdata" / "PG_VERSION").exists():
+        try:
+            return embedded.start(root), f"the embedded server in {root}"
+        except Exception as e:  # noqa: BLE001 - pgserver raises plain exceptions
+            raise DatabaseUnavailableError(
+                f"the embedded server in {root} did not start: {shown(str(e), 300)}"
+            ) from None
+    raise DatabaseNotConfiguredError(
+        "no connection was passed, SCHEDULER_DATABASE_URL is not set, and there is no embedded "
+        f"database in {root} (SCHEDULER_EMBEDDED_DIR={shown(settings.embedded_dir)}, relative "
+        "to the current directory): pass connection=<psycopg connection>, set "
+        "SCHEDULER_DATABASE_URL, or run `scheduler migrate` (or `scheduler run`) in the "
+        "directory your code runs from, or set SCHEDULER_EMBEDDED_DIR to the directory it uses"
+    )
+
+
 def _default_pool(settings: Settings) -> tuple[ConnectionPool, str, str]:
     """The pool of the default URL, the URL, and where that URL came from."""
-    url = _default_url or settings.database_url
-    source = "set_default_database_url" if _default_url else "SCHEDULER_DATABASE_URL"
-    if not url:
-        raise DatabaseNotConfiguredError(
-            "no connection was passed and SCHEDULER_DATABASE_URL is not set; pass "
-            "connection=<psycopg connection> or set SCHEDULER_DATABASE_URL"
-        )
+    url, source = default_database_url(settings)
     with _pool_lock:
         pool = _pools.get(url)
         if pool is None:
             # autocommit: one round trip per enqueue (no BEGIN/COMMIT around the INSERT)
             conninfo = _connect_first(url, source)
             prepare = _prepare_threshold(conninfo, settings)
+            _prepare[url] = prepare
             pool = ConnectionPool(
                 conninfo,
                 min_size=1,
@@ -130,26 +165,61 @@ def _default_pool(settings: Settings) -> tuple[ConnectionPool, str, str]:
         return pool, url, source
 
 
+async def _default_async_pool(settings: Settings) -> tuple[AsyncConnectionPool, str, str]:
+    """The async pool of the default URL for the running event loop, the URL, its source."""
+    url, source = await asyncio.to_thread(default_database_url, settings)
+    pools = _async_pools.setdefault(asyncio.get_running_loop(), {})
+    pool = pools.get(url)
+    if pool is None:
+        conninfo = await asyncio.to_thread(_connect_first, url, source)
+        if url not in _prepare:
+            _prepare[url] = await asyncio.to_thread(_prepare_threshold, conninfo, settings)
+        pool = pools.setdefault(url, AsyncConnectionPool(
+            conninfo, min_size=1, max_size=4, open=False, timeout=POOL_TIMEOUT_S,
+            name="scheduler-enqueue-async",
+            kwargs={"autocommit": True, "prepare_threshold": _prepare[url]},
+        ))  # fmt: skip
+        await pool.open()
+    return pool, url, source
+
+
 def close_default_pools() -> None:
-    """Close the connection pools opened for ``schedule_at(connection=None)``."""
+    """Close the sync connection pools opened for calls without a connection (async pools
+    close with their event loop, or with :func:`close_default_async_pools`)."""
     with _pool_lock:
         for pool in _pools.values():
             pool.close()
         _pools.clear()
 
 
+async def close_default_async_pools() -> None:
+    """Close the async pools of the running event loop."""
+    for pool in _async_pools.pop(asyncio.get_running_loop(), {}).values():
+        await pool.close()
+
+
+def _pool_error(e: Exception, url: str, source: str) -> DatabaseError:
+    """The :mod:`scheduler.errors` error for a failure on a default pool."""
+    if isinstance(e, PoolTimeout):
+        return _unavailable(url, source, f"no connection within {POOL_TIMEOUT_S:g} s")
+    if isinstance(e, psycopg.errors.UndefinedTable):
+        reason = f"{e.diag.message_primary}; run `scheduler migrate`"
+        return _unavailable(url, source, reason, SchemaNotMigratedError)
+    if isinstance(e, psycopg.OperationalError):  # the server went away, or a timeout
+        return _unavailable(url, source, str(e))
+    assert isinstance(e, psycopg.Error)  # e.g. the role may not insert: the message says so
+    return _unavailable(url, source, f"{e.sqlstate}: {e}", DatabaseError)
+
+
 def on_connection(
-    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None,
+    connection: psycopg.Connection[Any] | None,
     settings: Settings,
     sync_insert: Callable[..., Any],
-    async_insert: Callable[[psycopg.AsyncConnection[Any], Any], Awaitable[Any]],
     payload: Any,
 ) -> Any:
-    """Run an insert on the caller's connection (sync, or async: returns the awaitable;
-    never prepared), or on the default pool, committing at once (prepared unless the pool
-    does not prepare: ``sync_insert(conn, payload, prepare=None)``)."""
-    if isinstance(connection, psycopg.AsyncConnection):
-        return async_insert(connection, payload)
+    """Run an insert on the caller's connection (never prepared), or on the default pool,
+    committing at once (prepared unless the pool does not prepare:
+    ``sync_insert(conn, payload, prepare=None)``)."""
     if connection is not None:
         return sync_insert(connection, payload)
     pool, url, source = _default_pool(settings)
@@ -160,22 +230,47 @@ def on_connection(
             except _NOT_PREPARED:  # a pooler the check did not see: stop preparing
                 pool.kwargs["prepare_threshold"] = conn.prepare_threshold = None
                 return sync_insert(conn, payload, prepare=None)
-    except PoolTimeout:
-        raise _unavailable(url, source, f"no connection within {pool.timeout:g} s") from None
-    except psycopg.errors.UndefinedTable as e:
-        reason = f"{e.diag.message_primary}; run `scheduler migrate`"
-        raise _unavailable(url, source, reason, SchemaNotMigratedError) from None
-    except psycopg.OperationalError as e:  # the server went away, or a timeout
-        raise _unavailable(url, source, str(e)) from None
-    except psycopg.Error as e:  # e.g. the role may not insert: the message says so
-        raise _unavailable(url, source, f"{e.sqlstate}: {e}", DatabaseError) from None
+    except (PoolTimeout, psycopg.Error) as e:
+        raise _pool_error(e, url, source) from None
 
 
-def check_connection(connection: Any) -> None:
-    if connection is None or isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
+async def on_async_connection(
+    connection: psycopg.AsyncConnection[Any] | None,
+    settings: Settings,
+    async_insert: Callable[..., Awaitable[Any]],
+    payload: Any,
+) -> Any:
+    """:func:`on_connection` for async callers: the caller's async connection, or the
+    default async pool of the running loop (``async_insert(conn, payload, prepare=None)``)."""
+    if connection is not None:
+        return await async_insert(connection, payload)
+    pool, url, source = await _default_async_pool(settings)
+    try:
+        async with pool.connection() as conn:
+            try:
+                return await async_insert(conn, payload, prepare=None)
+            except _NOT_PREPARED:
+                pool.kwargs["prepare_threshold"] = conn.prepare_threshold = None
+                return await async_insert(conn, payload, prepare=None)
+    except (PoolTimeout, psycopg.Error) as e:
+        raise _pool_error(e, url, source) from None
+
+
+def check_connection(connection: Any, *, is_async: bool = False) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``connection`` is ``None`` or an open
+    psycopg connection of the right kind (``AsyncConnection`` for the ``*_async`` calls)."""
+    wanted = psycopg.AsyncConnection if is_async else psycopg.Connection
+    if connection is None or isinstance(connection, wanted):
         if connection is not None and connection.closed:
             raise InvalidArgumentError("connection is closed")
         return
+    if isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
+        kind = type(connection).__name__
+        raise InvalidArgumentError(
+            f"connection is a {kind}: use the "
+            + ("sync call (without _async)" if is_async else "*_async call (e.g. defer_async, "
+               "enqueue_async) and await it")
+        )  # fmt: skip
     hint = ""
     if isinstance(connection, str):  # not shown: a URL may hold a password
         hint = "; to use a URL, set SCHEDULER_DATABASE_URL and pass connection=None"

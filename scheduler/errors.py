@@ -104,6 +104,20 @@ class TaskError(SchedulerError):
     """Problems with the task registry."""
 
 
+class TaskArgumentsError(InvalidArgumentError):
+    """The arguments given for a task do not fit its handler: an unexpected, missing or
+    duplicated argument, a value of the wrong type for the parameter's annotation, or a value
+    JSON cannot store. The message names the task and the argument; nothing was written."""
+
+
+class JobNotFoundError(SchedulerError, LookupError):
+    """No job has the given id (it never existed, or was pruned after its retention)."""
+
+
+class JobWaitTimeoutError(SchedulerError, TimeoutError):
+    """:func:`scheduler.wait_for_job` gave up: the job had not finished within its timeout."""
+
+
 class UnknownTaskError(TaskError, LookupError):
     """No task is registered under the given name in this process."""
 

@@ -5,7 +5,10 @@ Async handlers run on the event loop, in the job's own task; sync handlers run o
 loop in batches. Either way the result is data (:class:`Result`), never an
 exception that escapes into the replica:
 
-* returns                       → ``succeeded``
+* returns                       → ``succeeded``; a JSON value it returns is stored in
+                                  ``jobs.result`` (at most :data:`~scheduler.limits.RESULT_MAX`
+                                  characters of JSON; a value that cannot be stored leaves
+                                  ``result`` NULL and says why in the run's ``error``)
 * raises anything (``Exception``, but also ``SystemExit`` from ``sys.exit()``,
   ``KeyboardInterrupt``, ``GeneratorExit``, an exception whose ``str()`` raises)
                                 → ``failed``, with a storable error text and traceback
@@ -14,6 +17,12 @@ exception that escapes into the replica:
 * runs longer than ``timeout_s``→ ``timeout``. The clock starts when the handler starts (not
                                   while it waits for a thread). An async handler is cancelled;
                                   a sync handler's thread cannot be stopped, so it runs on.
+
+While a handler runs, :func:`scheduler.current_job` returns its :class:`JobContext` (passed
+as the first argument to handlers that declare it), structlog's contextvars carry ``job_id``,
+``task`` and ``attempt``, and stdlib ``logging`` records get ``scheduler_job_id``,
+``scheduler_task`` and ``scheduler_attempt`` attributes (for format strings), in the job's
+asyncio task or handler thread only.
 
 Only the replica's own cancellation (shutdown, or an operator's ``scheduler jobs cancel``)
 leaves :meth:`Executor.run` as ``asyncio.CancelledError``.
@@ -31,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 import queue
 import threading
 import time
@@ -38,23 +49,67 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from . import metrics
+from .arguments import result_json
 from .jobs import RunOutcome
 from .limits import TRACEBACK_MAX, exception_text, storable_text
-from .tasks import Task
+from .registry import JobContext, TaskSpec, current_job, set_current_job
 
 
 @dataclass(frozen=True)
 class Result:
-    """The outcome of one attempt: ``outcome`` and, unless it succeeded, a storable
-    ``error`` (``"Type: message"``) and ``traceback`` (``None`` for a timeout)."""
+    """The outcome of one attempt: ``outcome``; unless it succeeded, a storable ``error``
+    (``"Type: message"``) and ``traceback`` (``None`` for a timeout); when it succeeded,
+    ``value``, the JSON text of what the handler returned (``None`` for ``None``), and an
+    ``error`` saying why a value could not be stored."""
 
     outcome: RunOutcome
     error: str | None = None
     traceback: str | None = None
+    value: str | None = None
 
 
 SUCCEEDED = Result(RunOutcome.SUCCEEDED)
+
+
+def succeeded(value: Any) -> Result:
+    """The Result of a handler that returned ``value``; never raises."""
+    if value is None:
+        return SUCCEEDED
+    text, problem = result_json(value)
+    if problem is not None:
+        return Result(RunOutcome.SUCCEEDED, storable_text(f"result not stored: {problem}",
+                                                          2_000))  # fmt: skip
+    return Result(RunOutcome.SUCCEEDED, value=text)
+
+
+def enter_job(ctx: JobContext) -> None:
+    """Make ``ctx`` the current job of this context (the job's asyncio task): for
+    :func:`scheduler.current_job`, structlog's contextvars and stdlib logging records."""
+    set_current_job(ctx)
+    structlog.contextvars.bind_contextvars(job_id=ctx.job_id, task=ctx.task, attempt=ctx.attempt)
+
+
+def _install_record_factory() -> None:
+    """Give stdlib logging records ``scheduler_job_id``, ``scheduler_task`` and
+    ``scheduler_attempt`` (``None`` outside a job), once per process. Prefixed: a handler's
+    own ``extra={"task": ...}`` must not collide with them."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "scheduler_job_fields", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        ctx = current_job()
+        record.scheduler_job_id = ctx.job_id if ctx else None
+        record.scheduler_task = ctx.task if ctx else None
+        record.scheduler_attempt = ctx.attempt if ctx else None
+        return record
+
+    factory.scheduler_job_fields = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def failure(exc: BaseException) -> Result:
@@ -67,14 +122,14 @@ def failure(exc: BaseException) -> Result:
                                                                         keep="tail"))  # fmt: skip
 
 
-def _call(func: Any, args: dict[str, Any]) -> Result:
+def _call(func: Any, args: dict[str, Any], ctx: JobContext | None) -> Result:
     """Run a sync handler in its thread; every exception becomes a failed Result there, so a
     ``SystemExit`` never leaves the thread."""
     try:
-        func(**args)
+        value = func(**args) if ctx is None else func(ctx, **args)
     except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
         return failure(exc)
-    return SUCCEEDED
+    return succeeded(value)
 
 
 class HandlerThreads:
@@ -105,9 +160,17 @@ class HandlerThreads:
         self._waiters: dict[int, asyncio.Future[None]] = {}  # job id -> set when it returns
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def submit(self, job_id: int, func: Any, args: dict[str, Any]) -> asyncio.Future[Result]:
-        """Run ``func(**args)`` on a thread; the future resolves on the loop with its Result
-        (unless it was cancelled meanwhile: the Result is then dropped)."""
+    def submit(
+        self,
+        job_id: int,
+        func: Any,
+        args: dict[str, Any],
+        ctx: JobContext | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Future[Result]:
+        """Run ``func(**args)`` (``func(ctx, **args)`` with a ``ctx``) on a thread, inside
+        ``context`` (the job's contextvars) when given; the future resolves on the loop with
+        its Result (unless it was cancelled meanwhile: the Result is then dropped)."""
         self._loop = loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._running.add(job_id)
@@ -116,7 +179,7 @@ class HandlerThreads:
                                       name=f"scheduler-job-{len(self._threads)}")  # fmt: skip
             self._threads.append(thread)
             thread.start()
-        self._work.put((job_id, func, args, future))
+        self._work.put((job_id, func, args, ctx, context, future))
         return future
 
     def started_at(self, job_id: int) -> float | None:
@@ -145,9 +208,12 @@ class HandlerThreads:
 
     def _serve(self) -> None:
         while (item := self._work.get()) is not None:
-            job_id, func, args, future = item
+            job_id, func, args, ctx, context, future = item
             self._started[job_id] = time.monotonic()
-            result = _call(func, args)
+            if context is None:
+                result = _call(func, args, ctx)
+            else:
+                result = context.run(_call, func, args, ctx)
             with self._lock:
                 self._done.append((job_id, future, result))
                 notify, self._notified = not self._notified, True
@@ -184,27 +250,43 @@ class Executor:
         self.log = log
         self._pool = HandlerThreads(concurrency)
         self._stuck: set[int] = set()
+        self._contexts: dict[int, JobContext] = {}  # job id -> its context, while it runs
+        _install_record_factory()
 
     def stuck(self) -> int:
         """Sync handler threads still running after their attempt ended."""
         return len(self._stuck)
 
-    async def run(self, task: Task, args: dict[str, Any], job_id: int) -> Result:
-        """Run one attempt of ``task`` with ``args`` as keyword arguments.
+    async def run(self, task: TaskSpec, args: dict[str, Any], ctx: JobContext) -> Result:
+        """Run one attempt of ``task`` with ``args`` as keyword arguments (and ``ctx`` first
+        when the handler takes a :class:`JobContext`), as the current job of this asyncio
+        task (:func:`enter_job`).
 
         Raises:
             asyncio.CancelledError: only when this task was cancelled by the replica.
         """
-        if task.is_async:
-            return await self._run_async(task, args)
-        return await self._run_sync(task, args, job_id)
-
-    async def _run_async(self, task: Task, args: dict[str, Any]) -> Result:
+        enter_job(ctx)
+        self._contexts[ctx.job_id] = ctx
         try:
+            if task.is_async:
+                return await self._run_async(task, args, ctx)
+            return await self._run_sync(task, args, ctx)
+        finally:
+            del self._contexts[ctx.job_id]
+
+    def request_cancel(self, job_id: int) -> None:
+        """Set :attr:`JobContext.cancel_requested` of a running job (an operator's cancel)."""
+        ctx = self._contexts.get(job_id)
+        if ctx is not None:
+            ctx.request_cancel()
+
+    async def _run_async(self, task: TaskSpec, args: dict[str, Any], ctx: JobContext) -> Result:
+        try:
+            call = task.func(ctx, **args) if task.takes_context else task.func(**args)
             if task.timeout_s is None:  # awaited in place: no wait_for frame per job
-                await task.func(**args)
+                value = await call
             else:
-                await asyncio.wait_for(task.func(**args), task.timeout_s)
+                value = await asyncio.wait_for(call, task.timeout_s)
         except TimeoutError:
             return _timeout(task)
         except asyncio.CancelledError as exc:
@@ -214,12 +296,14 @@ class Executor:
             return failure(exc)  # the handler's own CancelledError
         except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ...
             return failure(exc)
-        return SUCCEEDED
+        return succeeded(value)
 
-    async def _run_sync(self, task: Task, args: dict[str, Any], job_id: int) -> Result:
+    async def _run_sync(self, task: TaskSpec, args: dict[str, Any], ctx: JobContext) -> Result:
         # awaited directly (no shield, no callback per job): a cancel of this attempt cancels
         # the future only; the pool still tracks the thread, which runs on
-        future = self._pool.submit(job_id, task.func, args)
+        job_id = ctx.job_id
+        future = self._pool.submit(job_id, task.func, args, ctx if task.takes_context else None,
+                                   contextvars.copy_context())  # fmt: skip
         try:
             if task.timeout_s is None:
                 return await future
@@ -228,7 +312,7 @@ class Executor:
             self._overrun(job_id, task, "cancelled")
             raise
 
-    async def _within(self, future: asyncio.Future[Result], task: Task, job_id: int) -> Result:
+    async def _within(self, future: asyncio.Future[Result], task: TaskSpec, job_id: int) -> Result:
         """The handler's Result, or a timeout once it has run ``timeout_s`` (counted from when
         its thread started it, not from when it was submitted)."""
         assert task.timeout_s is not None
@@ -250,7 +334,10 @@ class Executor:
         if self._pool.running(job_id):
             await asyncio.shield(self._pool.returned(job_id))
 
-    def _overrun(self, job_id: int, task: Task, reason: str) -> None:
+    def _overrun(self, job_id: int, task: TaskSpec, reason: str) -> None:
+        ctx = self._contexts.get(job_id)
+        if ctx is not None:
+            ctx.request_cancel()  # a sync handler can look at ctx.cancel_requested and stop
         if not self._pool.running(job_id) or job_id in self._stuck:
             return
         self._stuck.add(job_id)
@@ -274,7 +361,7 @@ class Executor:
         self._pool.shutdown()
 
 
-def _timeout(task: Task) -> Result:
+def _timeout(task: TaskSpec) -> Result:
     return Result(
         RunOutcome.TIMEOUT, f"TimeoutError: attempt ran longer than timeout_s={task.timeout_s}"
     )

@@ -19,22 +19,32 @@ idempotent (or use an idempotency key for the side effects they cause).
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import psycopg
 
-from .arguments import args_json, to_jsonb
-from .connections import check_connection, on_connection
-from .errors import (
-    InvalidArgumentError,
+from .arguments import args_json
+from .connections import check_connection, on_async_connection, on_connection
+from .errors import InvalidArgumentError
+from .limits import (
+    DURATION_MAX_S,
+    check_idempotency_key,
+    check_max_attempts,
+    check_priority,
+    check_queue,
+    shown,
 )
-from .limits import check_idempotency_key, check_max_attempts, check_priority, check_queue, shown
+from .registry import TaskSpec, resolve, task_name
 from .settings import Settings, get_settings
 from .store import BulkJob, Store
-from .tasks import Task, get_task, task_name
+
+TaskRef = TaskSpec | Callable[..., Any] | str
+"""What the enqueue calls accept as a task: a ``@task`` handle, its function, or a name."""
+SyncConnection = psycopg.Connection[Any]
+AsyncConnection = psycopg.AsyncConnection[Any]
 
 
 class JobState(str, enum.Enum):
@@ -57,7 +67,7 @@ class RunOutcome(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-# ---- schedule_at / enqueue -------------------------------------------------------------------
+# ---- one job: checked, then inserted on the caller's connection or the default pool -----------
 
 
 def _check_run_at(run_at: datetime | None, what: str = "run_at") -> None:
@@ -73,6 +83,27 @@ def _check_run_at(run_at: datetime | None, what: str = "run_at") -> None:
             )
 
 
+def delay_seconds(delay: timedelta | float, what: str = "delay") -> float:
+    """``delay`` (a ``timedelta`` or seconds) in seconds, from 0 to 10 years.
+
+    Raises:
+        InvalidArgumentError: not a timedelta or a number (a bool is refused), negative,
+            NaN or longer than :data:`~scheduler.limits.DURATION_MAX_S`.
+    """
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise InvalidArgumentError(
+            f"{what} must be a timedelta or a number of seconds, not {type(delay).__name__} "
+            f"{shown(delay)}"
+        )
+    if not 0 <= seconds <= DURATION_MAX_S:
+        raise InvalidArgumentError(f"{what} must be from 0 s to 10 years, not {shown(delay)}")
+    return seconds
+
+
 def _check_options(queue: Any, priority: Any, max_attempts: Any, where: str = "") -> None:
     """The per-job options given by the caller (``None``: the task's or the default)."""
     if queue is not None:
@@ -84,7 +115,7 @@ def _check_options(queue: Any, priority: Any, max_attempts: Any, where: str = ""
 
 
 def _job_options(
-    task: Task | Callable[..., Any] | str,
+    task: TaskSpec | str,
     queue: str | None,
     priority: int | None,
     max_attempts: int | None,
@@ -93,21 +124,17 @@ def _job_options(
 ) -> dict[str, Any]:
     """The columns that come from the task and its options (the same for every job of a bulk
     enqueue with the same options), validated; ``where`` prefixes argument names."""
-    name = task_name(task, f"{where}task")
     _check_options(queue, priority, max_attempts, where)
-    try:
-        registered: Task | None = task if isinstance(task, Task) else get_task(name)
-    except LookupError:
-        registered = None  # enqueuing for a task that only workers elsewhere know is allowed
+    spec = task if isinstance(task, TaskSpec) else None
 
     def pick(value: Any, attr: str, fallback: Any) -> Any:
         if value is not None:
             return value
-        task_value = getattr(registered, attr, None) if registered else None
+        task_value = getattr(spec, attr, None)
         return task_value if task_value is not None else fallback
 
     return {
-        "task": name,
+        "task": spec.name if spec else task,
         "queue": pick(queue, "queue", "default"),
         "priority": pick(priority, "priority", 0),
         "max_attempts": pick(max_attempts, "max_attempts", settings.max_attempts),
@@ -117,30 +144,90 @@ def _job_options(
     }
 
 
-def _job_params(
-    task: Task | Callable[..., Any] | str,
-    run_at: datetime | None,
-    args: Mapping[str, Any] | None,
-    queue: str | None,
-    priority: int | None,
-    max_attempts: int | None,
-    idempotency_key: str | None,
-    settings: Settings,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prepared:
+    """A job checked and ready to insert: its task (``TaskSpec``, or the name of a task this
+    process does not know), its arguments by name, and the insert's parameters."""
+
+    task: TaskSpec | str
+    args: dict[str, Any]
+    params: dict[str, Any]
+
+
+def prepare(
+    task: TaskRef,
+    args: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    run_at: datetime | None = None,
+    delay_s: float = 0.0,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+) -> Prepared:
+    """Check one job before any SQL: the task (:func:`scheduler.registry.resolve`), the
+    arguments (bound against the handler's signature when the task is registered here, else
+    only checked as JSON), ``run_at`` and the options. Errors as :func:`schedule_at`."""
+    settings = get_settings()
     _check_run_at(run_at)
-    options = _job_options(task, queue, priority, max_attempts, settings)
+    spec = resolve(task)
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InvalidArgumentError(
+            f"args must be a mapping of keyword arguments, not {type(kwargs).__name__} "
+            f"{shown(kwargs)}"
+        )
+    if isinstance(spec, TaskSpec):
+        values, text = spec.bind(args, kwargs or {})
+    else:
+        values, text = dict(kwargs or {}), args_json(kwargs)
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
-    return {
-        **options,
-        "run_at": run_at,
-        "args": to_jsonb(args),
-        "idempotency_key": idempotency_key,
-    }
+    params = {**_job_options(spec, queue, priority, max_attempts, settings), "run_at": run_at,
+              "delay_s": delay_s, "args": text, "idempotency_key": idempotency_key}  # fmt: skip
+    return Prepared(spec, values, params)
+
+
+class InlineRunner(Protocol):
+    """What :mod:`scheduler.testing`'s inline mode puts in place of the database."""
+
+    def run(self, job: Prepared) -> int: ...
+    async def run_async(self, job: Prepared) -> int: ...
+
+
+_inline: InlineRunner | None = None
+
+
+def set_inline(runner: InlineRunner | None) -> InlineRunner | None:
+    """Run every job at enqueue time with ``runner`` instead of inserting it (``None``: back
+    to the database); returns the previous runner. Used by :mod:`scheduler.testing`."""
+    global _inline
+    previous, _inline = _inline, runner
+    return previous
+
+
+def insert(job: Prepared, connection: SyncConnection | None) -> int:
+    """Insert a prepared job on ``connection`` (joining its transaction) or on the default
+    pool (committed at once); returns its id. Errors as :func:`schedule_at`."""
+    if _inline is not None:
+        return _inline.run(job)
+    store = Store(get_settings().schema_name)
+    return int(on_connection(connection, get_settings(), store.insert_job_sync, job.params))
+
+
+async def insert_async(job: Prepared, connection: AsyncConnection | None) -> int:
+    """:func:`insert` on an async connection or the default async pool."""
+    if _inline is not None:
+        return await _inline.run_async(job)
+    store = Store(get_settings().schema_name)
+    return int(await on_async_connection(connection, get_settings(), store.insert_job, job.params))
+
+
+# ---- the module-level calls: any task, by handle, function or name --------------------------
 
 
 def schedule_at(
-    task: Task | Callable[..., Any] | str,
+    task: TaskRef,
     run_at: datetime | None,
     *,
     args: Mapping[str, Any] | None = None,
@@ -148,36 +235,43 @@ def schedule_at(
     priority: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
-    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
-) -> int | Awaitable[int]:
-    """Enqueue a one-off job that becomes due at ``run_at``.
+    connection: SyncConnection | None = None,
+) -> int:
+    """Enqueue a one-off job that becomes due at ``run_at``; returns its id (``jobs.id``).
+
+    For a task imported in the caller, ``send_receipt.schedule_at(when, order_id=1)`` is the
+    typed way (:class:`scheduler.Task`); this call serves producers that name a task.
 
     Args:
-        task: a ``@task`` function, its :class:`Task`, or a task name.
+        task: a ``@task`` handle or function, or a task name. A name is checked against this
+            process's registry when it registered any task (a typo raises
+            :class:`~scheduler.errors.UnknownTaskError` with close matches); a process that
+            registered none (a producer that does not import the handlers) may enqueue any
+            valid name, and a worker that does not know it dead-letters the job after
+            ``SCHEDULER_UNKNOWN_TASK_RETRY_S``.
         run_at: timezone-aware instant (any zone; stored in UTC). A past instant runs at once;
             ``None`` means now (the database clock).
-        args: keyword arguments for the handler; JSON values only.
+        args: keyword arguments for the handler; JSON values only. For a registered task they
+            are bound against its signature (unexpected, missing, mistyped arguments raise).
         queue: queue name; default the task's queue, else ``"default"``.
         priority: lower runs first among due jobs; default the task's, else 0.
         max_attempts: attempts before the job is dead-lettered; default the task's, else the
             ``SCHEDULER_MAX_ATTEMPTS`` setting (20).
         idempotency_key: while a pending or running job holds this key, a second call returns
             that job's id and inserts nothing.
-        connection: the caller's psycopg connection. The INSERT joins its current transaction
-            (a rollback leaves no job: the transactional outbox pattern) and is not committed
-            here. With a ``psycopg.AsyncConnection`` this function returns an awaitable:
-            ``job_id = await schedule_at(..., connection=aconn)``. ``None`` uses a small pool
-            on ``SCHEDULER_DATABASE_URL`` and commits at once.
-
-    Returns:
-        The job id (``jobs.id``), or an awaitable of it for an async connection.
+        connection: the caller's sync psycopg connection. The INSERT joins its current
+            transaction (a rollback leaves no job: the transactional outbox pattern) and is
+            not committed here. ``None`` uses a small pool on the default database
+            (:mod:`scheduler.connections`) and commits at once. For an
+            ``AsyncConnection``, use :func:`schedule_at_async`.
 
     Every value is checked before any SQL runs, with the bounds of :mod:`scheduler.limits`
     (the same as the schedules file's); a bad value writes nothing and leaves the caller's
-    transaction usable. With an async connection these errors are raised by the call itself,
-    not by the awaitable.
+    transaction usable.
 
     Raises:
+        TaskArgumentsError: ``args`` do not fit the registered handler (an
+            :class:`InvalidArgumentError`).
         InvalidArgumentError: a bad value, named in the message with the reason (also a
             ``ValueError`` and a ``TypeError``): ``task`` is not a function, Task or valid
             name (1-200 characters, no whitespace, control characters, NUL or unpaired
@@ -187,9 +281,11 @@ def schedule_at(
             characters from ``A-Z a-z 0-9 _ . : / -``; ``priority`` is not an ``int`` (a bool
             is refused) in PostgreSQL ``integer`` range; ``max_attempts`` is not an ``int``
             from 1 to 2,147,483,647; ``idempotency_key`` is not 1-512 characters without NUL
-            or unpaired surrogates; ``connection`` is not a psycopg connection (or is closed).
-        UnknownTaskError: ``task`` is a function that was never registered with ``@task``.
-        DatabaseNotConfiguredError: no connection and no ``SCHEDULER_DATABASE_URL``.
+            or unpaired surrogates; ``connection`` is not an open psycopg ``Connection``.
+        UnknownTaskError: ``task`` is a function never registered with ``@task``, or a name
+            this process does not know while it registered others.
+        DatabaseNotConfiguredError: no connection, no ``SCHEDULER_DATABASE_URL`` and no
+            embedded database directory.
         DatabaseUnavailableError: no connection was passed and the default URL is malformed,
             unreachable, or does not answer within ``connect_timeout`` (5 s unless the URL
             sets it) or 10 s for a pooled connection; the URL in the message is redacted.
@@ -203,36 +299,64 @@ def schedule_at(
             unchanged: the caller owns that transaction.
     """
     check_connection(connection)
-    settings = get_settings()
-    params = _job_params(
-        task, run_at, args, queue, priority, max_attempts, idempotency_key, settings
-    )
-    store = Store(settings.schema_name)
-    return on_connection(connection, settings, store.insert_job_sync, store.insert_job, params)
+    job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
+                  max_attempts=max_attempts, idempotency_key=idempotency_key)  # fmt: skip
+    return insert(job, connection)
 
 
-def enqueue(
-    task: Task | Callable[..., Any] | str,
+async def schedule_at_async(
+    task: TaskRef,
+    run_at: datetime | None,
     *,
     args: Mapping[str, Any] | None = None,
     queue: str | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
-    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
-) -> int | Awaitable[int]:
-    """Enqueue a job to run now: ``schedule_at(task, None, ...)``; same arguments and errors
-    (:class:`~scheduler.errors.InvalidArgumentError` for a bad value, before any SQL)."""
-    return schedule_at(
-        task,
-        None,
-        args=args,
-        queue=queue,
-        priority=priority,
-        max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
-        connection=connection,
-    )
+    connection: AsyncConnection | None = None,
+) -> int:
+    """:func:`schedule_at` for async code: ``connection`` is a ``psycopg.AsyncConnection``
+    (its transaction is joined) or ``None`` (an async pool on the default database, so the
+    event loop is never blocked). Same arguments, result and errors."""
+    check_connection(connection, is_async=True)
+    job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
+                  max_attempts=max_attempts, idempotency_key=idempotency_key)  # fmt: skip
+    return await insert_async(job, connection)
+
+
+def enqueue(
+    task: TaskRef,
+    *,
+    args: Mapping[str, Any] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    connection: SyncConnection | None = None,
+) -> int:
+    """Enqueue a job due now: ``schedule_at(task, None, ...)``; same arguments and errors."""
+    return schedule_at(task, None, args=args, queue=queue, priority=priority,
+                       max_attempts=max_attempts, idempotency_key=idempotency_key,
+                       connection=connection)  # fmt: skip
+
+
+async def enqueue_async(
+    task: TaskRef,
+    *,
+    args: Mapping[str, Any] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    connection: AsyncConnection | None = None,
+) -> int:
+    """:func:`enqueue` for async code (see :func:`schedule_at_async`)."""
+    return await schedule_at_async(task, None, args=args, queue=queue, priority=priority,
+                                   max_attempts=max_attempts, idempotency_key=idempotency_key,
+                                   connection=connection)  # fmt: skip
+
+
+# ---- many jobs: one COPY -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -241,11 +365,11 @@ class JobSpec:
 
     Raises:
         InvalidArgumentError: when built, a field of the wrong type or out of range (as in
-            :func:`schedule_at`; ``args`` must be a mapping or ``None``, and whether JSON can
-            store it is checked by :func:`schedule_many`).
+            :func:`schedule_at`; ``args`` must be a mapping or ``None``, and whether they fit
+            the task is checked by :func:`schedule_many`).
     """
 
-    task: Task | Callable[..., Any] | str
+    task: TaskRef
     run_at: datetime | None = None
     args: Mapping[str, Any] | None = None
     queue: str | None = None
@@ -271,18 +395,78 @@ def _items(value: Any, what: str, of: str) -> Iterable[Any]:
     return value
 
 
-def schedule_many(
-    jobs: Iterable[JobSpec],
-    *,
-    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
-) -> list[int] | Awaitable[list[int]]:
+def _args_text(task: TaskSpec | str, args: Any, what: str) -> str:
+    if isinstance(task, TaskSpec):
+        if args is not None and not isinstance(args, Mapping):
+            raise InvalidArgumentError(f"{what} must be a mapping, not {type(args).__name__}")
+        return task.bind((), args or {}, what)[1]
+    return args_json(args, what)
+
+
+def _spec_rows(jobs: Iterable[JobSpec]) -> list[BulkJob]:
+    settings = get_settings()
+    options: dict[tuple[Any, ...], dict[str, Any]] = {}  # task options, looked up once
+    specs: dict[str, TaskSpec | str] = {}
+    rows: list[BulkJob] = []
+    for i, j in enumerate(_items(jobs, "jobs", "JobSpec")):
+        if not isinstance(j, JobSpec):
+            raise InvalidArgumentError(f"jobs[{i}] must be a JobSpec, not {type(j).__name__}")
+        where = f"jobs[{i}]."
+        _check_run_at(j.run_at, f"{where}run_at")
+        name = task_name(j.task, f"{where}task")
+        spec = specs.get(name) or specs.setdefault(name, resolve(j.task, f"{where}task"))
+        key = (name, j.queue, j.priority, j.max_attempts)
+        o = options.get(key)
+        if o is None:
+            o = options[key] = _job_options(spec, j.queue, j.priority, j.max_attempts,
+                                            settings, where)  # fmt: skip
+        rows.append(
+            (o["queue"], o["task"], _args_text(spec, j.args, f"{where}args"), o["priority"],
+             j.run_at, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
+             o["backoff_jitter"])
+        )  # fmt: skip
+    return rows
+
+
+def many_rows(
+    task: TaskRef, args_list: Iterable[Mapping[str, Any]], queue: str | None = None,
+    priority: int | None = None, max_attempts: int | None = None,
+) -> list[BulkJob]:  # fmt: skip
+    """The rows of :func:`enqueue_many`, checked (a bad item is named ``args_list[3]``)."""
+    spec = resolve(task)
+    o = _job_options(spec, queue, priority, max_attempts, get_settings())
+    head = (o["queue"], o["task"])
+    tail = (o["priority"], None, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
+            o["backoff_jitter"])  # fmt: skip
+    items = _items(args_list, "args_list", "mappings")
+    return [(*head, _args_text(spec, args, f"args_list[{i}]"), *tail)
+            for i, args in enumerate(items)]  # fmt: skip
+
+
+def insert_many(rows: list[BulkJob], connection: SyncConnection | None) -> list[int]:
+    """Insert checked rows with one ``COPY``; returns the ids in order."""
+    if _inline is not None:
+        raise InvalidArgumentError("bulk enqueue is not supported in inline mode")
+    store = Store(get_settings().schema_name)
+    return list(on_connection(connection, get_settings(), store.insert_jobs_sync, rows))
+
+
+async def insert_many_async(rows: list[BulkJob], connection: AsyncConnection | None) -> list[int]:
+    """:func:`insert_many` on an async connection or the default async pool."""
+    if _inline is not None:
+        raise InvalidArgumentError("bulk enqueue is not supported in inline mode")
+    store = Store(get_settings().schema_name)
+    return list(await on_async_connection(connection, get_settings(), store.insert_jobs, rows))
+
+
+def schedule_many(jobs: Iterable[JobSpec], *, connection: SyncConnection | None = None) -> list[int]:
     """Enqueue many jobs with one ``COPY`` (one notification per queue).
 
     Every job is validated before anything is written (same rules and errors as
     :func:`schedule_at`): one bad item writes none of the batch and leaves the caller's
     transaction usable. Idempotency keys are not supported in bulk. With ``connection``
-    the rows join the caller's transaction (sync, or async: returns an awaitable); without,
-    they are committed at once on the default pool.
+    the rows join the caller's transaction; without, they are committed at once on the
+    default pool. :func:`schedule_many_async` is the async twin.
 
     Returns:
         The job ids, in the order of ``jobs``.
@@ -294,49 +478,43 @@ def schedule_many(
         SchemaNotMigratedError, psycopg.Error: as in :func:`schedule_at`.
     """
     check_connection(connection)
-    settings = get_settings()
-    options: dict[tuple[Any, ...], dict[str, Any]] = {}  # task options, looked up once
-    rows: list[BulkJob] = []
-    for i, j in enumerate(_items(jobs, "jobs", "JobSpec")):
-        if not isinstance(j, JobSpec):
-            raise InvalidArgumentError(f"jobs[{i}] must be a JobSpec, not {type(j).__name__}")
-        where = f"jobs[{i}]."
-        _check_run_at(j.run_at, f"{where}run_at")
-        key = (task_name(j.task, f"{where}task"), j.queue, j.priority, j.max_attempts)
-        o = options.get(key)
-        if o is None:
-            o = options[key] = _job_options(
-                j.task, j.queue, j.priority, j.max_attempts, settings, where
-            )
-        rows.append(
-            (o["queue"], o["task"], args_json(j.args, f"{where}args"), o["priority"], j.run_at,
-             o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"], o["backoff_jitter"])
-        )  # fmt: skip
-    store = Store(settings.schema_name)
-    return on_connection(connection, settings, store.insert_jobs_sync, store.insert_jobs, rows)
+    return insert_many(_spec_rows(jobs), connection)
+
+
+async def schedule_many_async(
+    jobs: Iterable[JobSpec], *, connection: AsyncConnection | None = None
+) -> list[int]:
+    """:func:`schedule_many` for async code."""
+    check_connection(connection, is_async=True)
+    return await insert_many_async(_spec_rows(jobs), connection)
 
 
 def enqueue_many(
-    task: Task | Callable[..., Any] | str,
+    task: TaskRef,
     args_list: Iterable[Mapping[str, Any]],
     *,
     queue: str | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
-    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
-) -> list[int] | Awaitable[list[int]]:
+    connection: SyncConnection | None = None,
+) -> list[int]:
     """Enqueue one job of ``task`` per item of ``args_list``, due now, in one ``COPY``; see
     :func:`schedule_many` (same errors; a bad item is named ``args_list[3]``). Returns the
     ids in order."""
     check_connection(connection)
-    settings = get_settings()
-    o = _job_options(task, queue, priority, max_attempts, settings)
-    head = (o["queue"], o["task"])
-    tail = (o["priority"], None, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
-            o["backoff_jitter"])  # fmt: skip
-    items = _items(args_list, "args_list", "mappings")
-    rows: list[BulkJob] = [
-        (*head, args_json(args, f"args_list[{i}]"), *tail) for i, args in enumerate(items)
-    ]
-    store = Store(settings.schema_name)
-    return on_connection(connection, settings, store.insert_jobs_sync, store.insert_jobs, rows)
+    return insert_many(many_rows(task, args_list, queue, priority, max_attempts), connection)
+
+
+async def enqueue_many_async(
+    task: TaskRef,
+    args_list: Iterable[Mapping[str, Any]],
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    connection: AsyncConnection | None = None,
+) -> list[int]:
+    """:func:`enqueue_many` for async code."""
+    check_connection(connection, is_async=True)
+    rows = many_rows(task, args_list, queue, priority, max_attempts)
+    return await insert_many_async(rows, connection)

@@ -43,6 +43,7 @@ IDEMPOTENCY_KEY_MAX = 512
 DURATION_MAX_S = 10 * 365 * 86400.0  # longest duration in seconds: 10 years
 ERROR_MAX = 2_000  # characters of an attempt's error message kept (the start)
 TRACEBACK_MAX = 16_000  # characters of a traceback kept (the end, where the error is)
+RESULT_MAX = 65_536  # characters of a handler's return value, as JSON text, stored in jobs.result
 
 _QUEUE = re.compile(r"[A-Za-z0-9_.:/-]+")
 _SCHEDULE = re.compile(r"[A-Za-z0-9_.:-]+")

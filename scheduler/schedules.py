@@ -27,9 +27,9 @@ import psycopg
 from .arguments import to_jsonb
 from .config import ScheduleConfig
 from .cron import Cron
+from .registry import get_task
 from .settings import Settings
 from .store import Store
-from .tasks import get_task
 
 
 @dataclass
@@ -122,7 +122,7 @@ async def reconcile(
         )
         if not schedule.enabled:
             next_run_at = None
-        elif timing_changed or old["next_run_at"] is None:
+        elif old is None or timing_changed or old["next_run_at"] is None:
             next_run_at = Cron(schedule.cron, schedule.timezone).next_after(now)
         else:
             next_run_at = old["next_run_at"]

@@ -117,6 +117,7 @@ def _outcome_arrays(worker_id: str, outcomes: list[dict[str, Any]]) -> dict[str,
         "outcomes": [o["outcome"] for o in outcomes],
         "errors": [o.get("error") for o in outcomes],
         "tracebacks": [o.get("traceback") for o in outcomes],
+        "results": [o.get("result") for o in outcomes],
     }
 
 
@@ -141,6 +142,7 @@ class Store:
         self.leader_key = leader_lock_key(schema)
         self.notify_channel = f"{schema}.jobs"
         self.cancel_channel = f"{schema}.cancel"
+        self.done_channel = f"{schema}.done"  # ids of jobs that finished (wait_for_job)
         self.jobs_table = f'"{schema}".jobs'  # schema is a validated identifier
 
     # ---- migrations -------------------------------------------------------------------------
@@ -251,18 +253,25 @@ class Store:
                     return int(row[0])
         raise _key_busy(params)
 
-    async def insert_job(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> int:
+    async def insert_job(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        params: dict[str, Any],
+        prepare: bool | None = False,
+    ) -> int:
         """Async twin of :meth:`insert_job_sync`."""
         async with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
-                await cur.execute(self.q["insert_job"], params, prepare=False)
+                await cur.execute(self.q["insert_job"], params, prepare=prepare)
                 return int((await cur.fetchone())[0])  # type: ignore[index]
             for _ in range(IDEMPOTENT_TRIES):
-                await cur.execute(self.q["insert_job_idempotent"], params, prepare=False)
+                await cur.execute(self.q["insert_job_idempotent"], params, prepare=prepare)
                 row = await cur.fetchone()
                 if row:
                     return int(row[0])
-                await cur.execute(self.q["live_job_by_idempotency_key"], params, prepare=False)
+                await cur.execute(
+                    self.q["live_job_by_idempotency_key"], params, prepare=prepare
+                )
                 row = await cur.fetchone()
                 if row:
                     return int(row[0])
@@ -304,13 +313,13 @@ class Store:
         return [job_id for job_id, _ in reserved]
 
     async def insert_jobs(
-        self, conn: psycopg.AsyncConnection[Any], rows: list[BulkJob]
+        self, conn: psycopg.AsyncConnection[Any], rows: list[BulkJob], prepare: bool | None = False
     ) -> list[int]:
         """Async twin of :meth:`insert_jobs_sync`."""
         if not rows:
             return []
         async with conn.cursor() as cur:
-            await cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)}, prepare=False)
+            await cur.execute(self.q["reserve_job_ids"], {"table": self.jobs_table, "n": len(rows)}, prepare=prepare)
             reserved = await cur.fetchall()
             async with cur.copy(self.q["copy_jobs"]) as copy:
                 copy.set_types(self._COPY_TYPES)
@@ -328,9 +337,11 @@ class Store:
         limit: int,
         worker_id: str,
         lease_s: float,
+        now: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Claim up to ``limit`` due pending jobs (``FOR UPDATE SKIP LOCKED``): one statement,
-        which commits by itself on an autocommit connection (the worker's pool).
+        which commits by itself on an autocommit connection (the worker's pool). A job is due
+        when its ``run_at <= now`` (``None``: the database clock; tests pass a later instant).
 
         Returns the claimed rows as dicts (``id, queue, task, args, attempt, max_attempts,
         backoff_*, schedule_name, scheduled_for, run_at``); ``attempt`` is already incremented.
@@ -338,7 +349,8 @@ class Store:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             self.q["claim_jobs"],
-            {"queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": lease_s},
+            {"queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": lease_s,
+             "now": now},
         )
         return await cur.fetchall()
 
@@ -354,7 +366,8 @@ class Store:
 
         Each outcome dict has ``id, attempt, state`` (``succeeded``, ``pending`` for a retry,
         ``dead``), ``delay_s`` (retry delay in seconds, ignored otherwise), ``outcome``
-        (``succeeded``, ``failed``, ``timeout``, ...), ``error`` and ``traceback``.
+        (``succeeded``, ``failed``, ``timeout``, ...), ``error``, ``traceback`` and ``result``
+        (the JSON text of a succeeded handler's return value, ``None`` for none).
 
         A batch in which every attempt succeeded is written by ``complete_succeeded`` (two
         arrays, a plain insert of the runs) unless ``succeeded_shortcut`` is False; else by
@@ -369,18 +382,25 @@ class Store:
         """
         if not outcomes:
             return {}
-        if succeeded_shortcut and all(o["outcome"] == "succeeded" for o in outcomes):
+        done = self.done_channel
+        if succeeded_shortcut and all(
+            o["outcome"] == "succeeded" and not o.get("error") for o in outcomes
+        ):
+            results = [o.get("result") for o in outcomes]
             cur = await conn.execute(
                 self.q["complete_succeeded"],
                 {
                     "worker_id": worker_id,
                     "ids": int_array([o["id"] for o in outcomes]),
                     "attempts": int_array([o["attempt"] for o in outcomes]),
+                    "results": results if any(r is not None for r in results) else None,
+                    "done_channel": done,
                 },
             )
             return {row[0]: True for row in await cur.fetchall()}
         # one statement (autocommit on the worker's pool): no BEGIN/COMMIT round trips
-        cur = await conn.execute(self.q["complete_jobs"], _outcome_arrays(worker_id, outcomes))
+        params = {**_outcome_arrays(worker_id, outcomes), "done_channel": done}
+        cur = await conn.execute(self.q["complete_jobs"], params)
         return {row[0]: row[1] for row in await cur.fetchall()}
 
     # ---- leader ------------------------------------------------------------------------------
@@ -511,7 +531,8 @@ class Store:
         cur = await conn.execute(self.q["database_now"])
         row = await cur.fetchone()
         assert row is not None
-        return row[0]
+        now: datetime = row[0]
+        return now
 
     async def fetch(
         self, conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any] | None = None

@@ -1,107 +1,225 @@
-"""The task registry: ``@task`` turns a function into a named, schedulable task.
+"""Typed task handles: ``@task`` turns a function into a :class:`Task` you call to enqueue it.
 
-A task is looked up by name when a job runs, so the name (not the function object) is what the
-jobs table stores. Schedules files name the modules to import (``imports:``) so that their
-``@task`` decorators run before the schedules are validated.
+::
+
+    @task(queue="mail", max_attempts=5)
+    def send_receipt(order_id: int, email: str) -> None: ...
+
+    job_id = send_receipt.defer(order_id=1, email="a@example.com")       # due now
+    send_receipt.schedule_in(timedelta(minutes=5), order_id=1, email="a@example.com")
+    await send_receipt.configure(connection=aconn).defer_async(order_id=1, email="...")
+
+``Task[P, R]`` is generic over the handler's parameters (``ParamSpec``), so mypy checks every
+call against the handler: a misspelt or missing argument is a type error, and at run time a
+:class:`~scheduler.errors.TaskArgumentsError` before anything is written. Each call has a
+sync and an async form with its own name (``defer`` / ``defer_async``), never a union
+return type. A handler whose first parameter is a :class:`~scheduler.JobContext` gets it from
+the worker; callers do not pass it.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, overload
+from datetime import datetime, timedelta
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from .errors import DuplicateTaskError, InvalidArgumentError, UnknownTaskError
-from .limits import (
-    DURATION_MAX_S,
-    check_max_attempts,
-    check_priority,
-    check_queue,
-    check_task_name,
-    shown,
+from . import jobs
+from .connections import check_connection
+from .errors import InvalidArgumentError
+from .limits import shown
+from .registry import (
+    JobContext,
+    TaskSpec,
+    get_task,
+    import_modules,
+    load_tasks,
+    register,
+    registered_tasks,
+    set_current_job,
+    task_name,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+__all__ = ["Task", "TaskCall", "get_task", "import_modules", "load_tasks", "registered_tasks",
+           "task", "task_name"]  # fmt: skip
 
 
 @dataclass(frozen=True)
-class Task:
-    """A registered task.
-
-    Attributes:
-        name: registry key stored in ``jobs.task``.
-        func: the handler; called with the job's ``args`` as keyword arguments.
-        is_async: True for ``async def`` handlers (run on the event loop), False for plain
-            functions (run in the replica's bounded thread pool).
-        queue, priority, max_attempts, backoff_base_s, backoff_max_s, backoff_jitter:
-            defaults for jobs of this task; ``None`` means "use the service settings".
-        timeout_s: longest run of one attempt in seconds (``None``: no limit). An async
-            handler is cancelled; a sync one cannot be stopped from outside its thread, so
-            the attempt is recorded as ``timeout`` and retried while the thread runs on
-            until the function returns (its result is then ignored).
+class TaskCall(Generic[P, R]):
+    """A task with per-call options (from :meth:`Task.configure`); the same calls as
+    :class:`Task`. ``connection`` must suit the call: a ``psycopg.Connection`` for the sync
+    ones, a ``psycopg.AsyncConnection`` for the ``*_async`` ones (else InvalidArgumentError).
     """
 
-    name: str
-    func: Callable[..., Any]
-    is_async: bool
+    task: Task[P, R]
     queue: str | None = None
     priority: int | None = None
     max_attempts: int | None = None
-    backoff_base_s: float | None = None
-    backoff_max_s: float | None = None
-    backoff_jitter: float | None = None
-    timeout_s: float | None = None
+    idempotency_key: str | None = None
+    connection: Any = None
 
-    def __post_init__(self) -> None:
-        """Check every field (see :func:`task` for the rules); raises InvalidArgumentError."""
-        check_task_name(self.name, "@task name")
-        if not callable(self.func):
-            raise InvalidArgumentError(f"@task needs a function, not {type(self.func).__name__}")
-        for attr, check in (
-            ("queue", check_queue),
-            ("priority", check_priority),
-            ("max_attempts", check_max_attempts),
-        ):
-            if getattr(self, attr) is not None:
-                check(getattr(self, attr), f"@task {attr}")
-        for attr in ("backoff_base_s", "backoff_max_s", "timeout_s"):
-            _check_number(getattr(self, attr), f"@task {attr}", 0, DURATION_MAX_S, low_open=True)
-        _check_number(self.backoff_jitter, "@task backoff_jitter", 0, 1)
-        base, cap = self.backoff_base_s, self.backoff_max_s
-        if base is not None and cap is not None and cap < base:
-            raise InvalidArgumentError(
-                f"@task backoff_max_s ({cap}) is smaller than backoff_base_s ({base})"
-            )
+    def _prepare(self, args: Any, kwargs: Any, run_at: datetime | None = None,
+                 delay_s: float = 0.0) -> jobs.Prepared:  # fmt: skip
+        return jobs.prepare(self.task, args, kwargs, run_at=run_at, delay_s=delay_s,
+                            queue=self.queue, priority=self.priority,
+                            max_attempts=self.max_attempts,
+                            idempotency_key=self.idempotency_key)  # fmt: skip
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the handler directly (no job is created)."""
-        return self.func(*args, **kwargs)
+    def _sync(self) -> Any:
+        check_connection(self.connection)
+        return self.connection
+
+    def _async(self) -> Any:
+        check_connection(self.connection, is_async=True)
+        return self.connection
+
+    def defer(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a job due now; returns its id. Errors as :func:`scheduler.schedule_at`
+        (:class:`~scheduler.errors.TaskArgumentsError` for arguments that do not fit)."""
+        return jobs.insert(self._prepare(args, kwargs), self._sync())
+
+    async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """:meth:`defer` for async code (an async pool or ``AsyncConnection``)."""
+        return await jobs.insert_async(self._prepare(args, kwargs), self._async())
+
+    def schedule_at(self, when: datetime, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a job due at ``when`` (timezone-aware; past: at once); returns its id."""
+        return jobs.insert(self._prepare(args, kwargs, run_at=_aware(when)), self._sync())
+
+    async def schedule_at_async(self, when: datetime, /, *args: P.args,
+                                **kwargs: P.kwargs) -> int:  # fmt: skip
+        """:meth:`schedule_at` for async code."""
+        job = self._prepare(args, kwargs, run_at=_aware(when))
+        return await jobs.insert_async(job, self._async())
+
+    def schedule_in(self, delay: timedelta | float, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a job due ``delay`` (a timedelta or seconds, 0 to 10 years) after the
+        database's clock reads now; returns its id."""
+        job = self._prepare(args, kwargs, delay_s=jobs.delay_seconds(delay))
+        return jobs.insert(job, self._sync())
+
+    async def schedule_in_async(self, delay: timedelta | float, /, *args: P.args,
+                                **kwargs: P.kwargs) -> int:  # fmt: skip
+        """:meth:`schedule_in` for async code."""
+        job = self._prepare(args, kwargs, delay_s=jobs.delay_seconds(delay))
+        return await jobs.insert_async(job, self._async())
+
+    def defer_many(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
+        """Enqueue one job per mapping of keyword arguments, due now, in one ``COPY``;
+        returns the ids in order. Every item is bound before anything is written (a bad one
+        is named ``args_list[3]``). Idempotency keys are not supported in bulk."""
+        if self.idempotency_key is not None:
+            raise InvalidArgumentError("defer_many does not take an idempotency_key")
+        rows = jobs.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
+        return jobs.insert_many(rows, self._sync())
+
+    async def defer_many_async(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
+        """:meth:`defer_many` for async code."""
+        if self.idempotency_key is not None:
+            raise InvalidArgumentError("defer_many_async does not take an idempotency_key")
+        rows = jobs.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
+        return await jobs.insert_many_async(rows, self._async())
 
 
-def _check_number(value: Any, what: str, low: float, high: float, low_open: bool = False) -> None:
-    """``None``, or an int or float (not a bool) in ``[low, high]`` (``(low, high]`` when
-    ``low_open``), finite; else InvalidArgumentError."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(
-            f"{what} must be a number, not {type(value).__name__} {shown(value)}"
-        )
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number) or number > high or number < low or (low_open and number == low):
-        bounds = f"{'>' if low_open else '>='} {low:g} and <= {high:g}"
-        raise InvalidArgumentError(f"{what} must be finite, {bounds}, not {shown(value)}")
+def _aware(when: Any) -> datetime:
+    if not isinstance(when, datetime):
+        raise InvalidArgumentError(f"when must be a datetime, not {type(when).__name__}")
+    return when
 
 
-_REGISTRY: dict[str, Task] = {}
+@dataclass(frozen=True)
+class Task(TaskSpec, Generic[P, R]):
+    """A registered task (see :class:`~scheduler.registry.TaskSpec` for its fields), and the
+    typed way to enqueue it: :meth:`defer`, :meth:`schedule_at`, :meth:`schedule_in`,
+    :meth:`defer_many`, each with an ``*_async`` twin, and :meth:`configure` for per-call
+    options. Calling the task runs the handler directly (no job; a ``JobContext`` parameter
+    gets a context with ``job_id`` 0)."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not self.takes_context:
+            result: R = self.func(*args, **kwargs)
+            return result
+        ctx = JobContext(job_id=0, task=self.name, attempt=1, max_attempts=1,
+                         queue=self.queue or "default")  # fmt: skip
+        token = set_current_job(ctx)
+        try:
+            direct: R = self.func(ctx, *args, **kwargs)
+            return direct
+        finally:
+            token.var.reset(token)
+
+    def configure(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        connection: Any = None,
+    ) -> TaskCall[P, R]:
+        """Per-call options; values are checked when a call is made.
+
+        Args:
+            queue, priority, max_attempts, idempotency_key: as for :func:`scheduler.schedule_at`.
+            connection: a ``psycopg.Connection`` (for the sync calls) or
+                ``psycopg.AsyncConnection`` (for the ``*_async`` calls): the INSERT joins its
+                transaction and is not committed. ``None``: the default pool, committed.
+        """
+        return TaskCall(self, queue, priority, max_attempts, idempotency_key, connection)
+
+    def defer(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a job due now; returns its id (see :meth:`TaskCall.defer`)."""
+        return TaskCall(self).defer(*args, **kwargs)
+
+    async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """:meth:`defer` for async code."""
+        return await TaskCall(self).defer_async(*args, **kwargs)
+
+    def schedule_at(self, when: datetime, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a job due at ``when``; see :meth:`TaskCall.schedule_at`."""
+        return TaskCall(self).schedule_at(when, *args, **kwargs)
+
+    async def schedule_at_async(self, when: datetime, /, *args: P.args,
+                                **kwargs: P.kwargs) -> int:  # fmt: skip
+        """:meth:`schedule_at` for async code."""
+        return await TaskCall(self).schedule_at_async(when, *args, **kwargs)
+
+    def schedule_in(self, delay: timedelta | float, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a job due after ``delay``; see :meth:`TaskCall.schedule_in`."""
+        return TaskCall(self).schedule_in(delay, *args, **kwargs)
+
+    async def schedule_in_async(self, delay: timedelta | float, /, *args: P.args,
+                                **kwargs: P.kwargs) -> int:  # fmt: skip
+        """:meth:`schedule_in` for async code."""
+        return await TaskCall(self).schedule_in_async(delay, *args, **kwargs)
+
+    def defer_many(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
+        """One job per mapping of arguments; see :meth:`TaskCall.defer_many`."""
+        return TaskCall(self).defer_many(calls)
+
+    async def defer_many_async(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
+        """:meth:`defer_many` for async code."""
+        return await TaskCall(self).defer_many_async(calls)
+
+
+class TaskDecorator(Protocol):
+    """What ``@task(...)`` with options returns."""
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
 
 
 @overload
-def task(func: Callable[..., Any], /) -> Task: ...
+def task(func: Callable[Concatenate[JobContext, P], R], /) -> Task[P, R]: ...
+@overload
+def task(func: Callable[P, R], /) -> Task[P, R]: ...
 @overload
 def task(
     *,
@@ -113,7 +231,7 @@ def task(
     backoff_max_s: float | None = None,
     backoff_jitter: float | None = None,
     timeout_s: float | None = None,
-) -> Callable[[Callable[..., Any]], Task]: ...
+) -> TaskDecorator: ...
 
 
 def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -123,7 +241,7 @@ def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         name: registry name; defaults to the function's ``__name__``.
         queue, priority, max_attempts, backoff_base_s, backoff_max_s, backoff_jitter: job
             defaults for this task (seconds for the ``*_s`` ones); unset = service settings.
-        timeout_s: longest run of one attempt, seconds (see :class:`Task`).
+        timeout_s: longest run of one attempt, seconds (see :class:`TaskSpec`).
 
     Returns:
         The :class:`Task` (callable like the original function).
@@ -136,7 +254,8 @@ def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
             ``backoff_base_s``, ``backoff_max_s``, ``timeout_s`` not a number > 0, finite, at
             most 10 years (:data:`DURATION_MAX_S`), or ``backoff_max_s`` < ``backoff_base_s``;
             ``backoff_jitter`` not a number in [0, 1]; a bool where a number is expected;
-            the decorated object is not callable. Also a ``ValueError`` and a ``TypeError``.
+            the decorated object is not callable; a positional-only or ``*args`` parameter
+            (arguments are stored by name). Also a ``ValueError`` and a ``TypeError``.
         DuplicateTaskError: another function is already registered under that name.
     """
     unknown = sorted(set(options) - _OPTIONS)
@@ -146,7 +265,7 @@ def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
             + ", ".join(sorted(_OPTIONS))
         )
 
-    def register(f: Callable[..., Any]) -> Task:
+    def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
         if not callable(f):
             raise InvalidArgumentError(
                 f"@task decorates a function, not {type(f).__name__} {shown(f)}; "
@@ -157,66 +276,15 @@ def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         if name is None:
             raise InvalidArgumentError(f"{shown(f)} has no __name__: pass @task(name=...)")
         rest = {k: v for k, v in options.items() if k != "name"}
-        registered = Task(name=name, func=f, is_async=inspect.iscoroutinefunction(f), **rest)
-        existing = _REGISTRY.get(name)
-        if existing is not None and _qualified(existing.func) != _qualified(f):
-            raise DuplicateTaskError(
-                f"task name {name!r} is used by both {_qualified(existing.func)} and "
-                f"{_qualified(f)}; pass @task(name=...) to tell them apart"
-            )
-        _REGISTRY[name] = registered
+        is_async = inspect.iscoroutinefunction(f)
+        registered: Task[Any, Any] = Task(name=name, func=f, is_async=is_async, **rest)
+        register(registered)
         return registered
 
     if func is not None:
-        return register(func)
-    return register
+        return decorate(func)
+    return decorate
 
 
-_OPTIONS = frozenset(f.name for f in fields(Task)) - {"func", "is_async"}
+_OPTIONS = frozenset(f.name for f in fields(TaskSpec)) - {"func", "is_async"}
 
-
-def _qualified(f: Callable[..., Any]) -> str:
-    module = getattr(f, "__module__", None) or "?"
-    return f"{module}.{getattr(f, '__qualname__', None) or repr(f)}"
-
-
-def get_task(name: str) -> Task:
-    """Return the task registered under ``name``; raises :class:`UnknownTaskError`."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownTaskError(f"no task named {name!r} is registered in this process") from None
-
-
-def registered_tasks() -> dict[str, Task]:
-    """A copy of the registry, name → Task."""
-    return dict(_REGISTRY)
-
-
-def task_name(t: Task | Callable[..., Any] | str, what: str = "task") -> str:
-    """The registry name for a Task, a registered function or a name string.
-
-    Raises:
-        InvalidArgumentError: ``t`` is none of those, or a string that is not a valid task
-            name (:func:`scheduler.limits.check_task_name`); ``what`` names it.
-        UnknownTaskError: ``t`` is a function that was never registered with ``@task``.
-    """
-    if isinstance(t, Task):
-        return t.name
-    if isinstance(t, str):
-        return check_task_name(t, what)
-    if not callable(t):
-        raise InvalidArgumentError(
-            f"{what} must be a @task function, its Task, or a task name, not "
-            f"{type(t).__name__} {shown(t)}"
-        )
-    for registered in _REGISTRY.values():
-        if registered.func is t:
-            return registered.name
-    raise UnknownTaskError(f"{_qualified(t)} is not registered with @task")
-
-
-def import_modules(modules: list[str]) -> None:
-    """Import each module so its ``@task`` decorators register. ImportError propagates."""
-    for module in modules:
-        importlib.import_module(module)

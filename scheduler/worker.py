@@ -56,11 +56,11 @@ from .jobs import JobState, RunOutcome
 from .leader import KEEPALIVES
 from .limits import exception_text
 from .log import get_logger
+from .registry import JobContext, get_task
 from .retry import Backoff
 from .settings import Settings
 from .store import Store, int_array
 from .supervision import Supervisor
-from .tasks import get_task
 
 log = get_logger("scheduler.worker")
 
@@ -179,7 +179,9 @@ class Worker:
         the insert notification would have announced), when it is before the safety poll."""
         try:
             async with self.pool.connection() as conn:
-                rows = await self.store.fetch(conn, "next_due", {"queues": self.settings.queues})
+                rows = await self.store.fetch(
+                    conn, "next_due", {"queues": self.settings.queues, "now": None}
+                )
         except psycopg.Error as exc:
             self._log.warning("next_due_failed", error=exception_text(exc, 300))
             return
@@ -235,7 +237,10 @@ class Worker:
             return
         started = time.monotonic()
         try:
-            result = await self._executor.run(registered, job["args"] or {}, job_id)
+            ctx = JobContext(job_id, job["task"], job["attempt"], job["max_attempts"],
+                             job["queue"], job["schedule_name"], job["scheduled_for"],
+                             job["run_at"])  # fmt: skip
+            result = await self._executor.run(registered, job["args"] or {}, ctx)
         except asyncio.CancelledError:
             if job_id not in self._cancelling:  # a shutdown: released to pending
                 self._tasks.pop(job_id, None)
@@ -316,6 +321,7 @@ class Worker:
             "error": result.error,
             "traceback": result.traceback,
             "delay_s": delay_s,
+            "result": result.value,
         }
         self._writer.put(Completion(outcome, on_written))
 
@@ -370,6 +376,7 @@ class Worker:
         if task is not None and job_id not in self._cancelling:
             self._cancelling.add(job_id)
             self._log.warning("job_cancel_requested", job_id=job_id)
+            self._executor.request_cancel(job_id)  # JobContext.cancel_requested, for sync ones
             task.cancel()
 
     async def _release_interrupted(self) -> None:

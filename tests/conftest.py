@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from scheduler import embedded
+from scheduler import embedded, registry
 from scheduler.store import Store
 from tests import servers
 
@@ -30,6 +30,15 @@ _counter = itertools.count()
 
 def _server_params() -> list[str]:
     return ["dsn"] if os.environ.get("SCHEDULER_TEST_DSN") else servers.majors()
+
+
+@pytest.fixture(autouse=True)
+def _task_registry_not_loaded() -> Iterator[None]:
+    """Each test starts with the task registry not marked loaded (a schedules file's
+    ``imports:`` loaded by one test must not make task names checked in the next)."""
+    registry.set_loaded(False)
+    yield
+    registry.set_loaded(False)
 
 
 @pytest.fixture(scope="session", params=_server_params(), ids=lambda m: f"pg{m}")

@@ -32,12 +32,14 @@ SELECT version, name, applied_at FROM {schema}.migrations ORDER BY version;
 INSERT INTO {schema}.migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: insert_job
+-- Due at run_at, or delay_s seconds after the database's now() (schedule_in; 0: at once).
 -- A job without an idempotency key: a plain INSERT (ON CONFLICT would make every insert a
 -- speculative insertion, with its extra WAL record, for a key that is NULL).
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
                            backoff_base_s, backoff_max_s, backoff_jitter)
 VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
-        coalesce(%(run_at)s::timestamptz, now()), coalesce(%(run_at)s::timestamptz, now()),
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s)
 RETURNING id;
 
@@ -46,7 +48,8 @@ RETURNING id;
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
                            backoff_base_s, backoff_max_s, backoff_jitter, idempotency_key)
 VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
-        coalesce(%(run_at)s::timestamptz, now()), coalesce(%(run_at)s::timestamptz, now()),
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
         %(idempotency_key)s)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL AND state IN ('pending', 'running')
@@ -68,6 +71,8 @@ WHERE idempotency_key = %(idempotency_key)s AND state IN ('pending', 'running');
 -- priority (1M future jobs: ~10,000 buffers and ~100 ms per claim on PostgreSQL 15). Cost
 -- grows with the number of distinct priorities in a queue, not with its jobs.
 -- overlap_policy = queue: a job is claimable only when no older job of its schedule is live.
+-- "Due" is run_at <= %(now)s, the database clock when NULL (tests move it forward, as River's
+-- queries take @now).
 WITH RECURSIVE priorities AS (
     SELECT q.name AS queue,
            (SELECT j.priority FROM {schema}.jobs AS j
@@ -88,7 +93,7 @@ WITH RECURSIVE priorities AS (
         SELECT j.id, j.priority, j.run_at
         FROM {schema}.jobs AS j
         WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority = p.priority
-          AND j.run_at <= now()
+          AND j.run_at <= coalesce(%(now)s::timestamptz, now())
           AND (j.overlap <> 'queue' OR NOT EXISTS (
                   SELECT 1 FROM {schema}.jobs AS older
                   WHERE older.schedule_name = j.schedule_name
@@ -121,18 +126,21 @@ RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
 -- Fenced batch completion: a row changes only if it is still running this attempt of this
 -- worker, so a stale worker cannot overwrite a newer attempt. One job_runs row per change,
 -- unless job_runs already holds that attempt (jobs.attempt reset by hand): then the job's
--- transition is written all the same and run_recorded is false. (complete_succeeded, the
+-- transition is written all the same and run_recorded is false. One notification on
+-- done_channel for the jobs that finished (payload: their ids, or '' for a batch of more than
+-- 500: listeners look again), read by wait_for_job. (complete_succeeded, the
 -- hot path, inserts plainly; its rare conflict makes the writer split the batch down to the
 -- row and write it with this statement.)
 WITH outcome AS (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(states)s::text[],
                 %(delays_s)s::double precision[], %(outcomes)s::text[], %(errors)s::text[],
-                %(tracebacks)s::text[])
-         AS o(id, attempt, state, delay_s, outcome, error, traceback)
+                %(tracebacks)s::text[], %(results)s::text[])
+         AS o(id, attempt, state, delay_s, outcome, error, traceback, result)
 ), changed AS (
     UPDATE {schema}.jobs AS j
     SET state = o.state,
+        result = o.result::jsonb,
         run_at = CASE WHEN o.state = 'pending'
                       THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
         finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END,
@@ -142,7 +150,7 @@ WITH outcome AS (
     FROM outcome AS o
     WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = %(worker_id)s
       AND j.attempt = o.attempt
-    RETURNING j.id, j.attempt, j.locked_at
+    RETURNING j.id, j.attempt, j.locked_at, j.state
 ), run AS (
     INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome,
                                    error, traceback)
@@ -150,8 +158,13 @@ WITH outcome AS (
     FROM changed AS c JOIN outcome AS o ON o.id = c.id
     ON CONFLICT (job_id, attempt) DO NOTHING
     RETURNING job_id
+), done AS (
+    SELECT pg_notify(%(done_channel)s, CASE WHEN count(*) <= 500
+                                            THEN string_agg(c.id::text, ',') ELSE '' END)
+    FROM changed AS c WHERE c.state <> 'pending' HAVING count(*) > 0
 )
-SELECT c.id, c.id IN (SELECT job_id FROM run) AS run_recorded FROM changed AS c;
+SELECT c.id, c.id IN (SELECT job_id FROM run) AS run_recorded FROM changed AS c
+WHERE (SELECT count(*) FROM done) >= 0;  -- evaluates done (the notification) once
 
 -- name: session_settings
 -- The lock session of a hung leader must end by itself whether it hung between statements,
@@ -392,19 +405,27 @@ SELECT now() AS now;
 -- name: complete_succeeded
 -- complete_jobs for a batch in which every attempt succeeded (the common case under load):
 -- two arrays to send instead of seven. Same fence, same rows written.
+-- results is NULL when every handler returned None (the common case).
 WITH changed AS (
     UPDATE {schema}.jobs AS j
     SET state = 'succeeded', finished_at = now(), lease_expires_at = NULL, last_error = NULL,
-        updated_at = now()
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS o(id, attempt)
+        result = o.result::jsonb, updated_at = now()
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::text[])
+         AS o(id, attempt, result)
     WHERE j.id = o.id AND j.state = 'running' AND j.locked_by = %(worker_id)s
       AND j.attempt = o.attempt
     RETURNING j.id, j.attempt, j.locked_at
+), run AS (
+    INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT c.id, c.attempt, %(worker_id)s, c.locked_at, now(), 'succeeded'
+    FROM changed AS c
+    RETURNING job_id
+), done AS (
+    SELECT pg_notify(%(done_channel)s, CASE WHEN count(*) <= 500
+                                            THEN string_agg(r.job_id::text, ',') ELSE '' END)
+    FROM run AS r HAVING count(*) > 0
 )
-INSERT INTO {schema}.job_runs (job_id, attempt, worker_id, started_at, finished_at, outcome)
-SELECT c.id, c.attempt, %(worker_id)s, c.locked_at, now(), 'succeeded'
-FROM changed AS c
-RETURNING job_id;
+SELECT job_id FROM run WHERE (SELECT count(*) FROM done) >= 0;  -- one notification
 
 -- name: extend_leases
 -- One statement for every job this worker runs; a job missing from the result was rescued
@@ -758,12 +779,13 @@ WITH RECURSIVE priorities AS (
     FROM priorities AS p
     WHERE p.priority IS NOT NULL
 )
-SELECT extract(epoch FROM min(n.run_at) - now())::float8 AS delay_s
+SELECT extract(epoch FROM min(n.run_at) - coalesce(%(now)s::timestamptz, now()))::float8
+       AS delay_s
 FROM priorities AS p
 CROSS JOIN LATERAL (
     SELECT j.run_at FROM {schema}.jobs AS j
     WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority = p.priority
-      AND j.run_at > now()
+      AND j.run_at > coalesce(%(now)s::timestamptz, now())
     ORDER BY j.run_at LIMIT 1
 ) AS n
 WHERE p.priority IS NOT NULL;

@@ -40,7 +40,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from scheduler import JobSpec, enqueue, enqueue_many, operations, schedule_at, schedule_many
+from scheduler import (
+    JobSpec,
+    enqueue,
+    enqueue_async,
+    enqueue_many,
+    enqueue_many_async,
+    operations,
+    schedule_at,
+    schedule_at_async,
+    schedule_many,
+    schedule_many_async,
+)
 from scheduler.connections import close_default_pools, set_default_database_url
 from scheduler.errors import SchedulerError
 from scheduler.service import migrate
@@ -496,10 +507,10 @@ def _enqueue_all(conn: psycopg.Connection[Any] | None, at: datetime) -> list[int
 
 async def _enqueue_all_async(conn: psycopg.AsyncConnection[Any], at: datetime) -> list[int]:
     return [
-        await schedule_at(TASK, at, args={"message": "a"}, connection=conn),
-        await enqueue(TASK, args={"message": "b"}, connection=conn),
-        *await schedule_many([JobSpec(TASK, at, {"message": "c"})] * 2, connection=conn),
-        *await enqueue_many(TASK, [{"message": "d"}] * 2, connection=conn),
+        await schedule_at_async(TASK, at, args={"message": "a"}, connection=conn),
+        await enqueue_async(TASK, args={"message": "b"}, connection=conn),
+        *await schedule_many_async([JobSpec(TASK, at, {"message": "c"})] * 2, connection=conn),
+        *await enqueue_many_async(TASK, [{"message": "d"}] * 2, connection=conn),
     ]
 
 

@@ -11,7 +11,14 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from scheduler import DatabaseNotConfiguredError, enqueue, schedule_at, task
+from scheduler import (
+    DatabaseNotConfiguredError,
+    enqueue,
+    enqueue_async,
+    enqueue_many_async,
+    schedule_at,
+    task,
+)
 from scheduler.connections import close_default_pools, set_default_database_url
 from scheduler.errors import DatabaseUnavailableError, InvalidArgumentError
 
@@ -59,9 +66,9 @@ def test_rollback_leaves_no_job(db, db_url):
 def test_async_connection_returns_awaitable_and_joins_transaction(db, db_url):
     async def run() -> int:
         async with await psycopg.AsyncConnection.connect(db_url) as aconn:
-            await enqueue(noop, args={"n": 1}, connection=aconn)
+            await enqueue_async(noop, args={"n": 1}, connection=aconn)
             await aconn.rollback()
-            job_id2 = await enqueue(noop, args={"n": 2}, connection=aconn)
+            job_id2 = await enqueue_async(noop, args={"n": 2}, connection=aconn)
             await aconn.commit()
             return job_id2
 
@@ -173,11 +180,10 @@ def test_bulk_enqueue_validates_everything_before_writing(db, db_url):
 
 
 def test_bulk_enqueue_async(db, db_url):
-    from scheduler import enqueue_many
 
     async def run() -> list[int]:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as aconn:
-            return await enqueue_many(noop, [{"n": 1}, {"n": 2}], connection=aconn)
+            return await enqueue_many_async(noop, [{"n": 1}, {"n": 2}], connection=aconn)
 
     assert len(asyncio.run(run())) == 2
 
@@ -329,7 +335,7 @@ def test_idempotency_key_race_async(db, db_url):
         async def racer() -> int:
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
                 await barrier.wait()
-                return await enqueue(noop, idempotency_key="race-async", connection=conn)
+                return await enqueue_async(noop, idempotency_key="race-async", connection=conn)
 
         return await asyncio.gather(*(racer() for _ in range(RACERS)))
 
@@ -483,17 +489,24 @@ def test_default_url_role_without_insert_is_a_database_error(db, db_url):
         db.execute(f'DROP ROLE "{role}"')
 
 
-def test_async_connection_bad_value_raises_at_the_call(db, db_url):
-    from scheduler import enqueue_many
+def test_async_connection_bad_value_raises_before_any_sql(db, db_url):
+    from scheduler import enqueue_many, enqueue_many_async
 
     async def run() -> None:
         async with await psycopg.AsyncConnection.connect(db_url) as aconn:
+            with pytest.raises(InvalidArgumentError, match="enqueue_async"):
+                enqueue(noop, connection=aconn)  # the sync call refuses an async connection
             with pytest.raises(InvalidArgumentError, match="priority"):
-                enqueue(noop, priority="high", connection=aconn)  # raised, not awaited
+                await enqueue_async(noop, priority="high", connection=aconn)
             with pytest.raises(InvalidArgumentError, match=r"args_list\[0\]"):
-                enqueue_many(noop, [{"x": {1, 2}}], connection=aconn)
+                await enqueue_many_async(noop, [{"x": {1, 2}}], connection=aconn)
+            with psycopg.connect(db_url) as sync_conn:
+                with pytest.raises(InvalidArgumentError, match="without _async"):
+                    await enqueue_async(noop, connection=sync_conn)
+                with pytest.raises(InvalidArgumentError, match="enqueue_async"):
+                    enqueue_many(noop, [{}], connection=aconn)
             assert aconn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            await enqueue(noop, connection=aconn)
+            await enqueue_async(noop, connection=aconn)
             await aconn.commit()
 
     asyncio.run(run())

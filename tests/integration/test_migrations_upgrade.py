@@ -63,6 +63,8 @@ ADDED: dict[tuple[str, str], Any] = {
     ("replicas", "lock_key"): None,
     ("replicas", "lock_registered_at"): None,
     ("replicas", "lock_timeline"): None,
+    # 0013_job_results
+    ("jobs", "result"): None,
 }
 
 SCHEMA = {
@@ -266,7 +268,7 @@ async def _exercise(url: str, ids: dict[str, Any]) -> dict[str, Any]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         new_id = await STORE.insert_job(conn, {
             "queue": "mail", "task": "mail.send", "args": Jsonb({}), "priority": 0,
-            "run_at": None, "max_attempts": 3, "backoff_base_s": 1.0, "backoff_max_s": 60.0,
+            "run_at": None, "delay_s": 0.0, "max_attempts": 3, "backoff_base_s": 1.0, "backoff_max_s": 60.0,
             "backoff_jitter": 0.0, "idempotency_key": None})  # fmt: skip
         claimed = await STORE.claim_jobs(
             conn, queues=["default", "reports"], limit=10, worker_id="w-new", lease_s=30

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from scheduler import enqueue, enqueue_many, task
+from scheduler import enqueue, enqueue_async, enqueue_many, schedule_at_async, task
 from scheduler.settings import Settings
 from scheduler.store import Store
 from scheduler.worker import Worker
@@ -192,7 +192,7 @@ def test_notify_wakes_worker_without_waiting_for_poll(db_url):
     """With a 30 s safety poll, only NOTIFY can start the job within the timeout."""
 
     async def insert(c: psycopg.AsyncConnection) -> None:
-        await enqueue(ok, args={"n": 9}, connection=c)
+        await enqueue_async(ok, args={"n": 9}, connection=c)
 
     asyncio.run(_parked_worker_runs_one(db_url, insert, timeout=5))
 
@@ -272,10 +272,8 @@ def test_delayed_job_starts_at_its_run_at_without_polling(db, db_url):
     job near its run_at."""
     from datetime import datetime, timedelta
 
-    from scheduler import schedule_at
-
     async def insert(c: psycopg.AsyncConnection) -> None:
-        await schedule_at(
+        await schedule_at_async(
             ok, datetime.now(UTC) + timedelta(seconds=1.5), args={"n": 1}, connection=c
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from scheduler import enqueue, maintenance, task
+from scheduler import enqueue, enqueue_async, maintenance, task
 from scheduler.settings import Settings
 from scheduler.store import Store
 from scheduler.worker import Worker
@@ -127,7 +127,7 @@ def test_hostile_exceptions_are_failed_attempts_and_never_block_the_batch(db, db
         await _until(conn, "SELECT count(*) = 0 FROM scheduler.jobs "
                            "WHERE state IN ('pending', 'running')")  # fmt: skip
         # still alive: a job enqueued now runs
-        late = await enqueue(ok, connection=conn)
+        late = await enqueue_async(ok, connection=conn)
         await _until(conn, f"SELECT state = 'succeeded' FROM scheduler.jobs WHERE id = {late}")
 
     asyncio.run(_with_worker(db_url, body))
@@ -137,10 +137,15 @@ def test_hostile_exceptions_are_failed_attempts_and_never_block_the_batch(db, db
     errors = dict(
         db.execute("SELECT job_id, error FROM scheduler.job_runs WHERE outcome = 'failed'")
     )
-    by_task = dict(zip([t.name for t in hostile], [errors[i] for i in ids[: len(hostile)]], strict=True))
+    by_task = dict(
+        zip([t.name for t in hostile], [errors[i] for i in ids[: len(hostile)]], strict=True)
+    )
     assert by_task["hostile.nul"] == "ValueError: a\\x00b"
     assert by_task["hostile.surrogate"] == "ValueError: bad file name: \\udcff.txt"
-    assert by_task["hostile.huge"].startswith("ValueError: xxx") and len(by_task["hostile.huge"]) <= 2000
+    assert (
+        by_task["hostile.huge"].startswith("ValueError: xxx")
+        and len(by_task["hostile.huge"]) <= 2000
+    )
     assert by_task["hostile.unprintable"].startswith("UnprintableError: <str() failed")
     assert by_task["hostile.sys_exit"] == "SystemExit: 1"
     assert by_task["hostile.keyboard_interrupt"].startswith("KeyboardInterrupt")
@@ -168,10 +173,13 @@ def test_a_run_row_conflict_costs_only_its_own_run_record(db, db_url):
         await _until(conn, "SELECT count(*) = 11 FROM scheduler.jobs WHERE state = 'succeeded'")
 
     asyncio.run(_with_worker(db_url, body))
-    assert db.execute(
-        "SELECT count(*) FROM scheduler.job_runs WHERE job_id = ANY(%s) AND outcome = 'succeeded'",
-        [others],
-    ).fetchone()[0] == 10
+    assert (
+        db.execute(
+            "SELECT count(*) FROM scheduler.job_runs WHERE job_id = ANY(%s) AND outcome = 'succeeded'",
+            [others],
+        ).fetchone()[0]
+        == 10
+    )
     assert db.execute(
         "SELECT attempt, outcome, error FROM scheduler.job_runs WHERE job_id = %s", [reset]
     ).fetchall() == [(1, "failed", "earlier life")]
@@ -223,7 +231,7 @@ def test_a_hung_sync_handler_keeps_its_slot_and_starves_no_timeout_clock(db, db_
 
     async def body(worker: Worker, conn: psycopg.AsyncConnection) -> None:
         await _until(conn, f"SELECT state = 'dead' FROM scheduler.jobs WHERE id = {hung}")
-        quick_ids.extend([await enqueue(quick, connection=conn) for _ in range(3)])
+        quick_ids.extend([await enqueue_async(quick, connection=conn) for _ in range(3)])
         await asyncio.sleep(1.0)  # deliberate: three quick timeouts' worth, nothing may start
         assert worker.stuck_threads() == 1
         assert await (await conn.execute(
