@@ -81,7 +81,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from yaml.constructor import ConstructorError
 
-from . import tasks as _tasks
+from . import registry as _tasks
 from .arguments import dotted_path as _dotted
 from .arguments import json_problems
 from .config_yaml import (
@@ -376,7 +376,7 @@ class _Checker:
         self.filename, self.import_tasks = filename, import_tasks
         self.issues: list[ConfigIssue] = []
         self.default_tz = "UTC"
-        self.registered: dict[str, _tasks.Task] = {}
+        self.registered: dict[str, _tasks.TaskSpec] = {}
         self.seen: dict[str, int] = {}  # schedule name -> line of its first definition
         self.walked: set[int] = set()  # ids of the mappings and lists checked for duplicates
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from yaml.constructor import ConstructorError
@@ -43,16 +43,18 @@ class PureLoader(yaml.SafeLoader):
 
 # The same constructors on libyaml's parser (PyYAML's own C binding, several times faster),
 # when PyYAML was built with it; the pure-Python parser otherwise. Both compose the same nodes.
-Loader: type[yaml.SafeLoader] = PureLoader
+Loader: type[yaml.SafeLoader | yaml.CSafeLoader] = PureLoader
 if getattr(yaml, "CSafeLoader", None) is not None:
 
-    class _CLoader(yaml.CSafeLoader):  # type: ignore[misc,name-defined]
+    class _CLoader(yaml.CSafeLoader):
         """CSafeLoader whose mappings and sequences remember their line numbers."""
 
-    Loader = _CLoader  # type: ignore[assignment]
+    Loader = _CLoader
 
 
-def _construct_mapping(loader: PureLoader, node: yaml.MappingNode) -> Iterator[LineMapping]:
+def _construct_mapping(
+    loader: yaml.SafeLoader | yaml.CSafeLoader, node: yaml.MappingNode
+) -> Iterator[LineMapping]:
     data = LineMapping()
     data.line, data.key_lines, data.duplicates = node.start_mark.line + 1, {}, []
     yield data
@@ -78,7 +80,9 @@ def _construct_mapping(loader: PureLoader, node: yaml.MappingNode) -> Iterator[L
         data.key_lines[key] = line
 
 
-def _construct_sequence(loader: PureLoader, node: yaml.SequenceNode) -> Iterator[LineSequence]:
+def _construct_sequence(
+    loader: yaml.SafeLoader | yaml.CSafeLoader, node: yaml.SequenceNode
+) -> Iterator[LineSequence]:
     data = LineSequence()
     data.line = node.start_mark.line + 1
     data.item_lines = [item.start_mark.line + 1 for item in node.value]
@@ -111,37 +115,46 @@ def _guarded(tag: str, build: Callable[[Any, Any], Any]) -> Callable[[Any, Any],
     return construct
 
 
-for _cls in {PureLoader, Loader}:
+_loaders: set[type[yaml.SafeLoader | yaml.CSafeLoader]] = {PureLoader, Loader}
+for _cls in _loaders:
     _cls.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
     _cls.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
     for _kind in ("null", "bool", "int", "float", "binary", "timestamp", "str"):
         _tag = f"tag:yaml.org,2002:{_kind}"
         _cls.add_constructor(_tag, _guarded(_tag, yaml.SafeLoader.yaml_constructors[_tag]))
-del _cls, _kind, _tag
+del _cls, _kind, _tag, _loaders
 
 _COUNTED = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
 _OPENING = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
 _CLOSING = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 
 
-def prescan(text: str, loader: type[yaml.SafeLoader]) -> tuple[int, str] | None:
+class _EventParser(Protocol):
+    """The part of PyYAML's parser API :func:`prescan` uses: both parsers have it (the stubs
+    leave the pure-Python parser's ``get_event`` untyped)."""
+
+    def check_event(self, *choices: type[yaml.Event]) -> bool: ...
+    def get_event(self) -> yaml.Event | None: ...
+    def dispose(self) -> None: ...
+
+
+def prescan(text: str, loader: type[yaml.SafeLoader | yaml.CSafeLoader]) -> tuple[int, str] | None:
     """``(line, reason)`` if the file has more than MAX_VALUES nodes or nests deeper than
     MAX_DEPTH, found from the parser's events alone (no recursion, nothing composed, stops at
     the first excess); YAML syntax errors raise ``yaml.YAMLError``."""
-    parser = loader(text)
+    parser: _EventParser = loader(text)
     try:
         depth = values = 0
         while not parser.check_event(yaml.StreamEndEvent):
             event = parser.get_event()
-            if isinstance(event, _COUNTED):
+            if isinstance(event, _CLOSING):
+                depth -= 1
+            elif isinstance(event, _COUNTED):  # only these raise the counts
                 values += 1
                 depth += isinstance(event, _OPENING)
-            elif isinstance(event, _CLOSING):
-                depth -= 1
-            if depth > MAX_DEPTH:
-                return event.start_mark.line + 1, _TOO_DEEP
-            if values > MAX_VALUES:
-                return event.start_mark.line + 1, _TOO_MANY
+                if depth > MAX_DEPTH or values > MAX_VALUES:
+                    line = 0 if event.start_mark is None else event.start_mark.line + 1
+                    return line, _TOO_DEEP if depth > MAX_DEPTH else _TOO_MANY
         return None
     finally:
         parser.dispose()

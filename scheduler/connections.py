@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -228,7 +228,8 @@ def on_connection(
             try:
                 return sync_insert(conn, payload, prepare=None)
             except _NOT_PREPARED:  # a pooler the check did not see: stop preparing
-                pool.kwargs["prepare_threshold"] = conn.prepare_threshold = None
+                cast(dict[str, Any], pool.kwargs)["prepare_threshold"] = None
+                conn.prepare_threshold = None
                 return sync_insert(conn, payload, prepare=None)
     except (PoolTimeout, psycopg.Error) as e:
         raise _pool_error(e, url, source) from None
@@ -250,7 +251,8 @@ async def on_async_connection(
             try:
                 return await async_insert(conn, payload, prepare=None)
             except _NOT_PREPARED:
-                pool.kwargs["prepare_threshold"] = conn.prepare_threshold = None
+                cast(dict[str, Any], pool.kwargs)["prepare_threshold"] = None
+                conn.prepare_threshold = None
                 return await async_insert(conn, payload, prepare=None)
     except (PoolTimeout, psycopg.Error) as e:
         raise _pool_error(e, url, source) from None
@@ -267,7 +269,7 @@ def check_connection(connection: Any, *, is_async: bool = False) -> None:
     if isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
         kind = type(connection).__name__
         raise InvalidArgumentError(
-            f"connection is a {kind}: use the "
+            f"connection is {'an' if kind.startswith('A') else 'a'} {kind}: use the "
             + ("sync call (without _async)" if is_async else "*_async call (e.g. defer_async, "
                "enqueue_async) and await it")
         )  # fmt: skip

@@ -392,7 +392,10 @@ class Cron:
         minute, hour, dom, dow = fields[-5], fields[-4], fields[-3], fields[-1]
         self.fixed_time = not (minute.startswith("*") or hour.startswith("*"))
         day_or = not (dom.startswith("*") or dow.startswith("*"))
-        self.fields = CronFields(*parsed, day_or=day_or)
+        seconds, minutes, hours, days_of_month, months, days_of_week = parsed
+        self.fields = CronFields(
+            seconds, minutes, hours, days_of_month, months, days_of_week, day_or=day_or
+        )
         return " ".join(rendered), day_or
 
     def __repr__(self) -> str:
@@ -459,7 +462,8 @@ class Cron:
         if inclusive and start == wall:
             start -= _SECOND
         with self._lock:
-            return self._iter.get_next(datetime, start_time=start)
+            wall_time: datetime = self._iter.get_next(datetime, start_time=start)  # untyped lib
+        return wall_time
 
     def fold_floor(self, instant: datetime) -> datetime | None:
         """For fixed-time jobs: if ``instant`` (UTC) lies in the repeated part of a DST-like

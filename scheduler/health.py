@@ -62,7 +62,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .leader import KEEPALIVES
+from .leader import KEEPALIVES, Keepalives
 from .limits import exception_text
 from .log import get_logger, redact_text
 from .metrics import REGISTRY
@@ -144,13 +144,14 @@ class _ProbeSession:
             return None, self._problem(key, exc, unreachable)
 
     def _connect(self) -> psycopg.Connection[Any]:
+        # a partitioned network breaks the session within ~10 s; probes connect faster
+        keepalives: Keepalives = {**KEEPALIVES, "connect_timeout": DB_TIMEOUT_S}
         conn = psycopg.connect(
             self.url,
             autocommit=True,
             application_name=self.application_name,
             prepare_threshold=None,  # nothing session-scoped on a pooled URL
-            # a partitioned network breaks the session within ~10 s; probes connect faster
-            **{**KEEPALIVES, "connect_timeout": DB_TIMEOUT_S},
+            **keepalives,
         )
         try:
             conn.execute(self.store.q["probe_timeout"])

@@ -74,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 
@@ -104,7 +104,20 @@ POOLED_LOCK_KEPT = (
 )
 CONFIG_CHECK_S = 10.0  # how often a follower compares its schedules file with the leader's
 
-KEEPALIVES = {  # every connection of a replica (pool, lock session, LISTEN, probes)
+
+class Keepalives(TypedDict):
+    """libpq connection parameters of :data:`KEEPALIVES` (typed, so ``**KEEPALIVES`` is
+    checked against ``psycopg.connect``'s parameters)."""
+
+    connect_timeout: int
+    keepalives: int
+    keepalives_idle: int
+    keepalives_interval: int
+    keepalives_count: int
+    tcp_user_timeout: int
+
+
+KEEPALIVES: Keepalives = {  # every connection of a replica (pool, lock session, LISTEN, probes)
     "connect_timeout": 10,  # s: an unreachable server fails a connect in time, then backoff
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -266,7 +279,7 @@ class LeaderElector:
             while not stop.is_set() and pid is None:
                 await self._check_config(conn)
                 pid = await self._wait_for_lock(conn, stop)
-            if stop.is_set():
+            if stop.is_set() or pid is None:  # pid is None only when stopped
                 return  # closing the session frees the lock if it was granted meanwhile
             if not await self.store.lock_held(conn, pid):
                 released = await self.store.release_pooled_lock(conn, pid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import cast
 
 import structlog
 
@@ -84,4 +85,5 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """A lazy logger bound with ``component=name`` (it follows :func:`configure`, even when
     created at import time, before configuration)."""
-    return structlog.get_logger(component=name)
+    # structlog types get_logger as Any: it returns a lazy proxy of the configured wrapper class
+    return cast("structlog.typing.FilteringBoundLogger", structlog.get_logger(component=name))

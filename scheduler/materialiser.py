@@ -228,7 +228,7 @@ async def _apply(
         plans = {r["name"]: work.plans[r["name"]][1] for r in locked}
         names = [n for n, p in plans.items() for _ in p.fire_times]
         fire_times = [t for p in plans.values() for t in p.fire_times]
-        skips = [(n, s) for n, p in plans.items() for s in p.skips]
+        skips: list[tuple[str, Skip | None]] = [(n, s) for n, p in plans.items() for s in p.skips]
         inserted = 0
         if names:
             params = {"names": names, "fire_times": fire_times, "term": term}

@@ -110,13 +110,19 @@ class Replica:
         self.lost_replicas = maintenance.LostReplicas(liveness_namespace(settings.schema_name))
         self._next_liveness_check = 0.0
 
+    def _no_prepare(self) -> None:
+        """No prepared statements on the pool's connections made from now on."""
+        kwargs = self.pool.kwargs
+        assert isinstance(kwargs, dict)  # __init__ gives the pool a dict, not a callable
+        kwargs.update(NO_PREPARE)
+
     async def _check_pooler(self) -> None:
         """Before any session-scoped work: is ``url`` a transaction pooler? (See
         :mod:`scheduler.pooler`.) A separate direct URL means it may be: no prepared
         statements. Without one, a detected pooler also means no leading and no LISTEN."""
         direct = self.settings.direct_database_url
         if direct and direct != self.url:
-            self.pool.kwargs.update(NO_PREPARE)
+            self._no_prepare()
             return
         if not await is_transaction_pooled(self.url, self.store, **KEEPALIVES):
             # no JIT for the worker's short statements: a claim of a few hundred rows is
@@ -125,7 +131,7 @@ class Replica:
             # pooler resets it with the session; PgBouncer refuses the startup option)
             self._jit_off = True
             return
-        self.pool.kwargs.update(NO_PREPARE)
+        self._no_prepare()
         self.elector.refusal = (
             "SCHEDULER_DATABASE_URL goes through a transaction-mode pooler (e.g. PgBouncer), "
             "where session locks, SET and LISTEN do not work: this replica runs jobs but will "

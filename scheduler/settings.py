@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import InvalidArgumentError, SettingsError
@@ -326,7 +327,7 @@ def warn_unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
     return printed
 
 
-def _problem(error: Any, overrides: dict[str, Any], options: dict[str, str]) -> str:
+def _problem(error: ErrorDetails, overrides: dict[str, Any], options: dict[str, str]) -> str:
     reason = error["msg"].removeprefix("Value error, ")
     if reason.startswith("Input "):  # pydantic's own messages
         reason = "i" + reason[1:]
