@@ -11,6 +11,11 @@
     scheduler jobs show ID [--json] | retry ID | cancel ID
     scheduler dead-letters list [--task T] [--limit N] [--json]
     scheduler dead-letters retry --all [--task T] | purge --older-than DURATION [--task T]
+    scheduler tasks list [--config FILE] [--import MODULE ...] [--json]  (these two: cli_tasks.py)
+    scheduler enqueue TASK [--args JSON] [--at ISO8601 | --in DURATION] [--queue Q]
+                      [--priority N] [--max-attempts N] [--idempotency-key K]
+                      [--config FILE] [--import MODULE ...] [--json]
+    scheduler --version
 
 Database: ``SCHEDULER_DATABASE_URL``; when unset, an embedded PostgreSQL is started with its
 data under ``SCHEDULER_EMBEDDED_DIR`` (default ``./.scheduler``) and its URL is printed.
@@ -40,7 +45,7 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from . import embedded, limits, log, operations, schedules
+from . import __version__, embedded, limits, log, operations, schedules
 from .config import load_config
 from .cron import Cron
 from .errors import (
@@ -73,7 +78,12 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            shown = limits.shown(text)
+            if text.strip().lstrip("+-").isdigit():  # more digits than int() converts
+                raise argparse.ArgumentTypeError(
+                    f"{shown} is out of range {low:,} .. {high:,}"
+                ) from None
+            raise argparse.ArgumentTypeError(f"{shown} is not a whole number") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is out of range {low:,} .. {high:,}")
         return value
@@ -323,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="scheduler", description="Cron and delayed jobs on a PostgreSQL jobs table."
     )
+    parser.add_argument("-V", "--version", action="version", version=f"scheduler {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("migrate", help="apply the schema migrations (idempotent)")
@@ -374,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_jobs  # here, not at the top: cli_jobs imports this module's helpers
 
     cli_jobs.add_parsers(sub)
+    from . import cli_tasks  # likewise
+
+    cli_tasks.add_parsers(sub)
     return parser
 
 
