@@ -10,6 +10,21 @@ Public surface::
     send_email.schedule_in(timedelta(minutes=5), to="a@example.com")
 """
 
+from .control import (
+    Attempt,
+    Job,
+    RetryOutcome,
+    cancel_job,
+    cancel_job_async,
+    get_job,
+    get_job_async,
+    list_jobs,
+    list_jobs_async,
+    retry_job,
+    retry_job_async,
+    wait_for_job,
+    wait_for_job_async,
+)
 from .errors import (
     ConfigError,
     CronError,
@@ -46,6 +61,7 @@ from .registry import JobContext, current_job, load_tasks
 from .tasks import Task, TaskCall, task
 
 __all__ = [
+    "Attempt",
     "ConfigError",
     "CronError",
     "DatabaseError",
@@ -54,6 +70,7 @@ __all__ = [
     "DuplicateTaskError",
     "IdempotencyKeyBusyError",
     "InvalidArgumentError",
+    "Job",
     "JobContext",
     "JobNotFoundError",
     "JobSpec",
@@ -61,6 +78,7 @@ __all__ = [
     "JobWaitTimeoutError",
     "LeadershipLostError",
     "ReplicaFailedError",
+    "RetryOutcome",
     "RunOutcome",
     "SchedulerError",
     "SchemaNotMigratedError",
@@ -69,16 +87,26 @@ __all__ = [
     "TaskArgumentsError",
     "TaskCall",
     "UnknownTaskError",
+    "cancel_job",
+    "cancel_job_async",
     "current_job",
     "enqueue",
     "enqueue_async",
     "enqueue_many",
     "enqueue_many_async",
+    "get_job",
+    "get_job_async",
+    "list_jobs",
+    "list_jobs_async",
     "load_tasks",
+    "retry_job",
+    "retry_job_async",
     "schedule_at",
     "schedule_at_async",
     "schedule_many",
     "schedule_many_async",
     "task",
+    "wait_for_job",
+    "wait_for_job_async",
 ]
 __version__ = "0.1.0"

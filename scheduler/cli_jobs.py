@@ -37,7 +37,11 @@ def _print_jobs(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _show(job: dict[str, Any]) -> str:
-    lines = [f"{k:<20} {cell(v)}" for k, v in job.items() if k not in ("runs", "events")]
+    lines = [  # result: the handler's return value, as JSON ("-": none)
+        f"{k:<20} {json.dumps(v) if k == 'result' and v is not None else cell(v)}"
+        for k, v in job.items()
+        if k not in ("runs", "events")
+    ]
     for run in job["runs"]:
         lines.append(
             f"\nattempt {run['attempt']}: {run['outcome']} on {cell(run['worker_id'])}, "
@@ -169,7 +173,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
     staleness thresholds taken from ``settings``: the leader is stale when its heartbeat is
     older than twice ``leader_session_timeout_s`` (its lock session would have ended), a
     replica when it is silent for 3 x ``replica_heartbeat_s`` (when the leader deletes it)."""
-    return with_connection(
+    report: dict[str, Any] = with_connection(
         settings,
         lambda c, st: operations.status(
             c,
@@ -178,6 +182,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
             replica_stale_s=3 * settings.replica_heartbeat_s,
         ),
     )
+    return report
 
 
 def cmd_status(args: argparse.Namespace) -> int:

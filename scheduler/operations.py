@@ -197,15 +197,17 @@ async def retry(
 
 async def cancel(conn: psycopg.AsyncConnection[Any], store: Store, job_id: int) -> str | None:
     """Cancel a pending job (``"cancelled"``) or ask a running one to stop
-    (``"cancel_requested"``); ``None`` when the job does not exist or has finished."""
+    (``"cancel_requested"``); ``None`` when the job does not exist or has finished.
+
+    Notifies (at commit) the running job's worker on ``cancel_channel``, or, for a job
+    cancelled now, the :func:`scheduler.wait_for_job` waiters on ``done_channel``."""
     rows = await store.fetch(conn, "job_cancel", {"id": job_id})
     if not rows:
         return None
-    if rows[0]["event"] == "cancel_requested":
-        await conn.execute(
-            store.q["notify_cancel"], {"channel": store.cancel_channel, "id": job_id}
-        )
-    return rows[0]["event"]
+    event: str = rows[0]["event"]
+    channel = store.cancel_channel if event == "cancel_requested" else store.done_channel
+    await conn.execute(store.q["notify_cancel"], {"channel": channel, "id": job_id})
+    return event
 
 
 async def purge_dead_letters(

@@ -549,7 +549,7 @@ LIMIT %(limit)s;
 SELECT id, state, queue, task, args, priority, run_at, first_run_at, attempt, max_attempts,
        backoff_base_s, backoff_max_s, backoff_jitter, locked_by, locked_at, lease_expires_at,
        schedule_name, scheduled_for, term, origin, idempotency_key, last_error,
-       cancel_requested_at, created_at, updated_at, finished_at
+       cancel_requested_at, created_at, updated_at, finished_at, result
 FROM {schema}.jobs WHERE id = %(id)s;
 
 -- name: job_runs_of
