@@ -2,8 +2,8 @@
 
 ``send_newsletter`` is the transactional outbox: the newsletter row and one
 ``deliver_newsletter`` job per active subscriber are inserted in **one** transaction, with
-``enqueue(..., connection=conn)``. If that transaction rolls back, there is neither a
-newsletter nor a job; once it commits, the jobs table guarantees every delivery is attempted
+``deliver_newsletter.configure(connection=conn).defer(...)``. If that transaction rolls back,
+there is neither a newsletter nor a job; once it commits, the jobs table guarantees every delivery is attempted
 (at least once, retried on failure) even if this process dies right after the commit.
 """
 
@@ -13,8 +13,6 @@ from importlib import resources
 from typing import Any
 
 import psycopg
-
-from scheduler import enqueue
 
 from .settings import BOUNCE_DOMAIN, GREYLIST_DOMAIN
 from .tasks import deliver_newsletter
@@ -87,9 +85,7 @@ def send_newsletter(
             "SELECT id FROM newsletter.subscribers WHERE active ORDER BY id"
         ).fetchall()
         for (subscriber_id,) in subscribers:
-            enqueue(
-                deliver_newsletter,
-                args={"newsletter_id": newsletter_id, "subscriber_id": subscriber_id},
-                connection=conn,
+            deliver_newsletter.configure(connection=conn).defer(
+                newsletter_id=newsletter_id, subscriber_id=subscriber_id
             )
     return newsletter_id
