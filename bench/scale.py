@@ -76,7 +76,8 @@ def explain(url: str) -> str:
     sql = STORE.q["claim_jobs"]
     with psycopg.connect(url) as conn:
         text = sql.as_string(conn)
-        params = {"queues": ["default"], "limit": 10, "worker_id": "explain", "lease_s": 30}
+        params = {"queues": ["default"], "limit": 10, "worker_id": "explain", "lease_s": 30,
+                  "now": None}
         rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, params).fetchall()
         conn.rollback()
     return "\n".join(r[0] for r in rows)

@@ -93,13 +93,16 @@ def delay_seconds(delay: timedelta | float, what: str = "delay") -> float:
     if isinstance(delay, timedelta):
         seconds = delay.total_seconds()
     elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
-        seconds = float(delay)
+        try:
+            seconds = float(delay)
+        except OverflowError:
+            seconds = float("inf")
     else:
         raise InvalidArgumentError(
             f"{what} must be a timedelta or a number of seconds, not {type(delay).__name__} "
             f"{shown(delay)}"
         )
-    if not 0 <= seconds <= DURATION_MAX_S:
+    if not 0 <= seconds <= DURATION_MAX_S:  # NaN too
         raise InvalidArgumentError(f"{what} must be from 0 s to 10 years, not {shown(delay)}")
     return seconds
 

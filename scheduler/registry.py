@@ -153,6 +153,8 @@ class TaskSpec:
     @cached_property
     def _signature(self) -> inspect.Signature:
         try:
+            return inspect.signature(self.func, eval_str=True)
+        except NameError:  # an annotation that does not resolve: shown as written
             return inspect.signature(self.func)
         except (TypeError, ValueError):  # a builtin without a signature: anything goes
             return inspect.Signature([inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
@@ -208,6 +210,7 @@ class TaskSpec:
                 fails its annotation (pydantic strict mode: ``"5"`` for an ``int`` is refused);
                 a value JSON cannot store. The message names the task and the argument.
         """
+        head = f"task {self.name!r}: " + ("" if what == "args" else f"{what}: ")
         for key in kwargs:
             if not isinstance(key, str):
                 raise TaskArgumentsError(
@@ -221,22 +224,20 @@ class TaskSpec:
                     near = difflib.get_close_matches(str(key), list(params), n=1)
                     hint = f"; did you mean {near[0]!r}?" if near else ""
                     raise TaskArgumentsError(
-                        f"task {self.name!r}: unexpected argument {shown(key)}{hint} "
+                        f"{head}unexpected argument {shown(key)}{hint} "
                         f"(its parameters: {self.signature})"
                     )
         try:
             bound = self._parameters.bind(*args, **kwargs)
         except TypeError as e:
-            raise TaskArgumentsError(
-                f"task {self.name!r}: {e} (its parameters: {self.signature})"
-            ) from None
+            raise TaskArgumentsError(f"{head}{e} (its parameters: {self.signature})") from None
         values = dict(bound.arguments)
         for name, param in self._parameters.parameters.items():
             if param.kind is param.VAR_KEYWORD and name in values:
                 values.update(values.pop(name))
             elif param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY) and name in values:
                 raise TaskArgumentsError(
-                    f"task {self.name!r}: {shown(values[name])} would be passed by position "
+                    f"{head}{shown(values[name])} would be passed by position "
                     f"({param.name!r}); a job's arguments are stored by name"
                 )
         for name, adapter in self._adapters.items():
@@ -246,7 +247,7 @@ class TaskSpec:
                 except ValidationError as e:
                     reason = "; ".join(err["msg"] for err in e.errors()[:3])
                     raise TaskArgumentsError(
-                        f"task {self.name!r}: argument {name!r}={shown(values[name])}: "
+                        f"{head}argument {name!r}={shown(values[name])}: "
                         f"{reason} (its parameters: {self.signature})"
                     ) from None
         try:

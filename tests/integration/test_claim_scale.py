@@ -11,7 +11,7 @@ import psycopg
 from scheduler.store import Store
 
 STORE = Store("scheduler")
-PARAMS = {"queues": ["default", "other"], "limit": 10, "worker_id": "w", "lease_s": 30}
+PARAMS = {"queues": ["default", "other"], "limit": 10, "worker_id": "w", "lease_s": 30, "now": None}
 
 
 def _claim_buffers(db: psycopg.Connection) -> tuple[int, list[tuple[int, int]]]:

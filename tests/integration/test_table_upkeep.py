@@ -68,7 +68,7 @@ def test_lease_extensions_are_hot_updates_and_claims_and_completions_cannot_be(d
         async with await psycopg.AsyncConnection.connect(db_url) as conn:
             await conn.set_autocommit(True)
             seen = {}
-            base = {"worker_id": WORKER, "lease_s": 30.0}
+            base = {"worker_id": WORKER, "lease_s": 30.0, "now": None}
             seen["claim"] = await _step(
                 conn, "claim_jobs", {**base, "queues": ["default"], "limit": n}
             )
@@ -77,7 +77,8 @@ def test_lease_extensions_are_hot_updates_and_claims_and_completions_cannot_be(d
             held = {**base, "ids": ids, "attempts": attempts}
             for round_ in range(3):
                 seen[f"extension {round_ + 1}"] = await _step(conn, "extend_leases", held)
-            seen["completion"] = await _step(conn, "complete_succeeded", held)
+            done = {**held, "results": None, "done_channel": STORE.done_channel}
+            seen["completion"] = await _step(conn, "complete_succeeded", done)
             return seen
 
     seen = asyncio.run(scenario())

@@ -14,7 +14,7 @@ import pydantic
 import pytest
 
 from scheduler import config as config_module
-from scheduler import config_yaml, limits, tasks
+from scheduler import config_yaml, limits, registry
 from scheduler.config import (
     MisfirePolicy,
     OverlapPolicy,
@@ -56,10 +56,10 @@ schedules:
 @pytest.fixture(autouse=True)
 def clean_registry() -> Iterator[None]:
     """Tests import tests.unit.sample_tasks; forget its tasks and the module afterwards."""
-    before = dict(tasks._REGISTRY)
+    before = dict(registry._REGISTRY)
     yield
-    tasks._REGISTRY.clear()
-    tasks._REGISTRY.update(before)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
     sys.modules.pop(SAMPLE, None)
 
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import yaml
 
-from scheduler import config, config_yaml, tasks
+from scheduler import config, config_yaml, registry
 from scheduler.config import load_config
 from scheduler.errors import ConfigError
 
@@ -221,10 +221,10 @@ CASES: dict[str, tuple[Case, str]] = {
 
 @pytest.fixture(autouse=True)
 def clean_registry() -> Iterator[None]:
-    before = dict(tasks._REGISTRY)
+    before = dict(registry._REGISTRY)
     yield
-    tasks._REGISTRY.clear()
-    tasks._REGISTRY.update(before)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
     sys.modules.pop(SAMPLE, None)
 
 
