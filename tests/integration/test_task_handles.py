@@ -76,8 +76,8 @@ def test_defer_binds_arguments_and_uses_the_task_options(db, default_db):
 @pytest.mark.parametrize(
     ("call", "fragment"),
     [
-        (lambda: send_receipt.defer(orderid=1, email="a"), "unexpected argument 'orderid'; did "
-         "you mean 'order_id'?"),
+        (lambda: send_receipt.defer(orderid=1, email="a"),
+         "unexpected argument 'orderid'; did you mean 'order_id'?"),
         (lambda: send_receipt.defer(order_id=1), "missing a required argument: 'email'"),
         (lambda: send_receipt.defer(order_id="1", email="a"), "argument 'order_id'='1'"),
         (lambda: send_receipt.defer(order_id=True, email="a"), "argument 'order_id'=True"),
@@ -87,7 +87,7 @@ def test_defer_binds_arguments_and_uses_the_task_options(db, default_db):
         (lambda: enqueue(send_receipt, args={"order_id": 1}), "missing a required argument"),
         (lambda: send_receipt.defer_many([{"order_id": 1, "email": "a"}, {"order_id": 2}]),
          "args_list[1]"),
-    ],  # fmt: skip
+    ],
 )
 def test_arguments_that_do_not_fit_are_refused_before_any_sql(db, default_db, call, fragment):
     with pytest.raises(TaskArgumentsError) as info:
@@ -131,11 +131,9 @@ def test_configure_joins_the_callers_transaction_and_overrides_options(db, db_ur
     row = _job(db, job_id)
     assert (row["queue"], row["priority"]) == ("urgent", -5)
     assert [_job(db, i)["args"]["order_id"] for i in ids] == [2, 3]
-    with psycopg.connect(db_url) as sync_conn:
-        with pytest.raises(InvalidArgumentError, match="without _async"):
-            asyncio.run(
-                send_receipt.configure(connection=sync_conn).defer_async(order_id=1, email="a")
-            )
+    with psycopg.connect(db_url) as sync_conn, pytest.raises(InvalidArgumentError,
+                                                             match="without _async"):  # fmt: skip
+        asyncio.run(send_receipt.configure(connection=sync_conn).defer_async(order_id=1, email="a"))
 
 
 def test_async_twins_on_an_async_connection_and_on_the_default_pool(db, default_db):
