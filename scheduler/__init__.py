@@ -10,6 +10,13 @@ Public surface::
     send_email.schedule_in(timedelta(minutes=5), to="a@example.com")
 """
 
+from .bulk import (
+    JobSpec,
+    enqueue_many,
+    enqueue_many_async,
+    schedule_many,
+    schedule_many_async,
+)
 from .control import (
     Attempt,
     Job,
@@ -45,17 +52,12 @@ from .errors import (
     UnknownTaskError,
 )
 from .jobs import (
-    JobSpec,
     JobState,
     RunOutcome,
     enqueue,
     enqueue_async,
-    enqueue_many,
-    enqueue_many_async,
     schedule_at,
     schedule_at_async,
-    schedule_many,
-    schedule_many_async,
 )
 from .registry import JobContext, current_job, load_tasks
 from .tasks import Task, TaskCall, task

@@ -18,8 +18,9 @@ idempotent (or use an idempotency key for the side effects they cause).
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -37,9 +38,9 @@ from .limits import (
     check_queue,
     shown,
 )
-from .registry import TaskSpec, resolve, task_name
+from .registry import TaskSpec, resolve
 from .settings import Settings, get_settings
-from .store import BulkJob, Store
+from .store import Store
 
 TaskRef = TaskSpec | Callable[..., Any] | str
 """What the enqueue calls accept as a task: a ``@task`` handle, its function, or a name."""
@@ -70,7 +71,7 @@ class RunOutcome(str, enum.Enum):
 # ---- one job: checked, then inserted on the caller's connection or the default pool -----------
 
 
-def _check_run_at(run_at: datetime | None, what: str = "run_at") -> None:
+def check_run_at(run_at: datetime | None, what: str = "run_at") -> None:
     if run_at is not None:
         if not isinstance(run_at, datetime):
             raise InvalidArgumentError(
@@ -107,7 +108,7 @@ def delay_seconds(delay: timedelta | float, what: str = "delay") -> float:
     return seconds
 
 
-def _check_options(queue: Any, priority: Any, max_attempts: Any, where: str = "") -> None:
+def check_options(queue: Any, priority: Any, max_attempts: Any, where: str = "") -> None:
     """The per-job options given by the caller (``None``: the task's or the default)."""
     if queue is not None:
         check_queue(queue, f"{where}queue")
@@ -117,7 +118,7 @@ def _check_options(queue: Any, priority: Any, max_attempts: Any, where: str = ""
         check_max_attempts(max_attempts, f"{where}max_attempts")
 
 
-def _job_options(
+def job_options(
     task: TaskSpec | str,
     queue: str | None,
     priority: int | None,
@@ -127,7 +128,7 @@ def _job_options(
 ) -> dict[str, Any]:
     """The columns that come from the task and its options (the same for every job of a bulk
     enqueue with the same options), validated; ``where`` prefixes argument names."""
-    _check_options(queue, priority, max_attempts, where)
+    check_options(queue, priority, max_attempts, where)
     spec = task if isinstance(task, TaskSpec) else None
 
     def pick(value: Any, attr: str, fallback: Any) -> Any:
@@ -173,7 +174,7 @@ def prepare(
     arguments (bound against the handler's signature when the task is registered here, else
     only checked as JSON), ``run_at`` and the options. Errors as :func:`schedule_at`."""
     settings = get_settings()
-    _check_run_at(run_at)
+    check_run_at(run_at)
     spec = resolve(task)
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise InvalidArgumentError(
@@ -186,7 +187,7 @@ def prepare(
         values, text = dict(kwargs or {}), args_json(kwargs)
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
-    params = {**_job_options(spec, queue, priority, max_attempts, settings), "run_at": run_at,
+    params = {**job_options(spec, queue, priority, max_attempts, settings), "run_at": run_at,
               "delay_s": delay_s, "args": text, "idempotency_key": idempotency_key}  # fmt: skip
     return Prepared(spec, values, params)
 
@@ -209,11 +210,34 @@ def set_inline(runner: InlineRunner | None) -> InlineRunner | None:
     return previous
 
 
+def refuse_on_event_loop(call: str) -> None:
+    """Raise :class:`InvalidArgumentError` when this thread runs an event loop: a sync call
+    on the default pool would block the loop while it connects and inserts, and ``await`` on
+    its ``int`` result would fail only after the job was committed (a caller retrying on
+    that error enqueues it twice). Checked before anything is written."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise InvalidArgumentError(
+        f"the sync {call} call was made on a running event loop, where it would block the "
+        "loop: use its *_async twin (await send_receipt.defer_async(...), await "
+        "enqueue_async(...)), or pass a sync connection="
+    )
+
+
+def inline_runner() -> InlineRunner | None:
+    """The runner :func:`set_inline` installed, or ``None``."""
+    return _inline
+
+
 def insert(job: Prepared, connection: SyncConnection | None) -> int:
     """Insert a prepared job on ``connection`` (joining its transaction) or on the default
     pool (committed at once); returns its id. Errors as :func:`schedule_at`."""
     if _inline is not None:
         return _inline.run(job)
+    if connection is None:
+        refuse_on_event_loop("enqueue")
     store = Store(get_settings().schema_name)
     return int(on_connection(connection, get_settings(), store.insert_job_sync, job.params))
 
@@ -357,167 +381,3 @@ async def enqueue_async(
     return await schedule_at_async(task, None, args=args, queue=queue, priority=priority,
                                    max_attempts=max_attempts, idempotency_key=idempotency_key,
                                    connection=connection)  # fmt: skip
-
-
-# ---- many jobs: one COPY -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job for :func:`schedule_many`; fields as in :func:`schedule_at`.
-
-    Raises:
-        InvalidArgumentError: when built, a field of the wrong type or out of range (as in
-            :func:`schedule_at`; ``args`` must be a mapping or ``None``, and whether they fit
-            the task is checked by :func:`schedule_many`).
-    """
-
-    task: TaskRef
-    run_at: datetime | None = None
-    args: Mapping[str, Any] | None = None
-    queue: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.task, str) or not callable(self.task):
-            task_name(self.task, "JobSpec.task")
-        _check_run_at(self.run_at, "JobSpec.run_at")
-        if self.args is not None and not isinstance(self.args, Mapping):
-            raise InvalidArgumentError(
-                f"JobSpec.args must be a mapping or None, not {type(self.args).__name__}"
-            )
-        _check_options(self.queue, self.priority, self.max_attempts, "JobSpec.")
-
-
-def _items(value: Any, what: str, of: str) -> Iterable[Any]:
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise InvalidArgumentError(
-            f"{what} must be an iterable of {of}, not {type(value).__name__}"
-        )
-    return value
-
-
-def _args_text(task: TaskSpec | str, args: Any, what: str) -> str:
-    if isinstance(task, TaskSpec):
-        if args is not None and not isinstance(args, Mapping):
-            raise InvalidArgumentError(f"{what} must be a mapping, not {type(args).__name__}")
-        return task.bind((), args or {}, what)[1]
-    return args_json(args, what)
-
-
-def _spec_rows(jobs: Iterable[JobSpec]) -> list[BulkJob]:
-    settings = get_settings()
-    options: dict[tuple[Any, ...], dict[str, Any]] = {}  # task options, looked up once
-    specs: dict[str, TaskSpec | str] = {}
-    rows: list[BulkJob] = []
-    for i, j in enumerate(_items(jobs, "jobs", "JobSpec")):
-        if not isinstance(j, JobSpec):
-            raise InvalidArgumentError(f"jobs[{i}] must be a JobSpec, not {type(j).__name__}")
-        where = f"jobs[{i}]."
-        _check_run_at(j.run_at, f"{where}run_at")
-        name = task_name(j.task, f"{where}task")
-        spec = specs.get(name) or specs.setdefault(name, resolve(j.task, f"{where}task"))
-        key = (name, j.queue, j.priority, j.max_attempts)
-        o = options.get(key)
-        if o is None:
-            o = options[key] = _job_options(spec, j.queue, j.priority, j.max_attempts,
-                                            settings, where)  # fmt: skip
-        rows.append(
-            (o["queue"], o["task"], _args_text(spec, j.args, f"{where}args"), o["priority"],
-             j.run_at, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
-             o["backoff_jitter"])
-        )  # fmt: skip
-    return rows
-
-
-def many_rows(
-    task: TaskRef, args_list: Iterable[Mapping[str, Any]], queue: str | None = None,
-    priority: int | None = None, max_attempts: int | None = None,
-) -> list[BulkJob]:  # fmt: skip
-    """The rows of :func:`enqueue_many`, checked (a bad item is named ``args_list[3]``)."""
-    spec = resolve(task)
-    o = _job_options(spec, queue, priority, max_attempts, get_settings())
-    head = (o["queue"], o["task"])
-    tail = (o["priority"], None, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
-            o["backoff_jitter"])  # fmt: skip
-    items = _items(args_list, "args_list", "mappings")
-    return [(*head, _args_text(spec, args, f"args_list[{i}]"), *tail)
-            for i, args in enumerate(items)]  # fmt: skip
-
-
-def insert_many(rows: list[BulkJob], connection: SyncConnection | None) -> list[int]:
-    """Insert checked rows with one ``COPY``; returns the ids in order."""
-    if _inline is not None:
-        raise InvalidArgumentError("bulk enqueue is not supported in inline mode")
-    store = Store(get_settings().schema_name)
-    return list(on_connection(connection, get_settings(), store.insert_jobs_sync, rows))
-
-
-async def insert_many_async(rows: list[BulkJob], connection: AsyncConnection | None) -> list[int]:
-    """:func:`insert_many` on an async connection or the default async pool."""
-    if _inline is not None:
-        raise InvalidArgumentError("bulk enqueue is not supported in inline mode")
-    store = Store(get_settings().schema_name)
-    return list(await on_async_connection(connection, get_settings(), store.insert_jobs, rows))
-
-
-def schedule_many(jobs: Iterable[JobSpec], *, connection: SyncConnection | None = None) -> list[int]:
-    """Enqueue many jobs with one ``COPY`` (one notification per queue).
-
-    Every job is validated before anything is written (same rules and errors as
-    :func:`schedule_at`): one bad item writes none of the batch and leaves the caller's
-    transaction usable. Idempotency keys are not supported in bulk. With ``connection``
-    the rows join the caller's transaction; without, they are committed at once on the
-    default pool. :func:`schedule_many_async` is the async twin.
-
-    Returns:
-        The job ids, in the order of ``jobs``.
-
-    Raises:
-        InvalidArgumentError: ``jobs`` is not an iterable of :class:`JobSpec`, or an item
-            has a bad value; the message names it (``jobs[3].args.to: ...``).
-        UnknownTaskError, DatabaseNotConfiguredError, DatabaseUnavailableError,
-        SchemaNotMigratedError, psycopg.Error: as in :func:`schedule_at`.
-    """
-    check_connection(connection)
-    return insert_many(_spec_rows(jobs), connection)
-
-
-async def schedule_many_async(
-    jobs: Iterable[JobSpec], *, connection: AsyncConnection | None = None
-) -> list[int]:
-    """:func:`schedule_many` for async code."""
-    check_connection(connection, is_async=True)
-    return await insert_many_async(_spec_rows(jobs), connection)
-
-
-def enqueue_many(
-    task: TaskRef,
-    args_list: Iterable[Mapping[str, Any]],
-    *,
-    queue: str | None = None,
-    priority: int | None = None,
-    max_attempts: int | None = None,
-    connection: SyncConnection | None = None,
-) -> list[int]:
-    """Enqueue one job of ``task`` per item of ``args_list``, due now, in one ``COPY``; see
-    :func:`schedule_many` (same errors; a bad item is named ``args_list[3]``). Returns the
-    ids in order."""
-    check_connection(connection)
-    return insert_many(many_rows(task, args_list, queue, priority, max_attempts), connection)
-
-
-async def enqueue_many_async(
-    task: TaskRef,
-    args_list: Iterable[Mapping[str, Any]],
-    *,
-    queue: str | None = None,
-    priority: int | None = None,
-    max_attempts: int | None = None,
-    connection: AsyncConnection | None = None,
-) -> list[int]:
-    """:func:`enqueue_many` for async code."""
-    check_connection(connection, is_async=True)
-    rows = many_rows(task, args_list, queue, priority, max_attempts)
-    return await insert_many_async(rows, connection)

@@ -54,7 +54,9 @@ async def rescue_expired_leases(
     async with conn.transaction():
         if await store.fence(conn, holder, term) is None:
             raise LeadershipLostError(f"term {term} is no longer current for {holder}")
-        rows = await store.fetch(conn, "rescue_expired_leases", {"limit": RESCUE_BATCH})
+        rows = await store.fetch(conn, "rescue_expired_leases", {
+            "limit": RESCUE_BATCH, "channel": store.notify_channel,
+            "done_channel": store.done_channel})  # fmt: skip
     rescued = [r["job_id"] for r in rows]
     for r in rows:
         metrics.JOBS_RESCUED.labels(r["queue"], r["task"]).inc()
@@ -113,7 +115,7 @@ class LostReplicas:
                 raise LeadershipLostError(f"term {term} is no longer current for {holder}")
             rows = await store.fetch(conn, "rescue_lost_replicas", {
                 "replicas": confirmed, "ns": self.namespace, "limit": RESCUE_BATCH,
-                "channel": store.notify_channel})  # fmt: skip
+                "channel": store.notify_channel, "done_channel": store.done_channel})  # fmt: skip
         for r in rows:
             metrics.JOBS_RESCUED.labels(r["queue"], r["task"]).inc()
         for replica in sorted({r["replica"] for r in rows}):

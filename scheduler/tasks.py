@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from . import jobs
+from . import bulk, jobs
 from .connections import check_connection
 from .errors import InvalidArgumentError
 from .limits import shown
@@ -115,15 +115,15 @@ class TaskCall(Generic[P, R]):
         is named ``args_list[3]``). Idempotency keys are not supported in bulk."""
         if self.idempotency_key is not None:
             raise InvalidArgumentError("defer_many does not take an idempotency_key")
-        rows = jobs.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
-        return jobs.insert_many(rows, self._sync())
+        rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
+        return bulk.insert_many(rows, self._sync())
 
     async def defer_many_async(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
         """:meth:`defer_many` for async code."""
         if self.idempotency_key is not None:
             raise InvalidArgumentError("defer_many_async does not take an idempotency_key")
-        rows = jobs.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
-        return await jobs.insert_many_async(rows, self._async())
+        rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
+        return await bulk.insert_many_async(rows, self._async())
 
 
 def _aware(when: Any) -> datetime:

@@ -21,7 +21,7 @@ import psycopg
 from .connections import close_default_async_pools
 from .errors import DatabaseUnavailableError, InvalidArgumentError, SchedulerError, UnknownTaskError
 from .execution import Result, enter_job, failure, succeeded
-from .jobs import JobState, RunOutcome, _check_run_at, delay_seconds
+from .jobs import JobState, RunOutcome, check_run_at, delay_seconds
 from .limits import check_queue, exception_text, shown
 from .log import redact_url
 from .registry import JobContext, TaskSpec, get_task
@@ -169,7 +169,7 @@ class _Run:
         """Fix the horizon: ``None`` (the database clock at each claim), a datetime, or the
         database's now plus a timedelta or seconds."""
         if until is None or isinstance(until, datetime):
-            _check_run_at(until, "until")
+            check_run_at(until, "until")
             self.horizon = until
         else:
             seconds = delay_seconds(until, "until")

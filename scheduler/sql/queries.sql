@@ -451,7 +451,9 @@ RETURNING j.id;
 -- name: rescue_expired_leases
 -- Leader only: running jobs whose worker stopped extending the lease (crashed, hung, cut off)
 -- go back to pending, due now, or to dead at max_attempts, or to cancelled when an operator
--- had asked them to stop; a 'lost' run is recorded.
+-- had asked them to stop; a 'lost' run is recorded. The queues of the jobs put back are
+-- notified (workers claim them at once), and the ids of the jobs that ended on done_channel
+-- (wait_for_job).
 WITH expired AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'running' AND lease_expires_at < now()
@@ -476,8 +478,15 @@ WITH expired AS (
                                    error)
     SELECT id, attempt, locked_by, locked_at, now(), 'lost', last_error FROM moved
     ON CONFLICT (job_id, attempt) DO NOTHING
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, q.queue || ' ' || extract(epoch FROM now())::text)) AS n
+    FROM (SELECT DISTINCT queue FROM moved WHERE state = 'pending') AS q
+), done AS (
+    SELECT count(pg_notify(%(done_channel)s, d.ids)) AS n
+    FROM (SELECT CASE WHEN count(*) <= 500 THEN string_agg(id::text, ',') ELSE '' END AS ids
+          FROM moved WHERE state <> 'pending' HAVING count(*) > 0) AS d
 )
-SELECT id AS job_id, queue, task, state FROM moved;
+SELECT m.id AS job_id, m.queue, m.task, m.state FROM moved AS m CROSS JOIN notified CROSS JOIN done;
 
 -- name: lock_held
 -- Does this backend hold the leader lock, and is it the backend that took it? False behind a
@@ -875,7 +884,8 @@ WHERE r.lock_key IS NOT NULL
 -- name: rescue_lost_replicas
 -- Leader only: the running jobs of the given replicas, if they are still gone (replicas_gone,
 -- checked again here), are rescued as rescue_expired_leases does (pending due now, dead at
--- max_attempts, cancelled if an operator asked; a 'lost' run), and their queues notified.
+-- max_attempts, cancelled if an operator asked; a 'lost' run), their queues notified, and
+-- the jobs that ended named on done_channel.
 WITH gone AS (
     SELECT r.id
     FROM {schema}.replicas AS r
@@ -920,9 +930,13 @@ WITH gone AS (
 ), notified AS (
     SELECT count(pg_notify(%(channel)s, q.queue || ' ' || extract(epoch FROM now())::text)) AS n
     FROM (SELECT DISTINCT queue FROM moved WHERE state = 'pending') AS q
+), done AS (
+    SELECT count(pg_notify(%(done_channel)s, d.ids)) AS n
+    FROM (SELECT CASE WHEN count(*) <= 500 THEN string_agg(id::text, ',') ELSE '' END AS ids
+          FROM moved WHERE state <> 'pending' HAVING count(*) > 0) AS d
 )
 SELECT m.id AS job_id, m.queue, m.task, m.state, m.locked_by AS replica
-FROM moved AS m CROSS JOIN notified;
+FROM moved AS m CROSS JOIN notified CROSS JOIN done;
 
 -- name: client_check_interval
 -- The leader-campaign session spends its life in statements (the follower's lock wait, 10 s):

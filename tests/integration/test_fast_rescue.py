@@ -93,7 +93,8 @@ def test_rescue_only_the_jobs_of_replicas_whose_sessions_are_all_gone(db, db_url
         early = await watch.check(leader, STORE, holder="L", term=term, now=100.4)
         confirmed = await watch.check(leader, STORE, holder="L", term=term, now=100.5)
         again = await STORE.fetch(leader, "rescue_lost_replicas", {
-            "replicas": replicas, "ns": NS, "limit": 10, "channel": STORE.notify_channel})  # fmt: skip
+            "replicas": replicas, "ns": NS, "limit": 10, "channel": STORE.notify_channel,
+            "done_channel": STORE.done_channel})  # fmt: skip
         assert again == []  # the others are alive or not registered, even when asked by name
         for c in (leader, holding, witness):
             await c.close()

@@ -88,8 +88,14 @@ def test_expired_lease_is_rescued_with_a_lost_run_and_dead_at_max_attempts(db, d
         last = enqueue(slow, args={"seconds": 0}, max_attempts=1, connection=conn)
         cancelled = enqueue(slow, args={"seconds": 0}, max_attempts=3, connection=conn)
 
+    heard: list[tuple[str, str]] = []
+
     async def scenario() -> list[int]:
-        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c, \
+                await psycopg.AsyncConnection.connect(db_url, autocommit=True) as listener:
+            for channel in (STORE.notify_channel, STORE.done_channel):
+                await listener.execute(psycopg.sql.SQL("LISTEN {}").format(
+                    psycopg.sql.Identifier(channel)))  # fmt: skip
             claimed = await STORE.claim_jobs(
                 c, queues=["default"], limit=5, worker_id="dead-worker", lease_s=0.1
             )
@@ -98,9 +104,16 @@ def test_expired_lease_is_rescued_with_a_lost_run_and_dead_at_max_attempts(db, d
             await asyncio.sleep(0.3)  # the worker "died": nobody extends the leases
             assert await STORE.try_lock_leader(c)
             term = await STORE.elect(c, "L", None)
-            return await maintenance.rescue_expired_leases(c, STORE, holder="L", term=term)
+            rescued = await maintenance.rescue_expired_leases(c, STORE, holder="L", term=term)
+            async for note in listener.notifies(timeout=1.0):  # the rescue's, then quiet
+                heard.append((note.channel, note.payload))
+            return rescued
 
     assert sorted(asyncio.run(scenario())) == sorted([retry, last, cancelled])
+    # the queue is told a job is due again; wait_for_job is told which jobs ended
+    assert [p.split()[0] for c, p in heard if c == STORE.notify_channel][-1] == "default"
+    ended = [p for c, p in heard if c == STORE.done_channel]
+    assert sorted(int(i) for i in ended[-1].split(",")) == sorted([last, cancelled])
     states = dict(db.execute("SELECT id, state FROM scheduler.jobs").fetchall())
     # a job an operator had asked to stop is not run again
     assert states == {retry: "pending", last: "dead", cancelled: "cancelled"}

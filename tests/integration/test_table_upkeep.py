@@ -109,7 +109,7 @@ def test_rescue_and_heartbeat_read_the_running_jobs_through_an_index(db):
     )
     db.execute("ANALYZE scheduler.jobs")
     for name, params in (
-        ("rescue_expired_leases", {"limit": 1000}),
+        ("rescue_expired_leases", {"limit": 1000, "channel": "c", "done_channel": "d"}),
         ("leader_heartbeat", {"holder": "h", "term": 1, "key": "k", "now": None, "ahead_s": 1.0}),
     ):
         explain = psycopg.sql.SQL("EXPLAIN ") + STORE.q[name]

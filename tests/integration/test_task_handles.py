@@ -216,3 +216,22 @@ def test_without_any_database_the_error_says_where_it_looked(monkeypatch, tmp_pa
     message = str(info.value)
     assert str(tmp_path / "nowhere") in message and "SCHEDULER_DATABASE_URL" in message
     assert "scheduler migrate" in message
+
+
+def test_a_sync_call_on_a_running_event_loop_is_refused_before_anything_is_written(db, default_db):
+    """``await enqueue(...)`` used to commit the job, block the loop, then fail on awaiting an
+    int (a caller retrying on that error enqueued it twice)."""
+
+    async def from_async_code() -> None:
+        with pytest.raises(InvalidArgumentError, match="running event loop") as info:
+            await enqueue(send_receipt, args={"order_id": 1, "email": "a"})  # type: ignore[misc]
+        assert "enqueue_async" in str(info.value)
+        with pytest.raises(InvalidArgumentError, match="defer_async"):
+            send_receipt.defer(order_id=1, email="a")
+        with pytest.raises(InvalidArgumentError, match="running event loop"):
+            send_receipt.defer_many([{"order_id": 1, "email": "a"}])
+        await send_receipt.defer_async(order_id=2, email="b")  # the async twin is fine
+
+    asyncio.run(from_async_code())
+    rows = db.execute("SELECT args->>'order_id' FROM scheduler.jobs").fetchall()
+    assert rows == [("2",)]

@@ -33,14 +33,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import jobs, limits, operations, tasks
-from .arguments import args_json
-from .cli import cell, int_in, one_line, resolve_database_url, settings_from, table
-from .config import load_config
-from .connections import close_default_pools, set_default_database_url
-from .errors import InvalidArgumentError, TaskArgumentsError
-from .registry import TaskSpec
-from .settings import Settings
+from .. import jobs, limits, operations, tasks
+from ..arguments import args_json
+from ..config import load_config
+from ..connections import close_default_pools, set_default_database_url
+from ..errors import InvalidArgumentError, TaskArgumentsError
+from ..registry import TaskSpec
+from ..settings import Settings
+from .common import cell, int_in, one_line, resolve_database_url, settings_from, table
 
 # (Task attribute, its fallback: the service default of jobs.py / settings.py, or None)
 POLICIES: list[tuple[str, Callable[[Settings], Any]]] = [

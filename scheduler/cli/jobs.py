@@ -18,10 +18,10 @@ import json
 import sys
 from typing import Any
 
-from . import limits, operations
-from .cli import ID_MAX, LIMIT_MAX, cell, int_in, settings_from, table, with_connection
-from .jobs import JobState
-from .settings import Settings
+from .. import limits, operations
+from ..jobs import JobState
+from ..settings import Settings
+from .common import ID_MAX, LIMIT_MAX, cell, int_in, settings_from, table, with_connection
 
 JOB_COLUMNS = ["id", "state", "queue", "task", "schedule_name", "attempt", "max_attempts",
                "run_at", "finished_at", "last_error"]  # fmt: skip
