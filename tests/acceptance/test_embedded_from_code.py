@@ -34,18 +34,18 @@ def _env() -> dict[str, str]:
 def test_a_script_finds_the_embedded_server_of_the_cli(tmp_path: Path) -> None:
     env = _env()
     migrate = subprocess.run([sys.executable, "-m", "scheduler", "migrate"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+                             env=env, capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
     assert migrate.returncode == 0, migrate.stderr
     assert (tmp_path / ".scheduler" / "pgdata" / "PG_VERSION").exists()
     script = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=180)  # fmt: skip
+                            capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
     assert script.returncode == 0, script.stderr
     assert "JOB send_receipt pending {'order_id': 7}" in script.stdout
 
 
 def test_without_any_database_a_script_is_told_where_it_looked(tmp_path: Path) -> None:
     script = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=_env(),
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert script.returncode == 1
     last = script.stderr.strip().splitlines()[-1]
     assert last.startswith("scheduler.errors.DatabaseNotConfiguredError: no connection was passed")
