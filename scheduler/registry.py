@@ -178,6 +178,16 @@ class TaskSpec:
         return self._signature.replace(parameters=params)
 
     @cached_property
+    def _keywords(self) -> tuple[frozenset[str] | None, frozenset[str]]:
+        """The parameter names and the required ones, when every parameter is an ordinary
+        or keyword-only one (else ``None``: calls are bound by :meth:`inspect.Signature.bind`)."""
+        params = self._parameters.parameters.values()
+        if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+            return None, frozenset()
+        required = frozenset(p.name for p in params if p.default is p.empty)
+        return frozenset(p.name for p in params), required
+
+    @cached_property
     def _adapters(self) -> dict[str, TypeAdapter[Any]]:
         """A pydantic validator per annotated parameter whose annotation can be resolved."""
         try:
@@ -227,11 +237,15 @@ class TaskSpec:
                         f"{head}unexpected argument {shown(key)}{hint} "
                         f"(its parameters: {self.signature})"
                     )
-        try:
-            bound = self._parameters.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TaskArgumentsError(f"{head}{e} (its parameters: {self.signature})") from None
-        values = dict(bound.arguments)
+        names, required = self._keywords
+        if not args and names is not None and required <= kwargs.keys() <= names:
+            values = dict(kwargs)  # the common call, by keyword: no inspect.bind (~5 µs)
+        else:
+            try:
+                bound = self._parameters.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TaskArgumentsError(f"{head}{e} (its parameters: {self.signature})") from None
+            values = dict(bound.arguments)
         for name, param in self._parameters.parameters.items():
             if param.kind is param.VAR_KEYWORD and name in values:
                 values.update(values.pop(name))
