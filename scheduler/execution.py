@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import queue
 import threading
@@ -166,11 +165,12 @@ class HandlerThreads:
         func: Any,
         args: dict[str, Any],
         ctx: JobContext | None = None,
-        context: contextvars.Context | None = None,
+        pass_ctx: bool = False,
     ) -> asyncio.Future[Result]:
-        """Run ``func(**args)`` (``func(ctx, **args)`` with a ``ctx``) on a thread, inside
-        ``context`` (the job's contextvars) when given; the future resolves on the loop with
-        its Result (unless it was cancelled meanwhile: the Result is then dropped)."""
+        """Run ``func(**args)`` (``func(ctx, **args)`` when ``pass_ctx``) on a thread, which
+        makes ``ctx`` its current job first (:func:`enter_job`, in the thread's own context:
+        each thread runs one job at a time); the future resolves on the loop with its Result
+        (unless it was cancelled meanwhile: the Result is then dropped)."""
         self._loop = loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._running.add(job_id)
@@ -179,7 +179,7 @@ class HandlerThreads:
                                       name=f"scheduler-job-{len(self._threads)}")  # fmt: skip
             self._threads.append(thread)
             thread.start()
-        self._work.put((job_id, func, args, ctx, context, future))
+        self._work.put((job_id, func, args, ctx, pass_ctx, future))
         return future
 
     def started_at(self, job_id: int) -> float | None:
@@ -208,12 +208,11 @@ class HandlerThreads:
 
     def _serve(self) -> None:
         while (item := self._work.get()) is not None:
-            job_id, func, args, ctx, context, future = item
+            job_id, func, args, ctx, pass_ctx, future = item
             self._started[job_id] = time.monotonic()
-            if context is None:
-                result = _call(func, args, ctx)
-            else:
-                result = context.run(_call, func, args, ctx)
+            if ctx is not None:
+                enter_job(ctx)
+            result = _call(func, args, ctx if pass_ctx else None)
             with self._lock:
                 self._done.append((job_id, future, result))
                 notify, self._notified = not self._notified, True
@@ -265,12 +264,12 @@ class Executor:
         Raises:
             asyncio.CancelledError: only when this task was cancelled by the replica.
         """
-        enter_job(ctx)
         self._contexts[ctx.job_id] = ctx
         try:
             if task.is_async:
+                enter_job(ctx)  # this task's context is the job's own
                 return await self._run_async(task, args, ctx)
-            return await self._run_sync(task, args, ctx)
+            return await self._run_sync(task, args, ctx)  # its thread enters the job
         finally:
             del self._contexts[ctx.job_id]
 
@@ -302,8 +301,7 @@ class Executor:
         # awaited directly (no shield, no callback per job): a cancel of this attempt cancels
         # the future only; the pool still tracks the thread, which runs on
         job_id = ctx.job_id
-        future = self._pool.submit(job_id, task.func, args, ctx if task.takes_context else None,
-                                   contextvars.copy_context())  # fmt: skip
+        future = self._pool.submit(job_id, task.func, args, ctx, task.takes_context)
         try:
             if task.timeout_s is None:
                 return await future

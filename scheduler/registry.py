@@ -178,14 +178,18 @@ class TaskSpec:
         return self._signature.replace(parameters=params)
 
     @cached_property
-    def _keywords(self) -> tuple[frozenset[str] | None, frozenset[str]]:
-        """The parameter names and the required ones, when every parameter is an ordinary
-        or keyword-only one (else ``None``: calls are bound by :meth:`inspect.Signature.bind`)."""
+    def _keywords(self) -> tuple[bool, frozenset[str] | None, frozenset[str]]:
+        """Whether a call by keyword alone can skip :meth:`inspect.Signature.bind` (every
+        parameter is an ordinary, keyword-only or ``**`` one), the names it may use (``None``
+        with a ``**`` parameter: any name) and the names it must use."""
         params = self._parameters.parameters.values()
-        if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
-            return None, frozenset()
-        required = frozenset(p.name for p in params if p.default is p.empty)
-        return frozenset(p.name for p in params), required
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        if any(p.kind not in (*kinds, p.VAR_KEYWORD) for p in params):
+            return False, None, frozenset()
+        required = frozenset(p.name for p in params if p.kind in kinds and p.default is p.empty)
+        open_ = any(p.kind is p.VAR_KEYWORD for p in params)
+        names = None if open_ else frozenset(p.name for p in params)
+        return True, names, required
 
     @cached_property
     def _adapters(self) -> dict[str, TypeAdapter[Any]]:
@@ -207,20 +211,11 @@ class TaskSpec:
         ``(order_id: int, email: str)``."""
         return str(self._parameters.replace(return_annotation=inspect.Signature.empty))
 
-    def bind(
-        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str = "args"
-    ) -> tuple[dict[str, Any], str]:
-        """The job's arguments, by name, and their JSON text, from a call's ``args`` and
-        ``kwargs`` bound against the handler's signature. Defaults are not stored (the
-        handler applies its own when it runs). ``what`` names the arguments in messages
-        (``args.to[0]: ...``).
-
-        Raises:
-            TaskArgumentsError: an unexpected, missing or repeated argument; a value that
-                fails its annotation (pydantic strict mode: ``"5"`` for an ``int`` is refused);
-                a value JSON cannot store. The message names the task and the argument.
-        """
-        head = f"task {self.name!r}: " + ("" if what == "args" else f"{what}: ")
+    def _bind_slowly(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str, head: str
+    ) -> dict[str, Any]:
+        """:meth:`bind`'s arguments by name through :meth:`inspect.Signature.bind`, with the
+        reason when they do not fit."""
         for key in kwargs:
             if not isinstance(key, str):
                 raise TaskArgumentsError(
@@ -237,16 +232,12 @@ class TaskSpec:
                         f"{head}unexpected argument {shown(key)}{hint} "
                         f"(its parameters: {self.signature})"
                     )
-        names, required = self._keywords
-        if not args and names is not None and required <= kwargs.keys() <= names:
-            values = dict(kwargs)  # the common call, by keyword: no inspect.bind (~5 µs)
-        else:
-            try:
-                bound = self._parameters.bind(*args, **kwargs)
-            except TypeError as e:
-                raise TaskArgumentsError(f"{head}{e} (its parameters: {self.signature})") from None
-            values = dict(bound.arguments)
-        for name, param in self._parameters.parameters.items():
+        try:
+            bound = self._parameters.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TaskArgumentsError(f"{head}{e} (its parameters: {self.signature})") from None
+        values = dict(bound.arguments)
+        for name, param in params.items():
             if param.kind is param.VAR_KEYWORD and name in values:
                 values.update(values.pop(name))
             elif param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY) and name in values:
@@ -254,6 +245,29 @@ class TaskSpec:
                     f"{head}{shown(values[name])} would be passed by position "
                     f"({param.name!r}); a job's arguments are stored by name"
                 )
+        return values
+
+    def bind(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str = "args"
+    ) -> tuple[dict[str, Any], str]:
+        """The job's arguments, by name, and their JSON text, from a call's ``args`` and
+        ``kwargs`` bound against the handler's signature. Defaults are not stored (the
+        handler applies its own when it runs). ``what`` names the arguments in messages
+        (``args.to[0]: ...``).
+
+        Raises:
+            TaskArgumentsError: an unexpected, missing or repeated argument; a value that
+                fails its annotation (pydantic strict mode: ``"5"`` for an ``int`` is refused);
+                a value JSON cannot store. The message names the task and the argument.
+        """
+        head = f"task {self.name!r}: " + ("" if what == "args" else f"{what}: ")
+        fast, names, required = self._keywords
+        keys = kwargs.keys()
+        if (fast and not args and required <= keys and (names is None or keys <= names)
+                and all(type(k) is str for k in keys)):  # fmt: skip
+            values = dict(kwargs)  # the common call, by keyword: no inspect.bind
+        else:
+            values = self._bind_slowly(args, kwargs, what, head)
         for name, adapter in self._adapters.items():
             if name in values:
                 try:
