@@ -38,6 +38,7 @@ from .errors import (
     DatabaseError,
     DatabaseNotConfiguredError,
     DatabaseUnavailableError,
+    DuplicateJobError,
     DuplicateTaskError,
     IdempotencyKeyBusyError,
     InvalidArgumentError,
@@ -51,15 +52,19 @@ from .errors import (
     TaskArgumentsError,
     UnknownTaskError,
 )
+from .flow import QueueLimits, set_queue_limits, set_queue_limits_async
 from .jobs import (
     JobState,
     RunOutcome,
     enqueue,
     enqueue_async,
+    enqueue_result,
+    enqueue_result_async,
     schedule_at,
     schedule_at_async,
 )
 from .registry import JobContext, current_job, load_tasks
+from .store import Enqueued
 from .tasks import Task, TaskCall, task
 
 __all__ = [
@@ -69,7 +74,9 @@ __all__ = [
     "DatabaseError",
     "DatabaseNotConfiguredError",
     "DatabaseUnavailableError",
+    "DuplicateJobError",
     "DuplicateTaskError",
+    "Enqueued",
     "IdempotencyKeyBusyError",
     "InvalidArgumentError",
     "Job",
@@ -79,6 +86,7 @@ __all__ = [
     "JobState",
     "JobWaitTimeoutError",
     "LeadershipLostError",
+    "QueueLimits",
     "ReplicaFailedError",
     "RetryOutcome",
     "RunOutcome",
@@ -96,6 +104,8 @@ __all__ = [
     "enqueue_async",
     "enqueue_many",
     "enqueue_many_async",
+    "enqueue_result",
+    "enqueue_result_async",
     "get_job",
     "get_job_async",
     "list_jobs",
@@ -107,6 +117,8 @@ __all__ = [
     "schedule_at_async",
     "schedule_many",
     "schedule_many_async",
+    "set_queue_limits",
+    "set_queue_limits_async",
     "task",
     "wait_for_job",
     "wait_for_job_async",

@@ -23,6 +23,7 @@ from .jobs import (
     job_options,
     refuse_on_event_loop,
 )
+from .limits import check_concurrency_key
 from .registry import TaskSpec, resolve, task_name
 from .settings import get_settings
 from .store import BulkJob, Store
@@ -46,6 +47,7 @@ class JobSpec:
     queue: str | None = None
     priority: int | None = None
     max_attempts: int | None = None
+    concurrency_key: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.task, str) or not callable(self.task):
@@ -56,6 +58,8 @@ class JobSpec:
                 f"JobSpec.args must be a mapping or None, not {type(self.args).__name__}"
             )
         check_options(self.queue, self.priority, self.max_attempts, "JobSpec.")
+        if self.concurrency_key is not None:
+            check_concurrency_key(self.concurrency_key, "JobSpec.concurrency_key")
 
 
 def _items(value: Any, what: str, of: str) -> Iterable[Any]:
@@ -84,6 +88,8 @@ def _spec_rows(jobs: Iterable[JobSpec]) -> list[BulkJob]:
             raise InvalidArgumentError(f"jobs[{i}] must be a JobSpec, not {type(j).__name__}")
         where = f"jobs[{i}]."
         check_run_at(j.run_at, f"{where}run_at")
+        if j.concurrency_key is not None:
+            check_concurrency_key(j.concurrency_key, f"{where}concurrency_key")
         name = task_name(j.task, f"{where}task")
         spec = specs.get(name) or specs.setdefault(name, resolve(j.task, f"{where}task"))
         key = (name, j.queue, j.priority, j.max_attempts)
@@ -94,7 +100,7 @@ def _spec_rows(jobs: Iterable[JobSpec]) -> list[BulkJob]:
         rows.append(
             (o["queue"], o["task"], _args_text(spec, j.args, f"{where}args"), o["priority"],
              j.run_at, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
-             o["backoff_jitter"])
+             o["backoff_jitter"], j.concurrency_key)
         )  # fmt: skip
     return rows
 
@@ -102,13 +108,16 @@ def _spec_rows(jobs: Iterable[JobSpec]) -> list[BulkJob]:
 def many_rows(
     task: TaskRef, args_list: Iterable[Mapping[str, Any]], queue: str | None = None,
     priority: int | None = None, max_attempts: int | None = None,
+    concurrency_key: str | None = None,
 ) -> list[BulkJob]:  # fmt: skip
     """The rows of :func:`enqueue_many`, checked (a bad item is named ``args_list[3]``)."""
     spec = resolve(task)
     o = job_options(spec, queue, priority, max_attempts, get_settings())
+    if concurrency_key is not None:
+        check_concurrency_key(concurrency_key)
     head = (o["queue"], o["task"])
     tail = (o["priority"], None, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
-            o["backoff_jitter"])  # fmt: skip
+            o["backoff_jitter"], concurrency_key)  # fmt: skip
     items = _items(args_list, "args_list", "mappings")
     return [(*head, _args_text(spec, args, f"args_list[{i}]"), *tail)
             for i, args in enumerate(items)]  # fmt: skip
@@ -171,13 +180,16 @@ def enqueue_many(
     queue: str | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
+    concurrency_key: str | None = None,
     connection: SyncConnection | None = None,
 ) -> list[int]:
     """Enqueue one job of ``task`` per item of ``args_list``, due now, in one ``COPY``; see
     :func:`schedule_many` (same errors; a bad item is named ``args_list[3]``). Returns the
-    ids in order."""
+    ids in order. ``concurrency_key``: the same key for every job (per-job keys: a
+    :class:`JobSpec` each)."""
     check_connection(connection)
-    return insert_many(many_rows(task, args_list, queue, priority, max_attempts), connection)
+    rows = many_rows(task, args_list, queue, priority, max_attempts, concurrency_key)
+    return insert_many(rows, connection)
 
 
 async def enqueue_many_async(
@@ -187,9 +199,10 @@ async def enqueue_many_async(
     queue: str | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
+    concurrency_key: str | None = None,
     connection: AsyncConnection | None = None,
 ) -> list[int]:
     """:func:`enqueue_many` for async code."""
     check_connection(connection, is_async=True)
-    rows = many_rows(task, args_list, queue, priority, max_attempts)
+    rows = many_rows(task, args_list, queue, priority, max_attempts, concurrency_key)
     return await insert_many_async(rows, connection)

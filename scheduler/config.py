@@ -6,7 +6,9 @@ File format::
     imports: [examples.newsletter.tasks]    # modules whose @task functions register
     schedules:
       - name: weekly_digest                 # required, unique, [A-Za-z0-9_.:-]+, <= 200 chars
-        cron: "0 9 * * MON"                 # required, see scheduler.cron (quote it!)
+        cron: "0 9 * * MON"                 # cron or every (exactly one), see scheduler.cron
+        # every: 90s                        # interval: 90s 15m 2h 1d 1h30m PT90S or seconds (>= 1)
+        # start_at: 2025-01-01T09:00:00Z    # every only: first fire time, with offset
         task: weekly_digest                 # required, a registered task after the imports
         args: {edition: weekly}             # optional keyword arguments, JSON values only
         timezone: UTC                       # optional, overrides the file default
@@ -26,7 +28,8 @@ File format::
 :func:`load_config` never writes anything. It parses the YAML with a loader that remembers the
 line of every key, imports the ``imports`` modules, and checks everything: YAML syntax,
 duplicate keys (PyYAML would silently keep the last), unknown keys, types, duplicate schedule
-names, cron expressions and time zones (:mod:`scheduler.cron`), registered task names, args
+names, cron expressions and time zones (:mod:`scheduler.cron`), intervals and start instants
+(:mod:`scheduler.interval`; exactly one of ``cron`` / ``every``), registered task names, args
 that PostgreSQL ``jsonb`` would reject (dates, sets, NaN/Infinity, ``\\u0000``) and args that do
 not fit the task's signature. It then raises one :class:`~scheduler.errors.ConfigError` whose
 ``issues`` list every :class:`~scheduler.errors.ConfigIssue` (file, line, schedule, field,
@@ -75,10 +78,19 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from yaml.constructor import ConstructorError
 
 from . import registry as _tasks
@@ -96,7 +108,9 @@ from .config_yaml import (
     short,
 )
 from .cron import Cron, validate_timezone
+from .cron_count import CronTimes, FireTimes
 from .errors import ConfigError, ConfigIssue, CronError
+from .interval import Interval, parse_duration, parse_start_at
 from .limits import (
     DURATION_MAX_S,
     check_queue,
@@ -173,13 +187,20 @@ _POLICY_FIELDS = [
     "misfire_grace_s",
     "starting_deadline_s",
 ]
+# Likewise the timing fields: a cron schedule has no every/start_at, an interval no cron.
+_TIMING_FIELDS = ["cron", "every", "start_at"]
+_ONE_TIMING = "give exactly one of cron (a cron expression) or every (an interval, e.g. 90s)"
+_START_CRON = "start_at applies to interval schedules (every:) only, not to cron"
 
 
 class ScheduleConfig(BaseModel):
     """One declared schedule (frozen; strict types; unknown fields forbidden).
 
     ``timezone`` is the effective IANA zone (the schedule's own, else the file default, else
-    ``"UTC"``). ``None`` in an optional field (all but name/cron/task/args/enabled) means
+    ``"UTC"``; irrelevant to an interval schedule's fire times). Exactly one of ``cron`` and
+    ``every`` is set; ``every`` is in seconds (YAML: any form of
+    :func:`~scheduler.interval.parse_duration`), ``start_at`` (interval only) an aware UTC
+    datetime. ``None`` in an optional field (all but name/task/args/enabled) means
     "not set here". Durations (``*_s``) are seconds. Raises ``pydantic.ValidationError`` on
     invalid values (every check of the module docstring except task registration and
     signature).
@@ -188,7 +209,9 @@ class ScheduleConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     name: str
-    cron: str
+    cron: str | None = None
+    every: float | None = None
+    start_at: datetime | None = None
     task: str
     args: dict[str, Any] = Field(default_factory=dict)
     timezone: str = "UTC"
@@ -228,11 +251,31 @@ class ScheduleConfig(BaseModel):
 
     @field_validator("cron")
     @classmethod
-    def _check_cron(cls, value: str) -> str:
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         expression, problem = _cron_check(_bounded(value, "cron expression", _CRON_MAX))
         if problem is not None:
             raise CronError(problem)  # a ValueError
         return expression
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _check_every(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("start_at", mode="before")
+    @classmethod
+    def _check_start_at(cls, value: Any) -> Any:
+        return None if value is None else parse_start_at(value)
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> ScheduleConfig:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError(_ONE_TIMING)
+        if self.cron is not None and self.start_at is not None:
+            raise ValueError(_START_CRON)
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -278,14 +321,27 @@ class ScheduleConfig(BaseModel):
         policy fields only when set; stable across runs and processes, different whenever
         any field differs."""
         data = self.model_dump(mode="json")
-        for key in _POLICY_FIELDS:
+        for key in _POLICY_FIELDS + _TIMING_FIELDS:
             if data[key] is None:
                 del data[key]
         return _canonical_hash(["scheduler.schedule/1", data])
 
     def cron_obj(self) -> Cron:
-        """The :class:`~scheduler.cron.Cron` of this schedule in its effective time zone."""
+        """The :class:`~scheduler.cron.Cron` of this schedule in its effective time zone.
+        Raises :class:`~scheduler.errors.CronError` for an interval schedule (see
+        :meth:`fire_times`)."""
+        if self.cron is None:
+            raise CronError(f"schedule {self.name!r} is an interval schedule (every:), not cron")
         return Cron(self.cron, self.timezone)
+
+    def fire_times(self, stored_at: datetime) -> FireTimes:
+        """This schedule's fire times: its cron expression in its zone, or its interval from
+        ``start_at``, else from one interval after ``stored_at`` (aware; the instant the
+        schedule is first stored, see :mod:`scheduler.schedules`)."""
+        if self.every is None:
+            return CronTimes(self.cron_obj())
+        start = self.start_at or stored_at + timedelta(seconds=self.every)
+        return Interval(self.every, start, self.timezone)
 
 
 class SchedulesConfig(BaseModel):
@@ -416,7 +472,7 @@ class _Checker:
             for index, item in enumerate(schedules):
                 label, line = f"schedules[{index}]", schedules.item_lines[index]
                 if not isinstance(item, LineMapping):
-                    reason = "each schedule must be a mapping with at least name, cron and task"
+                    reason = "each schedule must be a mapping with name, cron or every, and task"
                     self.issue(line, label, None, f"{reason}, not {short(item)}")
                     continue
                 model = self.schedule(item, label, line)
@@ -549,11 +605,14 @@ class _Checker:
             known = ", ".join(sorted(registered)) or "none (list their modules under 'imports:')"
             reason = f"task {short(task)} is not registered; registered tasks: {known}"
             self.issue(item.key_lines["task"], schedule, "task", reason)
+        timing = self.timing(item, schedule, item_line)
         try:
             model = ScheduleConfig.model_validate(payload)
         except ValidationError as exc:
             for error in exc.errors():
                 loc = tuple(error["loc"])
+                if not loc and timing:
+                    continue  # _check_timing's problem, reported with its field by timing()
                 line = line_of(item, loc, item_line)
                 self.issue(line, schedule, _dotted(loc) or None, self.reason(error))
             return None
@@ -565,6 +624,23 @@ class _Checker:
                 reason = f"args do not fit {model.task}{inspect.signature(func)}: {exc}"
                 self.issue(item.key_lines.get("args", item_line), schedule, "args", reason)
         return model
+
+    def timing(self, item: LineMapping, schedule: str | None, item_line: int) -> bool:
+        """Report a schedule with both or neither of cron / every, or a start_at with cron,
+        at the line of the field concerned; True if there was such a problem."""
+        has = {key: item.get(key) is not None for key in _TIMING_FIELDS}
+        lines = {key: item.key_lines.get(key, item_line) for key in _TIMING_FIELDS}
+        if has["cron"] and has["every"]:
+            reason = f"{_ONE_TIMING}, not both (cron is at line {lines['cron']})"
+            self.issue(lines["every"], schedule, "every", reason)
+        elif not (has["cron"] or has["every"]):
+            key = "every" if "every" in item and "cron" not in item else "cron"  # every: null
+            self.issue(lines[key], schedule, key, f"required field is missing: {_ONE_TIMING}")
+        elif has["start_at"] and not has["every"]:
+            self.issue(lines["start_at"], schedule, "start_at", _START_CRON)
+        else:
+            return False
+        return True
 
     @staticmethod
     def reason(error: Any) -> str:

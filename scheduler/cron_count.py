@@ -16,6 +16,10 @@ contributes ``hours x minutes x seconds``, a partial day a prefix count of the s
 values). The DST rules of :mod:`scheduler.cron` (cronie's): after a DST-like fall-back a
 fixed-time job skips the repeated wall times; across a DST-like spring-forward a fixed-time
 job whose wall time falls in the gap fires once, at the jump.
+
+:class:`FireTimes` is what planning needs of a schedule's fire times, whatever its kind:
+:class:`CronTimes` gives a :class:`~scheduler.cron.Cron` that interface through the
+functions below, and :class:`scheduler.interval.Interval` implements it with O(1) arithmetic.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from .cron import MEDIUM_JUMP, UTC, Cron, CronFields, first_transition, utc_offset
@@ -32,6 +37,63 @@ _DAY = timedelta(days=1)
 _MICRO = timedelta(microseconds=1)
 _END_OF_DAY = time(23, 59, 59)
 _MAX = datetime.max.replace(tzinfo=UTC)
+
+
+class FireTimes(Protocol):
+    """A schedule's fire times (aware datetimes in, aware UTC datetimes out): implemented by
+    :class:`CronTimes` and :class:`scheduler.interval.Interval`."""
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        """The zone fire times are shown in."""
+        ...
+
+    def next_after(self, instant: datetime) -> datetime:
+        """The first fire time strictly after ``instant``."""
+        ...
+
+    def fire_times(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
+        """Fire times in ``(after, until]``, ascending, at most ``limit``."""
+        ...
+
+    def count(self, after: datetime, until: datetime) -> int:
+        """The number of fire times in ``(after, until]``, without enumerating them."""
+        ...
+
+    def nth_after(self, after: datetime, n: int) -> datetime:
+        """The ``n``-th fire time after ``after`` (``n >= 1``)."""
+        ...
+
+
+class CronTimes:
+    """A :class:`~scheduler.cron.Cron` as :class:`FireTimes` (:func:`count`,
+    :func:`nth_after`)."""
+
+    __slots__ = ("cron",)
+
+    def __init__(self, cron: Cron):
+        self.cron = cron
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return self.cron.timezone
+
+    def next_after(self, instant: datetime) -> datetime:
+        return self.cron.next_after(instant)
+
+    def fire_times(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
+        return self.cron.fire_times(after, until, limit)
+
+    def count(self, after: datetime, until: datetime) -> int:
+        return count(self.cron, after, until)
+
+    def nth_after(self, after: datetime, n: int) -> datetime:
+        return nth_after(self.cron, after, n)
+
+
+def fire_times_of(schedule: Cron | FireTimes) -> FireTimes:
+    """``schedule`` as :class:`FireTimes` (a :class:`Cron` wrapped in :class:`CronTimes`)."""
+    return CronTimes(schedule) if isinstance(schedule, Cron) else schedule
 
 
 def count(cron: Cron, after: datetime, until: datetime) -> int:

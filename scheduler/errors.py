@@ -9,6 +9,8 @@ Every error derives from :class:`SchedulerError`, so ``except SchedulerError`` c
     │                          NUL or unpaired surrogate (also a ValueError and a TypeError)
     ├── IdempotencyKeyBusyError the live job holding an idempotency key kept finishing while
     │                          enqueue looked it up (a race, retried 100 times first)
+    ├── DuplicateJobError      on_conflict="raise": the idempotency key is held (live job,
+    │                          or unique_for_s window still open); nothing was written
     ├── SettingsError          SCHEDULER_* settings or command-line options are invalid
     ├── TaskError
     │   ├── UnknownTaskError   no @task registered under that name (also a LookupError)
@@ -166,3 +168,25 @@ class ReplicaFailedError(SchedulerError):
 class MigrationLockError(DatabaseError):
     """A migration could not take the locks it needs within its ``lock_timeout``, on every
     try (long transactions on the scheduler's tables); nothing of it was applied."""
+
+
+class DuplicateJobError(SchedulerError):
+    """An enqueue with ``on_conflict="raise"`` found its ``idempotency_key`` held: by a live
+    (pending or running) job, or, with ``unique_for_s``, by the job whose window is still open,
+    whatever its state. Nothing of the job was written; the caller's transaction is usable.
+
+    Attributes:
+        key: the idempotency key.
+        job_id: id of the job holding it.
+        state: that job's state when it was found (``"pending"``, ``"succeeded"``...).
+    """
+
+    def __init__(self, key: str, job_id: int, state: str):
+        super().__init__(key, job_id, state)  # args: picklable
+        self.key, self.job_id, self.state = key, job_id, state
+
+    def __str__(self) -> str:
+        return (
+            f"idempotency_key {self.key!r:.80} is held by job {self.job_id} ({self.state}): "
+            "nothing was enqueued (on_conflict='raise')"
+        )

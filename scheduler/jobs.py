@@ -14,6 +14,12 @@ State machine (enforced by ``WHERE state = ...`` in every transition, see sql/qu
 
 A job runs **at least once**: a handler may run again after a crash, so handlers should be
 idempotent (or use an idempotency key for the side effects they cause).
+
+Unique jobs: with an ``idempotency_key``, no second job is inserted while a live job holds
+the key; add ``unique_for_s`` and none is inserted for that many seconds after the first
+one's creation, whatever its state. ``on_conflict`` says what a duplicate call does
+(``"return"`` the existing id, ``"replace"`` a pending job's arguments, ``"raise"``
+:class:`~scheduler.errors.DuplicateJobError`); :func:`enqueue_result` says which happened.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
 
@@ -32,6 +38,7 @@ from .connections import check_connection, on_async_connection, on_connection
 from .errors import InvalidArgumentError
 from .limits import (
     DURATION_MAX_S,
+    check_concurrency_key,
     check_idempotency_key,
     check_max_attempts,
     check_priority,
@@ -40,12 +47,16 @@ from .limits import (
 )
 from .registry import TaskSpec, resolve
 from .settings import Settings, get_settings
+from .store import Enqueued as Enqueued  # noqa: PLC0414 - explicit re-export (mypy)
 from .store import Store
 
 TaskRef = TaskSpec | Callable[..., Any] | str
 """What the enqueue calls accept as a task: a ``@task`` handle, its function, or a name."""
 SyncConnection = psycopg.Connection[Any]
 AsyncConnection = psycopg.AsyncConnection[Any]
+OnConflict = Literal["return", "replace", "raise"]
+"""What an enqueue does when its ``idempotency_key`` is held (see :func:`schedule_at`)."""
+ON_CONFLICT = ("return", "replace", "raise")
 
 
 class JobState(str, enum.Enum):
@@ -118,6 +129,42 @@ def check_options(queue: Any, priority: Any, max_attempts: Any, where: str = "")
         check_max_attempts(max_attempts, f"{where}max_attempts")
 
 
+def check_unique(unique_for_s: Any, on_conflict: Any, idempotency_key: Any) -> float | None:
+    """``unique_for_s`` in seconds (``None``: no window), once it and ``on_conflict`` are
+    checked (``idempotency_key`` is checked by the caller).
+
+    Raises:
+        InvalidArgumentError: ``unique_for_s`` is not an int or float (a bool is refused), is
+            NaN, not more than 0 or longer than 10 years (:data:`DURATION_MAX_S`);
+            ``on_conflict`` is not ``"return"``, ``"replace"`` or ``"raise"``; either is given
+            (other than the default ``"return"``) without an ``idempotency_key``.
+    """
+    if not (isinstance(on_conflict, str) and on_conflict in ON_CONFLICT):
+        raise InvalidArgumentError(
+            f"on_conflict must be 'return', 'replace' or 'raise', not {shown(on_conflict)}"
+        )
+    seconds = None
+    if unique_for_s is not None:
+        if isinstance(unique_for_s, bool) or not isinstance(unique_for_s, (int, float)):
+            raise InvalidArgumentError(
+                f"unique_for_s must be a number of seconds, not {type(unique_for_s).__name__} "
+                f"{shown(unique_for_s)}"
+            )
+        try:
+            seconds = float(unique_for_s)
+        except OverflowError:
+            seconds = float("inf")
+        if not 0 < seconds <= DURATION_MAX_S:  # NaN too
+            raise InvalidArgumentError(
+                f"unique_for_s must be more than 0 s and at most 10 years, not "
+                f"{shown(unique_for_s)}"
+            )
+    if idempotency_key is None and (seconds is not None or on_conflict != "return"):
+        given = "unique_for_s" if seconds is not None else f"on_conflict={on_conflict!r}"
+        raise InvalidArgumentError(f"{given} needs an idempotency_key: it applies to the key")
+    return seconds
+
+
 def job_options(
     task: TaskSpec | str,
     queue: str | None,
@@ -169,6 +216,9 @@ def prepare(
     priority: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    concurrency_key: str | None = None,
+    unique_for_s: float | None = None,
+    on_conflict: OnConflict = "return",
 ) -> Prepared:
     """Check one job before any SQL: the task (:func:`scheduler.registry.resolve`), the
     arguments (bound against the handler's signature when the task is registered here, else
@@ -187,8 +237,14 @@ def prepare(
         values, text = dict(kwargs or {}), args_json(kwargs)
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
+    if unique_for_s is not None or on_conflict != "return":
+        unique_for_s = check_unique(unique_for_s, on_conflict, idempotency_key)
+    if concurrency_key is not None:  # per-key flow control (scheduler.flow)
+        check_concurrency_key(concurrency_key)
     params = {**job_options(spec, queue, priority, max_attempts, settings), "run_at": run_at,
-              "delay_s": delay_s, "args": text, "idempotency_key": idempotency_key}  # fmt: skip
+              "delay_s": delay_s, "args": text, "idempotency_key": idempotency_key,
+              "concurrency_key": concurrency_key, "unique_for_s": unique_for_s,
+              "on_conflict": on_conflict}  # fmt: skip
     return Prepared(spec, values, params)
 
 
@@ -250,6 +306,32 @@ async def insert_async(job: Prepared, connection: AsyncConnection | None) -> int
     return int(await on_async_connection(connection, get_settings(), store.insert_job, job.params))
 
 
+def insert_result(job: Prepared, connection: SyncConnection | None) -> Enqueued:
+    """:func:`insert`, saying whether the job was created or found (:class:`Enqueued`). In
+    inline mode (:mod:`scheduler.testing`) the job runs and ``created`` is always True:
+    ``unique_for_s`` and ``on_conflict`` are not applied there."""
+    if _inline is not None:
+        return Enqueued(_inline.run(job), True)
+    if connection is None:
+        refuse_on_event_loop("enqueue")
+    store = Store(get_settings().schema_name)
+    done: Enqueued = on_connection(
+        connection, get_settings(), store.insert_job_result_sync, job.params
+    )
+    return done
+
+
+async def insert_result_async(job: Prepared, connection: AsyncConnection | None) -> Enqueued:
+    """:func:`insert_result` on an async connection or the default async pool."""
+    if _inline is not None:
+        return Enqueued(await _inline.run_async(job), True)
+    store = Store(get_settings().schema_name)
+    done: Enqueued = await on_async_connection(
+        connection, get_settings(), store.insert_job_result, job.params
+    )
+    return done
+
+
 # ---- the module-level calls: any task, by handle, function or name --------------------------
 
 
@@ -262,6 +344,9 @@ def schedule_at(
     priority: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    unique_for_s: float | None = None,
+    on_conflict: OnConflict = "return",
+    concurrency_key: str | None = None,
     connection: SyncConnection | None = None,
 ) -> int:
     """Enqueue a one-off job that becomes due at ``run_at``; returns its id (``jobs.id``).
@@ -284,8 +369,27 @@ def schedule_at(
         priority: lower runs first among due jobs; default the task's, else 0.
         max_attempts: attempts before the job is dead-lettered; default the task's, else the
             ``SCHEDULER_MAX_ATTEMPTS`` setting (20).
-        idempotency_key: while a pending or running job holds this key, a second call returns
-            that job's id and inserts nothing.
+        idempotency_key: while a pending or running job holds this key, a second call inserts
+            nothing and returns that job's id (see ``on_conflict``). Keys are global, across
+            tasks and queues.
+        unique_for_s: with an ``idempotency_key``, a window in seconds (> 0, at most 10
+            years): no second job with the key is inserted until ``unique_for_s`` s after
+            the creation of the job that opened the window (the database clock), whatever
+            that job's state, even succeeded, dead or cancelled (pg-boss's singleton window).
+            The window is that first job's: a later call's ``unique_for_s`` neither lengthens
+            nor shortens it. It ends early if that job is deleted (retention pruning). Race-free
+            across processes: a unique index decides (migration 0014). ``None`` (default): only
+            the live-job rule above.
+        on_conflict: what a call does when the key is held (a live job, or an open window):
+            ``"return"`` (default) inserts nothing and returns the existing job's id;
+            ``"replace"`` gives the existing job this call's ``args``, due time and
+            ``priority`` (same id) if it is pending and of the same task, else falls back to
+            ``"return"``; ``"raise"`` raises :class:`~scheduler.errors.DuplicateJobError`
+            and writes nothing. :func:`enqueue_result` says which happened.
+        concurrency_key: the job's key for per-key flow control (``key_concurrency`` of its
+            queue, :mod:`scheduler.flow`: at most that many running jobs per key, e.g. per
+            customer); 1-512 characters without NUL or unpaired surrogates. ``None``
+            (default): bound by the queue's other limits only.
         connection: the caller's sync psycopg connection. The INSERT joins its current
             transaction (a rollback leaves no job: the transactional outbox pattern) and is
             not committed here. ``None`` uses a small pool on the default database
@@ -308,7 +412,15 @@ def schedule_at(
             characters from ``A-Z a-z 0-9 _ . : / -``; ``priority`` is not an ``int`` (a bool
             is refused) in PostgreSQL ``integer`` range; ``max_attempts`` is not an ``int``
             from 1 to 2,147,483,647; ``idempotency_key`` is not 1-512 characters without NUL
-            or unpaired surrogates; ``connection`` is not an open psycopg ``Connection``.
+            or unpaired surrogates; ``unique_for_s`` is not an int or float (a bool is
+            refused), is NaN, not more than 0 or over 10 years; ``on_conflict`` is not
+            ``"return"``, ``"replace"`` or ``"raise"``; ``unique_for_s`` or an ``on_conflict``
+            other than ``"return"`` is given without an ``idempotency_key``;
+            ``concurrency_key`` is not 1-512 characters without NUL or unpaired surrogates;
+            ``connection`` is not an open psycopg ``Connection``.
+        DuplicateJobError: ``on_conflict="raise"`` and the key is held; nothing was written.
+        IdempotencyKeyBusyError: the job holding the key kept finishing while this call
+            looked it up (100 tries); nothing was enqueued.
         UnknownTaskError: ``task`` is a function never registered with ``@task``, or a name
             this process does not know while it registered others.
         DatabaseNotConfiguredError: no connection, no ``SCHEDULER_DATABASE_URL`` and no
@@ -327,7 +439,9 @@ def schedule_at(
     """
     check_connection(connection)
     job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
-                  max_attempts=max_attempts, idempotency_key=idempotency_key)  # fmt: skip
+                  max_attempts=max_attempts, idempotency_key=idempotency_key,
+                  unique_for_s=unique_for_s, on_conflict=on_conflict,
+                  concurrency_key=concurrency_key)  # fmt: skip
     return insert(job, connection)
 
 
@@ -340,6 +454,9 @@ async def schedule_at_async(
     priority: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    unique_for_s: float | None = None,
+    on_conflict: OnConflict = "return",
+    concurrency_key: str | None = None,
     connection: AsyncConnection | None = None,
 ) -> int:
     """:func:`schedule_at` for async code: ``connection`` is a ``psycopg.AsyncConnection``
@@ -347,7 +464,9 @@ async def schedule_at_async(
     event loop is never blocked). Same arguments, result and errors."""
     check_connection(connection, is_async=True)
     job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
-                  max_attempts=max_attempts, idempotency_key=idempotency_key)  # fmt: skip
+                  max_attempts=max_attempts, idempotency_key=idempotency_key,
+                  unique_for_s=unique_for_s, on_conflict=on_conflict,
+                  concurrency_key=concurrency_key)  # fmt: skip
     return await insert_async(job, connection)
 
 
@@ -359,12 +478,16 @@ def enqueue(
     priority: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    unique_for_s: float | None = None,
+    on_conflict: OnConflict = "return",
+    concurrency_key: str | None = None,
     connection: SyncConnection | None = None,
 ) -> int:
     """Enqueue a job due now: ``schedule_at(task, None, ...)``; same arguments and errors."""
     return schedule_at(task, None, args=args, queue=queue, priority=priority,
                        max_attempts=max_attempts, idempotency_key=idempotency_key,
-                       connection=connection)  # fmt: skip
+                       unique_for_s=unique_for_s, on_conflict=on_conflict,
+                       concurrency_key=concurrency_key, connection=connection)  # fmt: skip
 
 
 async def enqueue_async(
@@ -375,9 +498,64 @@ async def enqueue_async(
     priority: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    unique_for_s: float | None = None,
+    on_conflict: OnConflict = "return",
+    concurrency_key: str | None = None,
     connection: AsyncConnection | None = None,
 ) -> int:
     """:func:`enqueue` for async code (see :func:`schedule_at_async`)."""
     return await schedule_at_async(task, None, args=args, queue=queue, priority=priority,
                                    max_attempts=max_attempts, idempotency_key=idempotency_key,
+                                   unique_for_s=unique_for_s, on_conflict=on_conflict,
+                                   concurrency_key=concurrency_key,
                                    connection=connection)  # fmt: skip
+
+
+def enqueue_result(
+    task: TaskRef,
+    *,
+    run_at: datetime | None = None,
+    args: Mapping[str, Any] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    unique_for_s: float | None = None,
+    on_conflict: OnConflict = "return",
+    concurrency_key: str | None = None,
+    connection: SyncConnection | None = None,
+) -> Enqueued:
+    """:func:`schedule_at` (``run_at`` ``None``: due now) that says what it did: an
+    :class:`Enqueued` with the job's ``id``, ``created`` (False: a job holding the
+    ``idempotency_key`` was found), that job's ``existing_state`` and whether it was
+    ``replaced`` (``on_conflict="replace"``). Same arguments and errors as :func:`schedule_at`.
+    """
+    check_connection(connection)
+    job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
+                  max_attempts=max_attempts, idempotency_key=idempotency_key,
+                  unique_for_s=unique_for_s, on_conflict=on_conflict,
+                  concurrency_key=concurrency_key)  # fmt: skip
+    return insert_result(job, connection)
+
+
+async def enqueue_result_async(
+    task: TaskRef,
+    *,
+    run_at: datetime | None = None,
+    args: Mapping[str, Any] | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    unique_for_s: float | None = None,
+    on_conflict: OnConflict = "return",
+    concurrency_key: str | None = None,
+    connection: AsyncConnection | None = None,
+) -> Enqueued:
+    """:func:`enqueue_result` for async code (see :func:`schedule_at_async`)."""
+    check_connection(connection, is_async=True)
+    job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
+                  max_attempts=max_attempts, idempotency_key=idempotency_key,
+                  unique_for_s=unique_for_s, on_conflict=on_conflict,
+                  concurrency_key=concurrency_key)  # fmt: skip
+    return await insert_result_async(job, connection)

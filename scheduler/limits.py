@@ -17,6 +17,7 @@ task name          1-200 characters, no whitespace, control characters, NUL or u
 schedule name      1-200 characters from ``A-Z a-z 0-9 _ . : -``.
 idempotency key    1-512 characters, no NUL or unpaired surrogates (a btree index entry is
                    limited to about 2,700 bytes; 512 characters are at most 2,048 bytes).
+concurrency key    the same as the idempotency key (it is in the index ``jobs_running_queue``).
 priority           an ``int`` (not a ``bool``) in PostgreSQL ``integer`` range
                    (-2,147,483,648 .. 2,147,483,647); lower runs first.
 max_attempts       an ``int`` from 1 to 2,147,483,647.
@@ -114,6 +115,13 @@ def check_schedule_name(value: Any, what: str = "schedule name") -> str:
 def check_idempotency_key(value: Any, what: str = "idempotency_key") -> str:
     """Return ``value`` if it is a valid idempotency key, else raise
     ``InvalidArgumentError``."""
+    return _text(value, what, IDEMPOTENCY_KEY_MAX)
+
+
+def check_concurrency_key(value: Any, what: str = "concurrency_key") -> str:
+    """Return ``value`` if it is a valid ``concurrency_key`` (the job's key for per-key flow
+    control, :mod:`scheduler.flow`): the idempotency key's bounds, 1-512 characters without
+    NUL or unpaired surrogates; else raise ``InvalidArgumentError`` naming ``what``."""
     return _text(value, what, IDEMPOTENCY_KEY_MAX)
 
 

@@ -49,7 +49,9 @@ import psycopg
 
 from . import metrics
 from .cron import Cron
-from .errors import CronError, LeadershipLostError
+from .cron_count import CronTimes, FireTimes
+from .errors import CronError, InvalidArgumentError, LeadershipLostError
+from .interval import Interval
 from .limits import exception_text
 from .log import get_logger
 from .planning import MAX_FIRE_TIMES_PER_TICK, Plan, Skip, plan, policy_of
@@ -64,6 +66,14 @@ PLAN_BUDGET_S = 1.0  # planning stops after this long; the rest waits for the ne
 @lru_cache(maxsize=1024)
 def _cron(expression: str, timezone: str) -> Cron:
     return Cron(expression, timezone)
+
+
+def _fire_times(row: dict[str, Any]) -> FireTimes:
+    """A due row's fire times: its cron expression, or its interval from ``start_at``, else
+    anchored at its ``next_run_at`` (see :mod:`scheduler.schedules`)."""
+    if row["every_s"] is None:
+        return CronTimes(_cron(row["cron"], row["timezone"]))
+    return Interval(row["every_s"], row["start_at"] or row["next_run_at"], row["timezone"])
 
 
 @dataclass(frozen=True)
@@ -103,9 +113,9 @@ def _plan_due(
             work.more = True
             break
         try:
-            cron = _cron(row["cron"], row["timezone"])
-            p = plan(cron, row["next_run_at"], now, policy_of(row), ahead, limit=budget)
-        except CronError as exc:  # a row written by hand: stop it rather than fail each tick
+            times = _fire_times(row)
+            p = plan(times, row["next_run_at"], now, policy_of(row), ahead, limit=budget)
+        except (CronError, InvalidArgumentError) as exc:  # a row written by hand: stop it
             work.errors[row["name"]] = (exception_text(exc), True)
             continue
         except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others

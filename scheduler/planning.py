@@ -21,7 +21,8 @@ Lateness and policies (``late = now - fire time``, database clock):
   are materialised, and a job is claimed only when no older job of its schedule is live (see
   ``claim_jobs``). ``allow`` (default): no restriction.
 
-Bounded work: fire times are counted arithmetically (:mod:`scheduler.cron_count`), never
+Bounded work: fire times are counted arithmetically (:mod:`scheduler.cron_count` for cron,
+:mod:`scheduler.interval` for ``every:`` schedules, both through ``FireTimes``), never
 walked one by one, so an outage of any length costs milliseconds to plan; skipped fire times
 are recorded as spans (first, last, exact count), so a month-long outage of an every-second
 schedule is one row, not millions; and a plan returns at most ``limit`` fire times, the rest
@@ -36,7 +37,7 @@ from typing import Any
 
 from .config import MisfirePolicy, OverlapPolicy
 from .cron import Cron
-from .cron_count import count, last_in, nth_after
+from .cron_count import FireTimes, fire_times_of
 
 _TICK = timedelta(microseconds=1)
 MAX_FIRE_TIMES_PER_TICK = 1_000  # fire times materialised per tick, all schedules together
@@ -80,26 +81,32 @@ class Plan:
 Span = tuple[datetime, datetime]  # fire times in (lo, hi]
 
 
-def _span(cron: Cron, lo: datetime, hi: datetime, reason: str) -> Skip | None:
+def _span(cron: FireTimes, lo: datetime, hi: datetime, reason: str) -> Skip | None:
     """The fire times in ``(lo, hi]`` as one :class:`Skip`, or ``None`` if there are none."""
-    n = count(cron, lo, hi) if hi > lo else 0
+    n = cron.count(lo, hi) if hi > lo else 0
     if not n:
         return None
-    return Skip(cron.next_after(lo), nth_after(cron, lo, n), n, reason)
+    return Skip(cron.next_after(lo), cron.nth_after(lo, n), n, reason)
 
 
-def _nth(cron: Cron, spans: list[Span], i: int) -> datetime:
+def _nth(cron: FireTimes, spans: list[Span], i: int) -> datetime:
     """The ``i``-th (1-based) fire time of ``spans`` taken in order."""
     for lo, hi in spans:
-        n = count(cron, lo, hi)
+        n = cron.count(lo, hi)
         if i <= n:
-            return nth_after(cron, lo, i)
+            return cron.nth_after(lo, i)
         i -= n
     raise IndexError(i)
 
 
+def _last_in(cron: FireTimes, lo: datetime, hi: datetime) -> datetime | None:
+    """The last fire time in ``(lo, hi]``, or ``None`` when there is none."""
+    n = cron.count(lo, hi)
+    return cron.nth_after(lo, n) if n else None
+
+
 def plan(
-    cron: Cron,
+    schedule: Cron | FireTimes,
     next_run_at: datetime,
     now: datetime,
     policy: Policy = Policy(),
@@ -113,7 +120,8 @@ def plan(
     ``limit`` fire times are returned.
 
     Args:
-        cron: the schedule's cron expression in its time zone.
+        schedule: the schedule's fire times: a :class:`Cron` in its time zone, or any
+            :class:`~scheduler.cron_count.FireTimes` (an :class:`~scheduler.interval.Interval`).
         next_run_at: the persisted next fire time (aware); due when ``<= now + ahead``.
         now: the database clock (aware); lateness is measured against it.
         policy: the schedule's misfire/overlap policy (rules in the module docstring).
@@ -128,6 +136,7 @@ def plan(
         A :class:`Plan`. Every due fire time up to the new ``next_run_at`` is either in
         ``fire_times`` or in a ``skips`` span.
     """
+    cron = fire_times_of(schedule)
     horizon = now if policy.overlap is OverlapPolicy.SKIP else now + ahead
     if next_run_at > horizon:
         return Plan([], next_run_at)
@@ -139,10 +148,10 @@ def plan(
 
     def keep_latest(lo: datetime, hi: datetime, k: int) -> datetime:
         """Skip all but the ``k`` latest fire times of (lo, hi]; return the new ``lo``."""
-        n = count(cron, lo, hi)
+        n = cron.count(lo, hi)
         if n <= k:
             return lo
-        cut = nth_after(cron, lo, n - k)
+        cut = cron.nth_after(lo, n - k)
         skip(lo, cut, "catch_up_cap")
         return cut
 
@@ -156,13 +165,13 @@ def plan(
     misfire_lo, misfire_hi = lo, max(lo, min(grace_hi, now))
 
     on_time_lo = keep_latest(misfire_hi, horizon, policy.max_catch_up)
-    room = policy.max_catch_up - count(cron, on_time_lo, horizon)
+    room = policy.max_catch_up - cron.count(on_time_lo, horizon)
     spans: list[Span] = []
     if misfire_hi > misfire_lo:
         if policy.misfire is MisfirePolicy.SKIP:
             skip(misfire_lo, misfire_hi, "misfire")
         elif policy.misfire is MisfirePolicy.RUN_ONCE:
-            last = last_in(cron, misfire_lo, misfire_hi) if room >= 1 else None
+            last = _last_in(cron, misfire_lo, misfire_hi) if room >= 1 else None
             if last is not None:
                 skip(misfire_lo, last - _TICK, "misfire")
                 spans.append((last - _TICK, last))
@@ -171,7 +180,7 @@ def plan(
         else:  # RUN_ALL
             spans.append((keep_latest(misfire_lo, misfire_hi, max(room, 0)), misfire_hi))
     spans.append((on_time_lo, horizon))
-    total = sum(count(cron, a, b) for a, b in spans)
+    total = sum(cron.count(a, b) for a, b in spans)
     if policy.overlap is OverlapPolicy.SKIP and total > 1:
         skips.append(Skip(_nth(cron, spans, 1), _nth(cron, spans, total - 1), total - 1,
                           "overlap"))  # fmt: skip

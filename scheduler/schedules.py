@@ -5,7 +5,12 @@ term. Rules:
 
 * a declared schedule that is new gets ``next_run_at`` = its first fire time after now;
 * a changed cron expression or time zone recomputes ``next_run_at`` from now (no catch-up
-  burst for fire times of the old definition);
+  burst for fire times of the old definition); so does a changed ``every`` or ``start_at``
+  of an interval schedule, or a switch between cron and ``every`` (the zone of an interval
+  schedule only displays its fire times: changing it changes nothing else);
+* an interval schedule (``every``) fires at ``start_at + k * every`` (``k >= 0``); without
+  ``start_at`` its first fire time is one interval after it is stored (or re-planned, or
+  re-enabled), and its grid is anchored at its ``next_run_at`` (``start_at`` column NULL);
 * any other change (task, args, queue, retry policy) keeps ``next_run_at``;
 * a disabled schedule has ``next_run_at = NULL``; re-enabling computes it from now;
 * a schedule that came from a config file and is no longer declared is deleted, so it stops
@@ -27,6 +32,7 @@ import psycopg
 from .arguments import to_jsonb
 from .config import ScheduleConfig
 from .cron import Cron
+from .cron_count import FireTimes, fire_times_of
 from .registry import get_task
 from .settings import Settings
 from .store import Store
@@ -69,6 +75,8 @@ def resolve(schedule: ScheduleConfig, settings: Settings) -> dict[str, Any]:
     row = {
         "name": schedule.name,
         "cron": schedule.cron,
+        "every_s": schedule.every,
+        "start_at": schedule.start_at.isoformat() if schedule.start_at else None,
         "timezone": schedule.timezone,
         "task": schedule.task,
         "args": dict(schedule.args or {}),
@@ -89,9 +97,20 @@ def resolve(schedule: ScheduleConfig, settings: Settings) -> dict[str, Any]:
         "starting_deadline_s": schedule.starting_deadline_s,
         "enabled": schedule.enabled,
     }
-    canonical = json.dumps(row, sort_keys=True, separators=(",", ":"))
+    # timing fields only when set: a cron schedule keeps the hash it had before intervals
+    hashed = {k: v for k, v in row.items() if v is not None or k not in _TIMING}
+    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
     row["definition_hash"] = hashlib.sha256(canonical.encode()).hexdigest()
+    row["start_at"] = schedule.start_at
     return row
+
+
+_TIMING = ("cron", "every_s", "start_at")
+
+
+def _timing(cron: str | None, timezone: str, every_s: float | None, start_at: Any) -> Any:
+    """What decides a schedule's fire times (an interval's zone does not)."""
+    return (cron, timezone if cron is not None else None, every_s, start_at)
 
 
 async def reconcile(
@@ -116,14 +135,13 @@ async def reconcile(
         if old is not None and old["config_hash"] not in (None, config_hash):
             result.from_other_config.append(schedule.name)
             result.other_config_hashes.add(old["config_hash"])
-        timing_changed = old is None or (old["cron"], old["timezone"]) != (
-            schedule.cron,
-            schedule.timezone,
-        )
+        timing_changed = old is None or _timing(
+            old["cron"], old["timezone"], old["every_s"], old["start_at"]
+        ) != _timing(schedule.cron, schedule.timezone, schedule.every, schedule.start_at)
         if not schedule.enabled:
             next_run_at = None
         elif old is None or timing_changed or old["next_run_at"] is None:
-            next_run_at = Cron(schedule.cron, schedule.timezone).next_after(now)
+            next_run_at = schedule.fire_times(now).next_after(now)
         else:
             next_run_at = old["next_run_at"]
         if old is None:
@@ -151,10 +169,11 @@ async def reconcile(
 # ---- operations on schedules (CLI: scheduler schedules ...) -----------------------------------
 
 
-def preview(cron: Cron, after: datetime, count: int) -> list[datetime]:
+def preview(cron: Cron | FireTimes, after: datetime, count: int) -> list[datetime]:
     """The next ``count`` fire times strictly after ``after``, as aware datetimes in the
     schedule's zone (so their UTC offset shows). Same code path as the materialiser
-    (:meth:`Cron.next_after`)."""
+    (:meth:`Cron.next_after`, :meth:`Interval.next_after <scheduler.interval.Interval>`)."""
+    cron = fire_times_of(cron)
     out: list[datetime] = []
     current = after
     for _ in range(count):

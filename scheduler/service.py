@@ -24,6 +24,7 @@ from . import __version__, health, maintenance, materialiser
 from .config import SchedulesConfig
 from .connections import set_default_database_url
 from .errors import LeadershipLostError, MigrationPrivilegeError, ReplicaFailedError
+from .flow import QueueLimits, apply_settings_limits
 from .leader import KEEPALIVES, LeaderElector
 from .limits import exception_text
 from .liveness import LivenessLock, liveness_namespace
@@ -144,6 +145,26 @@ class Replica:
             "SCHEDULER_DIRECT_DATABASE_URL is unset): no liveness lock, so if this replica dies "
             "its jobs run again only after their lease (lease_s)"
         )
+
+    async def _apply_queue_limits(self) -> None:
+        """``SCHEDULER_QUEUE_LIMITS`` into the ``queues`` table (:func:`scheduler.flow.
+        apply_settings_limits`: nothing is written when it already holds them). A role that
+        may not write it, or a failed write, logs one warning: the replica runs on with the
+        limits the table holds."""
+        limits: dict[str, QueueLimits] = self.settings.queue_limits
+        try:
+            async with self.pool.connection() as conn:
+                if await apply_settings_limits(conn, self.store, limits):
+                    log.info("queue_limits_applied", queues=sorted(limits))
+        except psycopg.Error as exc:
+            denied = isinstance(exc, psycopg.errors.InsufficientPrivilege)
+            log.warning(
+                "queue_limits_not_applied", error=exception_text(exc, 300),
+                detail="this database role may not write the queues table: the limits in "
+                "force are those it holds; apply SCHEDULER_QUEUE_LIMITS with a replica whose "
+                "role may, or call scheduler.set_queue_limits" if denied else
+                "the limits in force are those the queues table holds",
+            )  # fmt: skip
 
     async def _configure_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Each new connection of the worker's pool: ``SET jit = off`` unless the URL is a
@@ -291,6 +312,7 @@ class Replica:
         set_default_database_url(self.url)
         await self._check_pooler()
         await self.pool.open(wait=True, timeout=30)
+        await self._apply_queue_limits()  # before the worker reads which queues have limits
         log.info(
             "replica_started",
             replica=self.id,

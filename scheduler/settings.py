@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         "whose worker died runs again elsewhere after at most this long (+ heartbeat_s)",
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
+    queue_limits: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description='flow control per queue, a JSON object: {"mail": {"concurrency": 5, '
+        '"rate": 100, "per_s": 60, "key_concurrency": 1}} (scheduler.flow); queue -> '
+        "scheduler.flow.QueueLimits once validated",
+    )
 
     unknown_task_retry_s: float = Field(
         default=600.0,
@@ -248,6 +254,16 @@ class Settings(BaseSettings):
             except InvalidArgumentError as exc:
                 raise ValueError(str(exc)) from None
         return list(dict.fromkeys(value))  # a name given twice is worked once
+
+    @field_validator("queue_limits", mode="before")
+    @classmethod
+    def _queue_limits(cls, value: object) -> object:
+        from .flow import parse_queue_limits  # flow imports settings (the default pool)
+
+        try:
+            return parse_queue_limits(value)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("log_level", mode="before")
     @classmethod

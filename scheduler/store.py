@@ -28,15 +28,15 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .errors import IdempotencyKeyBusyError, MigrationLockError
+from .errors import DuplicateJobError, IdempotencyKeyBusyError, MigrationLockError
 
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 
 # One job of a bulk enqueue: (queue, task, args as JSON text, priority, run_at or None for
-# "now", max_attempts, backoff_base_s, backoff_max_s, backoff_jitter).
-BulkJob = tuple[str, str, str, int, datetime | None, int, float, float, float]
+# "now", max_attempts, backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key).
+BulkJob = tuple[str, str, str, int, datetime | None, int, float, float, float, str | None]
 
 
 def _read(name: str) -> str:
@@ -106,6 +106,41 @@ def _key_busy(params: dict[str, Any]) -> IdempotencyKeyBusyError:
     )
 
 
+@dataclass(frozen=True)
+class Enqueued:
+    """What one enqueue did (the ``*_result`` calls of :mod:`scheduler.jobs` and
+    :class:`scheduler.TaskCall`).
+
+    Attributes:
+        id: the job inserted, or the job found holding the ``idempotency_key``.
+        created: True when a new job was inserted.
+        existing_state: when not created, the state of the job found (``"pending"``,
+            ``"running"``, ``"succeeded"``, ``"dead"``, ``"cancelled"``: a job whose
+            ``unique_for_s`` window is still open blocks in any state); ``None`` when created.
+        replaced: ``on_conflict="replace"`` gave that pending job the new arguments, due time
+            and priority. False with ``created`` False: the job was running or finished (or
+            of another task), so the call fell back to ``"return"``.
+    """
+
+    id: int
+    created: bool
+    existing_state: str | None = None
+    replaced: bool = False
+
+
+def _keyed(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a keyed insert, with the defaults of the unique-job options."""
+    return {"unique_for_s": None, "on_conflict": "return", "concurrency_key": None, **params}
+
+
+def _replaces(params: dict[str, Any], job_id: int, state: str) -> bool:
+    """Whether a conflict with ``job_id`` (in ``state``) is resolved by replacing it; raises
+    :class:`DuplicateJobError` for ``on_conflict="raise"``."""
+    if params["on_conflict"] == "raise":
+        raise DuplicateJobError(params["idempotency_key"], job_id, state)
+    return bool(params["on_conflict"] == "replace" and state == "pending")
+
+
 def _outcome_arrays(worker_id: str, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     """The array parameters of ``complete_jobs``."""
     return {
@@ -143,6 +178,7 @@ class Store:
         self.notify_channel = f"{schema}.jobs"
         self.cancel_channel = f"{schema}.cancel"
         self.done_channel = f"{schema}.done"  # ids of jobs that finished (wait_for_job)
+        self.limits_channel = f"{schema}.limits"  # a queue's limits changed (scheduler.flow)
         self.jobs_table = f'"{schema}".jobs'  # schema is a validated identifier
 
     # ---- migrations -------------------------------------------------------------------------
@@ -226,31 +262,64 @@ class Store:
     def insert_job_sync(
         self, conn: psycopg.Connection[Any], params: dict[str, Any], prepare: bool | None = False
     ) -> int:
-        """Insert one job on a sync connection, inside its current transaction if any.
+        """Insert one job on a sync connection, inside its current transaction if any; returns
+        the id of the job inserted, or of the job holding its key (see
+        :meth:`insert_job_result_sync` for the key's rules and the errors).
 
         ``prepare``: ``False`` (a caller's connection) never prepares; ``None`` follows the
         connection's ``prepare_threshold`` (the default enqueue pool, see
         :mod:`scheduler.connections`).
+        """
+        if params.get("idempotency_key") is not None:
+            return self.insert_job_result_sync(conn, params, prepare).id
+        with conn.cursor() as cur:
+            cur.execute(self.q["insert_job"], params, prepare=prepare)
+            return int(cur.fetchone()[0])  # type: ignore[index]
 
-        With an ``idempotency_key`` that a live (pending/running) job already holds, returns
-        that job's id instead of inserting.
+    def insert_job_result_sync(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any], prepare: bool | None = False
+    ) -> Enqueued:
+        """:meth:`insert_job_sync`, saying what it did.
+
+        Without an ``idempotency_key``: one plain INSERT. With one, nothing is inserted while
+        a live (pending/running) job holds the key, nor, when ``params["unique_for_s"]`` (s)
+        is set, while the job whose window (``unique_until``) is still open holds it, in any
+        state (both by unique indexes: race-free, see migration 0014). Then
+        ``params["on_conflict"]``: ``"return"`` (default) returns that job; ``"replace"``
+        gives it the new ``args``, due time and ``priority`` if it is pending and of the same
+        task, else returns it; ``"raise"`` raises.
 
         Raises:
+            DuplicateJobError: ``on_conflict="raise"`` and the key is held; nothing written.
             IdempotencyKeyBusyError: the key changed hands :data:`IDEMPOTENT_TRIES` times.
         """
         with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
                 cur.execute(self.q["insert_job"], params, prepare=prepare)
-                return int(cur.fetchone()[0])  # type: ignore[index]
+                return Enqueued(int(cur.fetchone()[0]), True)  # type: ignore[index]
+            params = _keyed(params)
             for _ in range(IDEMPOTENT_TRIES):
                 cur.execute(self.q["insert_job_idempotent"], params, prepare=prepare)
                 row = cur.fetchone()
                 if row:
-                    return int(row[0])
-                cur.execute(self.q["live_job_by_idempotency_key"], params, prepare=prepare)
+                    return Enqueued(int(row[0]), True)
+                cur.execute(self.q["job_holding_idempotency_key"], params, prepare=prepare)
                 row = cur.fetchone()
+                if row is None:  # finished, or its window passed, since our insert
+                    if params["unique_for_s"] is not None:
+                        cur.execute(self.q["release_unique_window"], params, prepare=prepare)
+                    continue
+                job_id, state = int(row[0]), str(row[1])
+                if not _replaces(params, job_id, state):
+                    return Enqueued(job_id, False, state)
+                replacing = {**params, "id": job_id, "channel": self.notify_channel}
+                cur.execute(self.q["replace_pending_job"], replacing, prepare=prepare)
+                if cur.fetchone():
+                    return Enqueued(job_id, False, state, replaced=True)
+                cur.execute(self.q["job_state"], {"id": job_id}, prepare=prepare)
+                row = cur.fetchone()  # claimed meanwhile, or of another task
                 if row:
-                    return int(row[0])
+                    return Enqueued(job_id, False, str(row[0]))
         raise _key_busy(params)
 
     async def insert_job(
@@ -260,39 +329,64 @@ class Store:
         prepare: bool | None = False,
     ) -> int:
         """Async twin of :meth:`insert_job_sync`."""
+        if params.get("idempotency_key") is not None:
+            return (await self.insert_job_result(conn, params, prepare)).id
+        async with conn.cursor() as cur:
+            await cur.execute(self.q["insert_job"], params, prepare=prepare)
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def insert_job_result(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        params: dict[str, Any],
+        prepare: bool | None = False,
+    ) -> Enqueued:
+        """Async twin of :meth:`insert_job_result_sync`."""
         async with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
                 await cur.execute(self.q["insert_job"], params, prepare=prepare)
-                return int((await cur.fetchone())[0])  # type: ignore[index]
+                return Enqueued(int((await cur.fetchone())[0]), True)  # type: ignore[index]
+            params = _keyed(params)
             for _ in range(IDEMPOTENT_TRIES):
                 await cur.execute(self.q["insert_job_idempotent"], params, prepare=prepare)
                 row = await cur.fetchone()
                 if row:
-                    return int(row[0])
-                await cur.execute(
-                    self.q["live_job_by_idempotency_key"], params, prepare=prepare
-                )
+                    return Enqueued(int(row[0]), True)
+                await cur.execute(self.q["job_holding_idempotency_key"], params, prepare=prepare)
+                row = await cur.fetchone()
+                if row is None:
+                    if params["unique_for_s"] is not None:
+                        await cur.execute(self.q["release_unique_window"], params, prepare=prepare)
+                    continue
+                job_id, state = int(row[0]), str(row[1])
+                if not _replaces(params, job_id, state):
+                    return Enqueued(job_id, False, state)
+                replacing = {**params, "id": job_id, "channel": self.notify_channel}
+                await cur.execute(self.q["replace_pending_job"], replacing, prepare=prepare)
+                if await cur.fetchone():
+                    return Enqueued(job_id, False, state, replaced=True)
+                await cur.execute(self.q["job_state"], {"id": job_id}, prepare=prepare)
                 row = await cur.fetchone()
                 if row:
-                    return int(row[0])
+                    return Enqueued(job_id, False, str(row[0]))
         raise _key_busy(params)
 
     # COPY column types; args is sent as JSON text and parsed by the server as jsonb
     _COPY_TYPES: ClassVar[list[str]] = [
         "int8", "text", "text", "text", "int4", "timestamptz", "timestamptz", "int4",
-        "float8", "float8", "float8",
+        "float8", "float8", "float8", "text",
     ]  # fmt: skip
 
     @staticmethod
     def _copy_rows(
         rows: list[BulkJob], reserved: list[tuple[int, datetime]]
     ) -> Iterator[tuple[Any, ...]]:
-        for (queue, task, args, priority, run_at, attempts, base, cap, jitter), (
+        for (queue, task, args, priority, run_at, attempts, base, cap, jitter, key), (
             job_id,
             now,
         ) in zip(rows, reserved, strict=True):
             at = run_at or now
-            yield job_id, queue, task, args, priority, at, at, attempts, base, cap, jitter
+            yield job_id, queue, task, args, priority, at, at, attempts, base, cap, jitter, key
 
     def insert_jobs_sync(
         self, conn: psycopg.Connection[Any], rows: list[BulkJob], prepare: bool | None = False
@@ -338,6 +432,7 @@ class Store:
         worker_id: str,
         lease_s: float,
         now: datetime | None = None,
+        limited: bool = False,
     ) -> list[dict[str, Any]]:
         """Claim up to ``limit`` due pending jobs (``FOR UPDATE SKIP LOCKED``): one statement,
         which commits by itself on an autocommit connection (the worker's pool). A job is due
@@ -345,10 +440,17 @@ class Store:
 
         Returns the claimed rows as dicts (``id, queue, task, args, attempt, max_attempts,
         backoff_*, schedule_name, scheduled_for, run_at``); ``attempt`` is already incremented.
+
+        ``limited=False`` (default): ``claim_jobs``, which ignores flow control (lock-free,
+        the hot path). ``limited=True``: ``claim_jobs_limited``, for a worker that knows one
+        of ``queues`` has limits (a row in the ``queues`` table, :mod:`scheduler.flow`):
+        those queues are claimed first, each under a lock of its row, at most what their
+        global concurrency, starts per window and per-``concurrency_key`` limits allow at
+        this instant, across every replica; the other queues take the slots left, lock-free.
         """
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
-            self.q["claim_jobs"],
+            self.q["claim_jobs_limited" if limited else "claim_jobs"],
             {"queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": lease_s,
              "now": now},
         )

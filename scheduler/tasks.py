@@ -62,13 +62,27 @@ class TaskCall(Generic[P, R]):
     max_attempts: int | None = None
     idempotency_key: str | None = None
     connection: Any = None
+    unique_for_s: float | None = None
+    on_conflict: jobs.OnConflict = "return"
+    concurrency_key: str | None = None
 
     def _prepare(self, args: Any, kwargs: Any, run_at: datetime | None = None,
                  delay_s: float = 0.0) -> jobs.Prepared:  # fmt: skip
         return jobs.prepare(self.task, args, kwargs, run_at=run_at, delay_s=delay_s,
                             queue=self.queue, priority=self.priority,
                             max_attempts=self.max_attempts,
-                            idempotency_key=self.idempotency_key)  # fmt: skip
+                            idempotency_key=self.idempotency_key,
+                            unique_for_s=self.unique_for_s,
+                            on_conflict=self.on_conflict,
+                            concurrency_key=self.concurrency_key)  # fmt: skip
+
+    def _refuse_keys(self, call: str) -> None:
+        if self.idempotency_key is not None or self.unique_for_s is not None or (
+            self.on_conflict != "return"
+        ):
+            raise InvalidArgumentError(
+                f"{call} does not take an idempotency_key, unique_for_s or on_conflict"
+            )
 
     def _sync(self) -> Any:
         check_connection(self.connection)
@@ -86,6 +100,29 @@ class TaskCall(Generic[P, R]):
     async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """:meth:`defer` for async code (an async pool or ``AsyncConnection``)."""
         return await jobs.insert_async(self._prepare(args, kwargs), self._async())
+
+    def defer_result(self, *args: P.args, **kwargs: P.kwargs) -> jobs.Enqueued:
+        """:meth:`defer` saying what it did: a :class:`~scheduler.jobs.Enqueued` with the id,
+        ``created`` (False: a job holding the ``idempotency_key`` was found, see
+        ``unique_for_s`` and ``on_conflict`` in :meth:`Task.configure`), that job's
+        ``existing_state`` and ``replaced``. Errors as :meth:`defer`."""
+        return jobs.insert_result(self._prepare(args, kwargs), self._sync())
+
+    async def defer_result_async(self, *args: P.args, **kwargs: P.kwargs) -> jobs.Enqueued:
+        """:meth:`defer_result` for async code."""
+        return await jobs.insert_result_async(self._prepare(args, kwargs), self._async())
+
+    def schedule_at_result(self, when: datetime, /, *args: P.args,
+                           **kwargs: P.kwargs) -> jobs.Enqueued:  # fmt: skip
+        """:meth:`schedule_at` saying what it did (see :meth:`defer_result`)."""
+        job = self._prepare(args, kwargs, run_at=_aware(when))
+        return jobs.insert_result(job, self._sync())
+
+    async def schedule_at_result_async(self, when: datetime, /, *args: P.args,
+                                       **kwargs: P.kwargs) -> jobs.Enqueued:  # fmt: skip
+        """:meth:`schedule_at_result` for async code."""
+        job = self._prepare(args, kwargs, run_at=_aware(when))
+        return await jobs.insert_result_async(job, self._async())
 
     def schedule_at(self, when: datetime, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue a job due at ``when`` (timezone-aware; past: at once); returns its id."""
@@ -112,17 +149,18 @@ class TaskCall(Generic[P, R]):
     def defer_many(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
         """Enqueue one job per mapping of keyword arguments, due now, in one ``COPY``;
         returns the ids in order. Every item is bound before anything is written (a bad one
-        is named ``args_list[3]``). Idempotency keys are not supported in bulk."""
-        if self.idempotency_key is not None:
-            raise InvalidArgumentError("defer_many does not take an idempotency_key")
-        rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
+        is named ``args_list[3]``). Idempotency keys (and unique jobs) are not supported in
+        bulk: InvalidArgumentError."""
+        self._refuse_keys("defer_many")
+        rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts,
+                              self.concurrency_key)  # fmt: skip
         return bulk.insert_many(rows, self._sync())
 
     async def defer_many_async(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
         """:meth:`defer_many` for async code."""
-        if self.idempotency_key is not None:
-            raise InvalidArgumentError("defer_many_async does not take an idempotency_key")
-        rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts)
+        self._refuse_keys("defer_many_async")
+        rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts,
+                              self.concurrency_key)  # fmt: skip
         return await bulk.insert_many_async(rows, self._async())
 
 
@@ -161,16 +199,33 @@ class Task(TaskSpec, Generic[P, R]):
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
         connection: Any = None,
+        unique_for_s: float | None = None,
+        on_conflict: jobs.OnConflict = "return",
+        concurrency_key: str | None = None,
     ) -> TaskCall[P, R]:
-        """Per-call options; values are checked when a call is made.
+        """Per-call options; values are checked when a call is made (InvalidArgumentError
+        naming the option, before any SQL).
 
         Args:
             queue, priority, max_attempts, idempotency_key: as for :func:`scheduler.schedule_at`.
             connection: a ``psycopg.Connection`` (for the sync calls) or
                 ``psycopg.AsyncConnection`` (for the ``*_async`` calls): the INSERT joins its
                 transaction and is not committed. ``None``: the default pool, committed.
+            unique_for_s: seconds (> 0, at most 10 years) after the first job with this
+                ``idempotency_key`` was created during which no second one is inserted,
+                whatever the first one's state; ``None``: only while one is live. Needs an
+                ``idempotency_key``.
+            on_conflict: when the key is held: ``"return"`` (default) the existing job's id;
+                ``"replace"`` its arguments, due time and priority if it is pending (else as
+                ``"return"``); ``"raise"``: :class:`~scheduler.errors.DuplicateJobError`,
+                nothing written. The ``*_result`` calls (:meth:`TaskCall.defer_result`) say
+                which happened; :meth:`TaskCall.defer` and the others return the id only.
+            concurrency_key: the job's key for its queue's ``key_concurrency`` limit
+                (:mod:`scheduler.flow`), e.g. a customer id; as for
+                :func:`scheduler.schedule_at`. Also applies to :meth:`TaskCall.defer_many`.
         """
-        return TaskCall(self, queue, priority, max_attempts, idempotency_key, connection)
+        return TaskCall(self, queue, priority, max_attempts, idempotency_key, connection,
+                        unique_for_s, on_conflict, concurrency_key)  # fmt: skip
 
     def defer(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue a job due now; returns its id (see :meth:`TaskCall.defer`)."""

@@ -20,6 +20,10 @@ Loop of one replica (``concurrency`` slots)::
                                              → cancelled (async handlers stop at their
                                                next await; a sync handler's thread runs on)
 
+Flow control (:mod:`scheduler.flow`): while one of its queues has limits (read at start, on
+a NOTIFY on ``<schema>.limits``, at every safety poll) the claim is ``claim_jobs_limited``,
+else the lock-free ``claim_jobs``; a full rate window sets a timer for when it frees.
+
 Leases: every ``lease_s / 3`` one statement extends the lease of every job this worker holds,
 from its claim until its outcome is written (not only until its handler returns), so a slow
 or failing write never lets the leader rescue a job that already ran.
@@ -52,6 +56,7 @@ from . import metrics
 from .completion import Completion, CompletionWriter
 from .errors import UnknownTaskError
 from .execution import Executor, Result
+from .flow import LimitedQueues
 from .jobs import JobState, RunOutcome
 from .leader import KEEPALIVES
 from .limits import exception_text
@@ -111,6 +116,9 @@ class Worker:
         self._tasks: dict[int, asyncio.Task[None]] = {}  # job id -> its task, until its outcome
         self._cancelling: set[int] = set()  # job ids an operator cancelled
         self._interrupted: list[tuple[int, int]] = []  # cancelled at shutdown: (id, attempt)
+        # which queues have limits: claim_jobs_limited while any has (scheduler.flow)
+        self.limits = LimitedQueues(store, settings.queues, settings.poll_interval_s)
+        self._rate_timer: asyncio.TimerHandle | None = None
 
     def stuck_threads(self) -> int:
         """Sync handler threads still running after their attempt ended (timeout_s passed,
@@ -168,6 +176,8 @@ class Worker:
                     continue  # maybe more due: claim again as soon as a slot frees
                 if self.listen_url is None:
                     await self._timer_for_next_due()
+                if free > 0 and self.limits.rated:
+                    await self._timer_for_rate_window()
                 self.parked.set()
                 await self._wait(stopper, self.settings.poll_interval_s)
                 self.parked.clear()
@@ -189,6 +199,21 @@ class Worker:
         if delay is not None and delay < self.settings.poll_interval_s:
             asyncio.get_running_loop().call_later(max(delay, 0.0), self._wake.set)
 
+    async def _timer_for_rate_window(self) -> None:
+        """A rate-limited queue held back by a full window: a wake-up when the oldest start
+        counted in it leaves the window, when that is before the safety poll."""
+        try:
+            async with self.pool.connection() as conn:
+                delay = await self.limits.rate_wake_s(conn)
+        except psycopg.Error as exc:
+            self._log.warning("rate_wake_failed", error=exception_text(exc, 300))
+            return
+        if delay is not None and delay < self.settings.poll_interval_s:
+            if self._rate_timer is not None:
+                self._rate_timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._rate_timer = loop.call_later(max(delay, 0.0), self._wake.set)
+
     async def _wait(self, stopper: asyncio.Future[Any], timeout: float) -> None:
         waker = asyncio.ensure_future(self._wake.wait())
         try:
@@ -200,12 +225,16 @@ class Worker:
 
     async def _claim(self, limit: int) -> int:
         async with self.pool.connection() as conn:
+            now = time.monotonic()
+            if self.limits.stale(now):
+                await self.limits.refresh(conn, now)
             jobs = await self.store.claim_jobs(
                 conn,
                 queues=self.settings.queues,
                 limit=limit,
                 worker_id=self.worker_id,
                 lease_s=self.settings.lease_s,
+                limited=bool(self.limits.names),
             )
         claimed: dict[tuple[str, str], int] = {}
         for job in jobs:
@@ -416,8 +445,8 @@ class Worker:
             asyncio.get_running_loop().call_later(min(delay, 86400.0), self._wake.set)
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        """LISTEN for inserted jobs and cancel requests; reconnect with backoff (polling and
-        lease extensions cover the gap). Without a listen URL (only a transaction pooler),
+        """LISTEN for inserted jobs, cancel requests and changed limits; reconnect with
+        backoff (polling and lease extensions cover the gap). Without a listen URL (only a transaction pooler),
         say so once and return: timers and the safety poll do the waking."""
         if self.listen_url is None:
             self._log.warning(
@@ -429,6 +458,7 @@ class Worker:
             return
         channel = sql.Identifier(self.store.notify_channel)
         cancel_channel = sql.Identifier(self.store.cancel_channel)
+        limits_channel = sql.Identifier(self.store.limits_channel)
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -437,6 +467,8 @@ class Worker:
                 ) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(channel))
                     await conn.execute(sql.SQL("LISTEN {}").format(cancel_channel))
+                    await conn.execute(sql.SQL("LISTEN {}").format(limits_channel))
+                    self.limits.on_notify("")  # limits may have changed while not listening
                     self.listening.set()
                     self._wake.set()  # jobs may have arrived while we were not listening
                     backoff = 0.5
@@ -444,6 +476,9 @@ class Worker:
                         if notify.channel == self.store.cancel_channel:
                             with contextlib.suppress(ValueError):
                                 self._cancel(int(notify.payload))  # ignored if not ours
+                        elif notify.channel == self.store.limits_channel:
+                            if self.limits.on_notify(notify.payload):
+                                self._wake.set()  # re-read before the next claim
                         else:
                             self._on_notify(notify.payload)
             except psycopg.Error as exc:

@@ -11,6 +11,7 @@ from typing import Any
 from .. import limits, schedules
 from ..config import load_config
 from ..cron import Cron
+from ..cron_count import FireTimes
 from ..errors import (
     CronError,
 )
@@ -33,6 +34,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 r["state"] = (
                     "paused" if r["paused_at"] else ("enabled" if r["enabled"] else "disabled")
                 )
+                if r.get("every_s") is not None:  # an interval schedule: shown where cron is
+                    r["cron"] = f"every {r['every_s']:g}s"
             columns = [
                 "name",
                 "cron",
@@ -72,6 +75,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def _cmd_next(args: argparse.Namespace) -> int:
+    cron: Cron | FireTimes
+    schedule = None
     if args.cron:
         try:
             cron = Cron(args.cron, args.timezone or "UTC")
@@ -87,7 +92,8 @@ def _cmd_next(args: argparse.Namespace) -> int:
         if not match:
             print(f"no schedule named {limits.shown(args.name)} in {args.config}", file=sys.stderr)
             return 1
-        cron = match[0].cron_obj()
+        schedule = match[0]
+        cron = schedule.fire_times(datetime.now(UTC))
     after = datetime.now(UTC)
     if args.after:
         try:
@@ -101,6 +107,8 @@ def _cmd_next(args: argparse.Namespace) -> int:
             return 2
         if after.tzinfo is None:  # a wall time in the schedule's zone
             after = after.replace(tzinfo=cron.timezone)
+    if schedule is not None and schedule.every is not None and schedule.start_at is None:
+        cron = schedule.fire_times(after)  # no start_at: as if it were stored at --after
     try:
         fire_times = schedules.preview(cron, after, args.count)
     except (OverflowError, ValueError):  # past year 9999 (or before year 1 in UTC)

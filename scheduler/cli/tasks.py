@@ -3,6 +3,8 @@
     scheduler tasks list [--config FILE] [--import MODULE ...] [--json]
     scheduler enqueue TASK [--args JSON] [--at ISO8601 | --in DURATION] [--queue Q]
                       [--priority N] [--max-attempts N] [--idempotency-key K]
+                      [--unique-for DURATION] [--on-conflict return|replace|raise]
+                      [--concurrency-key K]
                       [--config FILE] [--import MODULE ...] [--json]
 
 Task modules are imported as ``scheduler run`` imports them: every ``--import MODULE``, then
@@ -300,7 +302,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         limits.check_queue(args.queue, "--queue")
     if args.idempotency_key is not None:
         limits.check_idempotency_key(args.idempotency_key, "--idempotency-key")
+    if args.concurrency_key is not None:
+        limits.check_concurrency_key(args.concurrency_key, "--concurrency-key")
     job_args = parse_args_json(args.args)
+    unique_for_s = unique_option(args)
     delay_s = 0.0  # --in counts from the database's clock, as schedule_in does
     if args.delay is not None:
         try:
@@ -324,10 +329,17 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         job = jobs.prepare(args.task, (), job_args, run_at=run_at, delay_s=delay_s,
                            queue=args.queue, priority=args.priority,
                            max_attempts=args.max_attempts,
-                           idempotency_key=args.idempotency_key)  # fmt: skip
-        job_id = jobs.insert(job, None)
+                           idempotency_key=args.idempotency_key,
+                           unique_for_s=unique_for_s, on_conflict=args.on_conflict,
+                           concurrency_key=args.concurrency_key)  # fmt: skip
+        done = jobs.insert_result(job, None)
     finally:
         close_default_pools()
+    job_id = done.id
+    if not done.created:
+        what = "its arguments were replaced" if done.replaced else "nothing was inserted"
+        print(f"note: job {job_id} ({done.existing_state}) holds idempotency key "
+              f"{limits.shown(args.idempotency_key)}: {what}", file=sys.stderr)  # fmt: skip
     if not args.json:
         print(job_id)
         return 0
@@ -340,8 +352,31 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     row = rows[0] if rows else {"task": args.task, "run_at": run_at}
     when = row["run_at"]
     due = when.astimezone(UTC).isoformat() if isinstance(when, datetime) else cell(when)
-    print(json.dumps({"id": job_id, "task": row["task"], "run_at": due}))
+    out = {"id": job_id, "task": row["task"], "run_at": due}
+    if args.idempotency_key is not None:  # the job may be one enqueued earlier: say which
+        out.update(created=done.created, existing_state=done.existing_state,
+                   replaced=done.replaced)  # fmt: skip
+    print(json.dumps(out))
     return 0
+
+
+def unique_option(args: argparse.Namespace) -> float | None:
+    """``--unique-for`` in seconds (``None`` when not given), checked with ``--on-conflict``
+    against ``--idempotency-key`` before connecting (InvalidArgumentError: exit 2)."""
+    seconds = None
+    if args.unique_for is not None:
+        try:
+            seconds = operations.parse_duration(args.unique_for)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"--unique-for {exc}") from None
+        if seconds > limits.DURATION_MAX_S:
+            raise InvalidArgumentError(
+                f"--unique-for {limits.shown(args.unique_for)}: at most 10 years"
+            )
+    if args.idempotency_key is None and (seconds is not None or args.on_conflict != "return"):
+        given = "--unique-for" if seconds is not None else "--on-conflict"
+        raise InvalidArgumentError(f"{given} needs --idempotency-key: it applies to the key")
+    return seconds
 
 
 # ---- parsers ---------------------------------------------------------------------------------
@@ -387,5 +422,24 @@ def add_parsers(sub: Any) -> None:
         help="attempts before dead-lettering (default: the task's, else SCHEDULER_MAX_ATTEMPTS)",
     )
     p.add_argument("--idempotency-key", help="while a live job holds it, return that job's id")
+    p.add_argument(
+        "--concurrency-key",
+        metavar="K",
+        help="the job's key for its queue's key_concurrency limit (at most that many running "
+        "jobs per key, e.g. per customer; see SCHEDULER_QUEUE_LIMITS)",
+    )
+    p.add_argument(
+        "--unique-for",
+        metavar="DURATION",
+        help="with --idempotency-key: no second job with the key for DURATION (30s, 5m, 2h, "
+        "P1D...) after the first one's creation, whatever its state",
+    )
+    p.add_argument(
+        "--on-conflict",
+        choices=jobs.ON_CONFLICT,
+        default="return",
+        help="when the key is held: return the job's id (default), replace a pending job's "
+        "args/due time/priority, or raise (exit 1)",
+    )
     _import_options(p)
     p.set_defaults(func=cmd_enqueue)

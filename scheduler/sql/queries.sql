@@ -36,29 +36,78 @@ INSERT INTO {schema}.migrations (version, name) VALUES (%(version)s, %(name)s);
 -- A job without an idempotency key: a plain INSERT (ON CONFLICT would make every insert a
 -- speculative insertion, with its extra WAL record, for a key that is NULL).
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
-                           backoff_base_s, backoff_max_s, backoff_jitter)
-VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
-        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
-        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
-        %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s)
-RETURNING id;
-
--- name: insert_job_idempotent
--- With an idempotency key: nothing is inserted while a live job holds the key.
-INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
-                           backoff_base_s, backoff_max_s, backoff_jitter, idempotency_key)
+                           backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key)
 VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
-        %(idempotency_key)s)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL AND state IN ('pending', 'running')
-DO NOTHING
+        %(concurrency_key)s)
 RETURNING id;
 
--- name: live_job_by_idempotency_key
-SELECT id FROM {schema}.jobs
-WHERE idempotency_key = %(idempotency_key)s AND state IN ('pending', 'running');
+-- name: insert_job_idempotent
+-- With an idempotency key: nothing is inserted while a live job holds the key
+-- (jobs_idempotency_key) or, with unique_for_s, while another job holds the key's window
+-- (jobs_unique_window, 0014: unique_until = created_at + unique_for_s; NULL without a window).
+-- No conflict target, so both indexes are arbiters: a concurrent insert of the key waits for
+-- the first's transaction, then inserts nothing (see the migration). A job without a key never
+-- comes here (insert_job).
+INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
+                           backoff_base_s, backoff_max_s, backoff_jitter, idempotency_key,
+                           unique_until, concurrency_key)
+VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
+        coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
+        %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
+        %(idempotency_key)s, now() + make_interval(secs => %(unique_for_s)s),
+        %(concurrency_key)s)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: job_holding_idempotency_key
+-- The job an insert_job_idempotent that inserted nothing met: the live job holding the key,
+-- else (with unique_for_s) the job whose window is still open. No row: it finished, or its
+-- window passed, since the insert (the store releases a passed window and tries again).
+SELECT h.id, h.state FROM (
+    SELECT id, state, 0 AS rank FROM {schema}.jobs
+    WHERE idempotency_key = %(idempotency_key)s AND state IN ('pending', 'running')
+  UNION ALL
+    SELECT id, state, 1 AS rank FROM {schema}.jobs
+    WHERE idempotency_key = %(idempotency_key)s AND unique_until IS NOT NULL
+      AND unique_until > now() AND %(unique_for_s)s::float8 IS NOT NULL
+) AS h
+ORDER BY h.rank
+LIMIT 1;
+
+-- name: release_unique_window
+-- The job holding the key's window loses it once the window has passed (database clock), so
+-- the next insert of the key can take it. Concurrent releases serialise on the row lock;
+-- the insert that follows is still decided by jobs_unique_window.
+UPDATE {schema}.jobs SET unique_until = NULL
+WHERE idempotency_key = %(idempotency_key)s AND unique_until IS NOT NULL
+  AND unique_until <= now();
+
+-- name: replace_pending_job
+-- on_conflict="replace": the pending job holding the key takes the new arguments, due time
+-- and priority (its window, if any, stays that of its creation); not a running or finished
+-- job, nor a job of another task. The workers are told of the new due time, as after an
+-- insert (payload "<queue> <epoch of run_at>", see 0004).
+WITH replaced AS (
+    UPDATE {schema}.jobs
+    SET args = %(args)s,
+        priority = %(priority)s,
+        run_at = coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
+        first_run_at = CASE WHEN attempt = 0
+            THEN coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s))
+            ELSE first_run_at END,
+        updated_at = now()
+    WHERE id = %(id)s AND state = 'pending' AND task = %(task)s
+    RETURNING id, queue, run_at
+)
+SELECT r.id, pg_notify(%(channel)s, r.queue || ' ' || extract(epoch FROM r.run_at)::text)::text
+FROM replaced AS r;
+
+-- name: job_state
+SELECT state FROM {schema}.jobs WHERE id = %(id)s;
 
 -- name: claim_jobs
 -- One short statement that commits: the handler never runs inside this transaction.
@@ -121,6 +170,78 @@ RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
           j.schedule_name, j.scheduled_for, j.run_at,
           extract(epoch FROM now() - j.run_at)::float8 AS lateness_s,
           extract(epoch FROM now() - j.first_run_at)::float8 AS age_s;
+
+-- name: claim_jobs_limited
+-- claim_jobs for a worker some of whose queues have limits (a row in `queues`, 0016;
+-- scheduler.flow): the worker chooses this statement only while it knows of such a queue
+-- (read at start, on a NOTIFY on "<schema>.limits", at every safety poll), so an unlimited
+-- claim never pays for flow control. The queues of the list that have a row are claimed
+-- first, by claim_limited(), which locks each one's row and counts under the lock (see the
+-- migration); the other queues take the slots left, lock-free as in claim_jobs. Which queues
+-- are limited is read here, not taken from the worker: a limit removed meanwhile is no
+-- longer applied, one added meanwhile already is.
+WITH RECURSIVE limited AS MATERIALIZED (
+    SELECT array_agg(l.name ORDER BY l.name) AS names
+    FROM {schema}.queues AS l
+    WHERE l.name = ANY(%(queues)s::text[])
+), flow AS MATERIALIZED (
+    SELECT f.*
+    FROM limited AS l
+    CROSS JOIN LATERAL {schema}.claim_limited(l.names, %(limit)s, %(worker_id)s,
+                                              %(lease_s)s, %(now)s::timestamptz) AS f
+    WHERE l.names IS NOT NULL
+), priorities AS (
+    SELECT q.name AS queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue = q.name
+            ORDER BY j.priority LIMIT 1) AS priority
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    WHERE q.name <> ALL (coalesce((SELECT names FROM limited), '{}'))
+  UNION ALL
+    SELECT p.queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority > p.priority
+            ORDER BY j.priority LIMIT 1)
+    FROM priorities AS p
+    WHERE p.priority IS NOT NULL
+), due AS (
+    SELECT c.id
+    FROM priorities AS p
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
+        FROM {schema}.jobs AS j
+        WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority = p.priority
+          AND j.run_at <= coalesce(%(now)s::timestamptz, now())
+          AND (j.overlap <> 'queue' OR NOT EXISTS (
+                  SELECT 1 FROM {schema}.jobs AS older
+                  WHERE older.schedule_name = j.schedule_name
+                    AND older.scheduled_for < j.scheduled_for
+                    AND older.state IN ('pending', 'running')))
+        ORDER BY j.run_at, j.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE p.priority IS NOT NULL
+    ORDER BY c.priority, c.run_at, c.id
+    LIMIT %(limit)s - (SELECT count(*) FROM flow)
+), free AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        locked_by = %(worker_id)s,
+        locked_at = now(),
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+        updated_at = now()
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.*
+)
+SELECT j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
+       j.backoff_base_s, j.backoff_max_s, j.backoff_jitter,
+       j.schedule_name, j.scheduled_for, j.run_at,
+       extract(epoch FROM now() - j.run_at)::float8 AS lateness_s,
+       extract(epoch FROM now() - j.first_run_at)::float8 AS age_s
+FROM (SELECT * FROM flow UNION ALL SELECT * FROM free) AS j;
 
 -- name: complete_jobs
 -- Fenced batch completion: a row changes only if it is still running this attempt of this
@@ -248,7 +369,8 @@ RETURNING coalesce(%(now)s::timestamptz, now()) AS now,
 SELECT holder, term, elected_at, heartbeat_at, config_hash FROM {schema}.leader;
 
 -- name: schedules_for_reconcile
-SELECT name, cron, timezone, definition_hash, config_hash, next_run_at, enabled, source
+SELECT name, cron, timezone, every_s, start_at, definition_hash, config_hash, next_run_at,
+       enabled, source
 FROM {schema}.schedules
 FOR UPDATE;
 
@@ -258,14 +380,15 @@ INSERT INTO {schema}.schedules AS s
        (name, cron, timezone, task, args, queue, priority, max_attempts, backoff_base_s,
         backoff_max_s, backoff_jitter, misfire_policy, overlap_policy, max_catch_up,
         misfire_grace_s, starting_deadline_s, enabled, source, definition_hash, config_hash,
-        next_run_at)
+        next_run_at, every_s, start_at)
 VALUES (%(name)s, %(cron)s, %(timezone)s, %(task)s, %(args)s, %(queue)s, %(priority)s,
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
         %(misfire_policy)s, %(overlap_policy)s, %(max_catch_up)s, %(misfire_grace_s)s,
         %(starting_deadline_s)s, %(enabled)s, 'config', %(definition_hash)s, %(config_hash)s,
-        %(next_run_at)s)
+        %(next_run_at)s, %(every_s)s, %(start_at)s)
 ON CONFLICT (name) DO UPDATE
-SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, task = EXCLUDED.task,
+SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, every_s = EXCLUDED.every_s,
+    start_at = EXCLUDED.start_at, task = EXCLUDED.task,
     args = EXCLUDED.args, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
     max_attempts = EXCLUDED.max_attempts, backoff_base_s = EXCLUDED.backoff_base_s,
     backoff_max_s = EXCLUDED.backoff_max_s, backoff_jitter = EXCLUDED.backoff_jitter,
@@ -287,8 +410,8 @@ RETURNING name;
 -- Read without a lock and outside any transaction: the leader plans in Python, then applies
 -- under the fence to the rows whose next_run_at is still the one it planned from
 -- (schedules_lock_planned). A schedule whose last materialisation failed waits a minute.
-SELECT name, cron, timezone, next_run_at, misfire_policy, overlap_policy, max_catch_up,
-       misfire_grace_s, starting_deadline_s
+SELECT name, cron, timezone, every_s, start_at, next_run_at, misfire_policy, overlap_policy,
+       max_catch_up, misfire_grace_s, starting_deadline_s
 FROM {schema}.schedules
 WHERE enabled AND paused_at IS NULL
   AND next_run_at <= CASE WHEN overlap_policy = 'skip' THEN %(now)s
@@ -370,8 +493,8 @@ FROM {schema}.schedules
 WHERE enabled AND paused_at IS NULL AND next_run_at IS NOT NULL;
 
 -- name: schedules_list
-SELECT name, cron, timezone, task, queue, enabled, paused_at, next_run_at, last_fire_at,
-       misfire_policy, overlap_policy, source, config_hash
+SELECT name, cron, timezone, every_s, start_at, task, queue, enabled, paused_at, next_run_at,
+       last_fire_at, misfire_policy, overlap_policy, source, config_hash
 FROM {schema}.schedules
 ORDER BY name;
 
@@ -507,7 +630,7 @@ FROM generate_series(1, %(n)s);
 -- Bulk enqueue, step 2: COPY (several times faster than a multi-row INSERT from Python). The
 -- statement-level insert trigger fires once, so one notification per queue.
 COPY {schema}.jobs (id, queue, task, args, priority, run_at, first_run_at, max_attempts,
-                    backoff_base_s, backoff_max_s, backoff_jitter)
+                    backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key)
 FROM STDIN;
 
 -- name: prune_jobs
@@ -949,3 +1072,51 @@ SELECT set_config('client_connection_check_interval', %(interval_ms)s, false);
 -- for its short statements (a claim of a few hundred rows is costed above jit_above_cost;
 -- compiling it took ~450 ms per claim on PostgreSQL 15 built with LLVM).
 SET jit = off;
+
+-- name: queue_limits_set
+-- scheduler.set_queue_limits / SCHEDULER_QUEUE_LIMITS: a queue's limits, replaced as a whole
+-- (0016). A queue without a row is unlimited (queue_limits_delete).
+INSERT INTO {schema}.queues AS q (name, concurrency, rate, per_s, key_concurrency, source)
+VALUES (%(queue)s, %(concurrency)s, %(rate)s, %(per_s)s, %(key_concurrency)s, %(source)s)
+ON CONFLICT (name) DO UPDATE
+SET concurrency = excluded.concurrency, rate = excluded.rate, per_s = excluded.per_s,
+    key_concurrency = excluded.key_concurrency, source = excluded.source, updated_at = now();
+
+-- name: queue_limits_delete
+DELETE FROM {schema}.queues WHERE name = %(queue)s;
+
+-- name: queue_limits_prune_settings
+-- Limits that came from SCHEDULER_QUEUE_LIMITS and are no longer declared there.
+DELETE FROM {schema}.queues
+WHERE source = 'settings' AND name <> ALL (%(queues)s::text[]);
+
+-- name: queue_limits_list
+SELECT name, concurrency, rate, per_s, key_concurrency, source, updated_at
+FROM {schema}.queues ORDER BY name;
+
+-- name: queue_limits_of
+-- The queues of a worker that have limits (it claims through claim_jobs_limited while there
+-- is one), and whether each has a rate (the worker then sets a timer for its window).
+SELECT name, rate IS NOT NULL AS rated
+FROM {schema}.queues
+WHERE name = ANY(%(queues)s::text[]);
+
+-- name: queue_limits_notify
+-- Tells the workers a queue's limits changed (payload: its name; '' for any queue): they
+-- re-read queue_limits_of before their next claim. Sent at the writer's commit.
+SELECT pg_notify(%(channel)s, %(queue)s);
+
+-- name: queue_rate_wake
+-- Seconds until the oldest start counted in the full rate window of one of the queues leaves
+-- it (claim_limited counts the buckets started_at > now - per_s - 1 ms), when the next claim
+-- may start a job again; NULL when no window is full.
+SELECT min(extract(epoch FROM w.oldest + make_interval(secs => q.per_s) - now()))::float8
+       + 0.002 AS delay_s
+FROM {schema}.queues AS q
+CROSS JOIN LATERAL (
+    SELECT min(s.started_at) AS oldest, sum(s.n) AS n
+    FROM {schema}.queue_starts AS s
+    WHERE s.queue = q.name
+      AND s.started_at > now() - make_interval(secs => q.per_s) - interval '1 ms'
+) AS w
+WHERE q.name = ANY(%(queues)s::text[]) AND q.rate IS NOT NULL AND w.n >= q.rate;

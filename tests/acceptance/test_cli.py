@@ -234,3 +234,26 @@ def test_schedules_list_pause_resume_trigger(db, run_cli):
     assert origin == "trigger" and next_run.year == 2030
     missing = run_cli("schedules", "pause", "nope")
     assert missing.returncode == 1 and "no schedule named 'nope'" in missing.stderr
+
+
+def test_schedules_next_previews_an_interval_schedule(tmp_path, run_cli):
+    config = _write(tmp_path, (
+        "imports: [tests.acceptance.app_tasks]\n"
+        "schedules:\n"
+        "  - name: pinned\n"
+        "    every: 90s\n"
+        "    start_at: '2030-01-01T09:00:00Z'\n"
+        "    task: acceptance.tick\n"
+        "  - name: floating\n"
+        "    every: 2h\n"
+        "    task: acceptance.tick\n"
+    ))  # fmt: skip
+    pinned = run_cli("schedules", "next", "pinned", "--config", str(config), "--count", "3",
+                     "--after", "2030-01-01T09:00:00Z")  # fmt: skip
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout.split() == ["2030-01-01T09:01:30+00:00", "2030-01-01T09:03:00+00:00",
+                                     "2030-01-01T09:04:30+00:00"]  # fmt: skip
+    floating = run_cli("schedules", "next", "floating", "--config", str(config), "--count", "2",
+                       "--after", "2030-01-01T00:00:00Z")  # fmt: skip
+    assert floating.returncode == 0, floating.stderr
+    assert floating.stdout.split() == ["2030-01-01T02:00:00+00:00", "2030-01-01T04:00:00+00:00"]

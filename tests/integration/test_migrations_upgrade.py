@@ -65,6 +65,13 @@ ADDED: dict[tuple[str, str], Any] = {
     ("replicas", "lock_timeline"): None,
     # 0013_job_results
     ("jobs", "result"): None,
+    # 0014_unique_window
+    ("jobs", "unique_until"): None,
+    # 0015_interval_schedules
+    ("schedules", "every_s"): None,
+    ("schedules", "start_at"): None,
+    # 0016_queue_limits
+    ("jobs", "concurrency_key"): None,
 }
 
 SCHEMA = {
@@ -269,7 +276,7 @@ async def _exercise(url: str, ids: dict[str, Any]) -> dict[str, Any]:
         new_id = await STORE.insert_job(conn, {
             "queue": "mail", "task": "mail.send", "args": Jsonb({}), "priority": 0,
             "run_at": None, "delay_s": 0.0, "max_attempts": 3, "backoff_base_s": 1.0, "backoff_max_s": 60.0,
-            "backoff_jitter": 0.0, "idempotency_key": None})  # fmt: skip
+            "backoff_jitter": 0.0, "idempotency_key": None, "concurrency_key": None})  # fmt: skip
         claimed = await STORE.claim_jobs(
             conn, queues=["default", "reports"], limit=10, worker_id="w-new", lease_s=30
         )
