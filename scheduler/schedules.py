@@ -157,6 +157,7 @@ async def reconcile(
                 "args": to_jsonb(row["args"]),
                 "config_hash": config_hash,
                 "next_run_at": next_run_at,
+                "source": "config",
             },
         )
     removed = await store.fetch(

@@ -375,7 +375,8 @@ FROM {schema}.schedules
 FOR UPDATE;
 
 -- name: schedule_upsert
--- paused_at is an operator's decision and is never touched here.
+-- paused_at is an operator's decision and is never touched here. source: 'config' (a
+-- schedules file, reconciled by the leader or `schedules apply`) or 'api' (created at runtime).
 INSERT INTO {schema}.schedules AS s
        (name, cron, timezone, task, args, queue, priority, max_attempts, backoff_base_s,
         backoff_max_s, backoff_jitter, misfire_policy, overlap_policy, max_catch_up,
@@ -384,7 +385,7 @@ INSERT INTO {schema}.schedules AS s
 VALUES (%(name)s, %(cron)s, %(timezone)s, %(task)s, %(args)s, %(queue)s, %(priority)s,
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
         %(misfire_policy)s, %(overlap_policy)s, %(max_catch_up)s, %(misfire_grace_s)s,
-        %(starting_deadline_s)s, %(enabled)s, 'config', %(definition_hash)s, %(config_hash)s,
+        %(starting_deadline_s)s, %(enabled)s, %(source)s, %(definition_hash)s, %(config_hash)s,
         %(next_run_at)s, %(every_s)s, %(start_at)s)
 ON CONFLICT (name) DO UPDATE
 SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, every_s = EXCLUDED.every_s,
@@ -395,11 +396,11 @@ SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, every_s = EXCLUDED.every
     misfire_policy = EXCLUDED.misfire_policy, overlap_policy = EXCLUDED.overlap_policy,
     max_catch_up = EXCLUDED.max_catch_up, misfire_grace_s = EXCLUDED.misfire_grace_s,
     starting_deadline_s = EXCLUDED.starting_deadline_s,
-    enabled = EXCLUDED.enabled, source = 'config', definition_hash = EXCLUDED.definition_hash,
+    enabled = EXCLUDED.enabled, source = EXCLUDED.source, definition_hash = EXCLUDED.definition_hash,
     config_hash = EXCLUDED.config_hash, next_run_at = EXCLUDED.next_run_at, updated_at = now()
 WHERE (s.definition_hash, s.config_hash, s.next_run_at, s.enabled, s.source)
       IS DISTINCT FROM (EXCLUDED.definition_hash, EXCLUDED.config_hash, EXCLUDED.next_run_at,
-                        EXCLUDED.enabled, 'config');
+                        EXCLUDED.enabled, EXCLUDED.source);
 
 -- name: schedules_delete_undeclared
 DELETE FROM {schema}.schedules
