@@ -19,10 +19,14 @@ File format::
         backoff_max_s: 600                  # optional seconds > 0, >= backoff_base_s
         backoff_jitter: 0.1                 # optional, in [0, 1]
         misfire_policy: run_once            # optional: skip | run_once | run_all
-        overlap_policy: allow               # optional: allow | skip | queue
+        overlap_policy: allow               # optional: allow|skip|queue|buffer_one|cancel_previous
         max_catch_up: 100                   # optional int >= 1: most missed runs (run_all)
         starting_deadline_s: 3600           # optional seconds > 0: later is missed, not run
         misfire_grace_s: 60                 # optional seconds >= 0: lateness that is no misfire
+        alert_after_s: 900                  # optional seconds > 0: dead-man (scheduler.alerts)
+        alert_on_failures: 3                # optional int 1-1000: consecutive failed runs
+        pause_on_failures: 10               # optional int 1-1000: ... that pause the schedule
+        on_alert: notify_ops                # optional task enqueued per incident opened/closed
         enabled: true                       # optional, default true
 
 :func:`load_config` never writes anything. It parses the YAML with a loader that remembers the
@@ -68,6 +72,7 @@ from the task's ``@task(...)`` defaults, then from the service settings, and the
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import functools
@@ -77,7 +82,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,7 +114,8 @@ from .config_yaml import (
 )
 from .cron import Cron, validate_timezone
 from .cron_count import CronTimes, FireTimes
-from .errors import ConfigError, ConfigIssue, CronError
+from .errors import ConfigError, ConfigIssue, CronError, InvalidArgumentError, InvalidScheduleError
+from .flow import LIMIT_FIELDS, QUEUES_MAX, QueueLimits, check_limit, check_queue_limits
 from .interval import Interval, parse_duration, parse_start_at
 from .limits import (
     DURATION_MAX_S,
@@ -130,7 +136,8 @@ _IMPORTS_MAX = 1_000  # modules in imports: each failed import searches sys.path
 _REASON_MAX, _FIELD_MAX = 2_000, 200
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
 _INT32 = 2**31 - 1  # priority and max_attempts end up in PostgreSQL integer columns
-_FILE_KEYS = ["imports", "schedules", "timezone"]
+ALERT_FAILURES_MAX = 1_000  # alert_on_failures / pause_on_failures: runs read per evaluation
+_FILE_KEYS = ["imports", "queues", "schedules", "timezone"]
 Path = tuple[str | int, ...]
 
 
@@ -171,11 +178,18 @@ class MisfirePolicy(str, enum.Enum):
 
 
 class OverlapPolicy(str, enum.Enum):
-    """What to do with a fire time whose schedule still has a pending or running job."""
+    """What to do with a fire time whose schedule still has a pending or running job
+    (Temporal's names): ``allow`` runs it anyway; ``skip`` drops it; ``queue`` (Temporal's
+    buffer_all) runs it after the older ones, one at a time; ``buffer_one`` keeps at most one
+    waiting behind the running one and drops the others; ``cancel_previous`` asks the older
+    ones to stop and runs it when they have. Enforced in the database (see
+    :mod:`scheduler.planning`)."""
 
     ALLOW = "allow"
     SKIP = "skip"
     QUEUE = "queue"
+    BUFFER_ONE = "buffer_one"
+    CANCEL_PREVIOUS = "cancel_previous"
 
 
 # In definition_hash() only when set: a schedule that does not use them keeps the hash it had
@@ -186,6 +200,11 @@ _POLICY_FIELDS = [
     "max_catch_up",
     "misfire_grace_s",
     "starting_deadline_s",
+    # alerts (scheduler.alerts)
+    "alert_after_s",
+    "alert_on_failures",
+    "pause_on_failures",
+    "on_alert",
 ]
 # Likewise the timing fields: a cron schedule has no every/start_at, an interval no cron.
 _TIMING_FIELDS = ["cron", "every", "start_at"]
@@ -231,6 +250,11 @@ class ScheduleConfig(BaseModel):
     starting_deadline_s: float | None = Field(
         default=None, gt=0, le=DURATION_MAX_S, allow_inf_nan=False
     )
+    # alerts (scheduler.alerts): seconds, like the other *_s fields; counts of runs
+    alert_after_s: float | None = Field(default=None, gt=0, le=DURATION_MAX_S, allow_inf_nan=False)
+    alert_on_failures: int | None = Field(default=None, ge=1, le=ALERT_FAILURES_MAX)
+    pause_on_failures: int | None = Field(default=None, ge=1, le=ALERT_FAILURES_MAX)
+    on_alert: str | None = None
 
     # limits.check_* raise InvalidArgumentError, a ValueError: pydantic reports it as the
     # field's problem, and the YAML file gets exactly the bounds of the Python API.
@@ -243,6 +267,11 @@ class ScheduleConfig(BaseModel):
     @classmethod
     def _check_task(cls, value: str) -> str:
         return check_task_name(value)
+
+    @field_validator("on_alert")
+    @classmethod
+    def _check_on_alert(cls, value: str | None) -> str | None:
+        return None if value is None else check_task_name(value, "on_alert")
 
     @field_validator("queue")
     @classmethod
@@ -355,6 +384,8 @@ class SchedulesConfig(BaseModel):
     timezone: str = "UTC"
     imports: list[str] = Field(default_factory=list)
     schedules: list[ScheduleConfig] = Field(default_factory=list)
+    #: the ``queues:`` section: queue -> its flow-control limits (:mod:`scheduler.flow`)
+    queues: dict[str, QueueLimits] = Field(default_factory=dict)
 
     @field_validator("schedules")
     @classmethod
@@ -369,7 +400,10 @@ class SchedulesConfig(BaseModel):
         """SHA-256 hex over the schedules' definition hashes, independent of their order in
         the file; replicas started with different schedules disagree on it."""
         pairs = sorted([s.name, s.definition_hash()] for s in self.schedules)
-        return _canonical_hash(["scheduler.config/1", pairs])
+        if not self.queues:  # a file without a queues: section keeps its earlier hash
+            return _canonical_hash(["scheduler.config/1", pairs])
+        queues = sorted([n, dataclasses.asdict(q)] for n, q in self.queues.items())
+        return _canonical_hash(["scheduler.config/1", pairs, queues])
 
 
 def _valid(check: Callable[[Any], Any], value: Any) -> bool:
@@ -378,6 +412,15 @@ def _valid(check: Callable[[Any], Any], value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _problem(check: Callable[[Any], Any], value: Any) -> str:
+    """What ``check`` says is wrong with ``value`` (``""``: nothing)."""
+    try:
+        check(value)
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def _unknown_key(key: Any, allowed: list[str]) -> str:
@@ -427,6 +470,32 @@ def load_config_text(
     return _Checker(filename, import_tasks).load(text)
 
 
+def check_schedule(
+    fields: Mapping[str, Any], *, source: str, import_tasks: bool | None = None
+) -> ScheduleConfig:
+    """Validate one schedule given as a mapping (the runtime schedule API and
+    ``scheduler schedules create``): exactly the checks and messages of an item of a
+    schedules file's ``schedules:`` list (did-you-mean for unknown fields, hostile values),
+    with ``source`` where a file's ``path:line`` would be. ``timezone`` defaults to UTC.
+
+    ``import_tasks``: check that ``task`` is registered and accepts ``args``; default: when
+    this process's task registry is loaded (:func:`scheduler.load_tasks`).
+
+    Raises:
+        InvalidScheduleError: listing every problem (a :class:`ConfigError` and an
+            :class:`InvalidArgumentError`).
+    """
+    loaded = _tasks.is_loaded() if import_tasks is None else import_tasks
+    checker = _Checker(source, loaded)
+    item = LineMapping(fields)
+    item.line, item.key_lines, item.duplicates = 0, dict.fromkeys(item, 0), []
+    checker.registered = _tasks.registered_tasks()
+    model = checker.schedule(item, "<invalid name>", 0)
+    if checker.issues or model is None:
+        raise InvalidScheduleError(checker.error().issues)
+    return model
+
+
 class _Checker:
     def __init__(self, filename: str, import_tasks: bool):
         self.filename, self.import_tasks = filename, import_tasks
@@ -459,6 +528,7 @@ class _Checker:
         self.duplicates(data, (), None)
         self.default_tz = default_tz = self.file_timezone(data)
         imports = self.imports(data)
+        queues = self.queues(data)
         schedules = data.get("schedules")
         if "schedules" not in data:
             reason = "required key 'schedules' is missing (a list; use [] for none)"
@@ -480,7 +550,8 @@ class _Checker:
         if self.issues:
             raise self.error()
         return SchedulesConfig(
-            path=self.filename, timezone=default_tz, imports=imports, schedules=models
+            path=self.filename, timezone=default_tz, imports=imports, schedules=models,
+            queues=queues,
         )
 
     def parse(self, text: str) -> LineMapping | None:
@@ -580,6 +651,54 @@ class _Checker:
                 self.issue(line, None, "imports", reason)
         return modules
 
+    def queues(self, data: LineMapping) -> dict[str, QueueLimits]:
+        """The ``queues:`` section (queue name -> limits, the vocabulary and bounds of
+        ``SCHEDULER_QUEUE_LIMITS``), each problem at the line of its key."""
+        raw = data.get("queues")
+        if raw is None:
+            return {}
+        if not isinstance(raw, LineMapping) or len(raw) > QUEUES_MAX:
+            reason = (f"names {len(raw):,} queues, at most {QUEUES_MAX:,}"
+                      if isinstance(raw, LineMapping) else "must be a mapping of queue name to "
+                      f"limits, e.g. {{mail: {{concurrency: 5}}}}, not {short(raw)}")  # fmt: skip
+            self.issue(data.key_lines["queues"], None, "queues", reason)
+            return {}
+        out: dict[str, QueueLimits] = {}
+        for name, fields in raw.items():
+            line, field = raw.key_lines[name], _dotted(("queues", str(name)))
+            if not _valid(check_queue, name):
+                self.issue(line, None, "queues", f"queue name: {_problem(check_queue, name)}")
+            elif not isinstance(fields, LineMapping):
+                reason = f"must be a mapping of limits ({', '.join(LIMIT_FIELDS)}), not "
+                self.issue(line, None, field, reason + short(fields))
+            elif self.limit_fields(name, fields, field):
+                try:
+                    limits = check_queue_limits(name, **fields)[1]
+                    if limits.unlimited:
+                        raise InvalidArgumentError(
+                            f"queue {name!r} declares no limit (give concurrency, rate with "
+                            "per_s, or key_concurrency; leave the queue out for no limit)")
+                    out[name] = limits
+                except InvalidArgumentError as exc:
+                    self.issue(line, None, field, str(exc))
+        return out
+
+    def limit_fields(self, name: str, fields: LineMapping, where: str) -> bool:
+        """Report unknown keys and bad values of one queue's limits; True if there are none."""
+        fine = True
+        for key, value in fields.items():
+            line = fields.key_lines[key]
+            if key not in LIMIT_FIELDS:
+                self.issue(line, None, f"{where}.{key}",
+                           _unknown_key(key, list(LIMIT_FIELDS)))  # fmt: skip
+                fine = False
+                continue
+            problem = _problem(lambda v, k=key: check_limit(name, k, v), value)
+            if problem:
+                self.issue(line, None, f"{where}.{key}", problem)
+                fine = False
+        return fine
+
     def schedule(self, item: LineMapping, label: str, item_line: int) -> ScheduleConfig | None:
         registered, seen = self.registered, self.seen
         name = item.get("name")
@@ -605,6 +724,17 @@ class _Checker:
             known = ", ".join(sorted(registered)) or "none (list their modules under 'imports:')"
             reason = f"task {short(task)} is not registered; registered tasks: {known}"
             self.issue(item.key_lines["task"], schedule, "task", reason)
+        on_alert = item.get("on_alert")  # a task too (scheduler.alerts): checked the same way
+        if (
+            self.import_tasks and isinstance(on_alert, str) and on_alert not in registered
+            and _valid(check_task_name, on_alert)  # else the model's own check reports it
+        ):
+            hint = _tasks.close_matches(on_alert) or (
+                "; registered tasks: "
+                + (", ".join(sorted(registered)) or "none (list their modules under 'imports:')")
+            )
+            reason = f"on_alert task {short(on_alert)} is not registered{hint}"
+            self.issue(item.key_lines["on_alert"], schedule, "on_alert", reason)
         timing = self.timing(item, schedule, item_line)
         try:
             model = ScheduleConfig.model_validate(payload)
@@ -631,7 +761,8 @@ class _Checker:
         has = {key: item.get(key) is not None for key in _TIMING_FIELDS}
         lines = {key: item.key_lines.get(key, item_line) for key in _TIMING_FIELDS}
         if has["cron"] and has["every"]:
-            reason = f"{_ONE_TIMING}, not both (cron is at line {lines['cron']})"
+            where = f" (cron is at line {lines['cron']})" if lines["cron"] else ""
+            reason = f"{_ONE_TIMING}, not both{where}"
             self.issue(lines["every"], schedule, "every", reason)
         elif not (has["cron"] or has["every"]):
             key = "every" if "every" in item and "cron" not in item else "cron"  # every: null

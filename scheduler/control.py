@@ -34,8 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
@@ -46,18 +45,16 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from . import operations
-from .connections import check_connection, default_database_url
+from .connections import default_database_url
 from .errors import InvalidArgumentError, JobNotFoundError, JobWaitTimeoutError
 from .jobs import JobState, RunOutcome, TaskRef
 from .limits import DURATION_MAX_S, check_int, check_queue, check_schedule_name, shown
 from .registry import task_name
+from .sessions import AsyncConn, SyncConn, blocking, run_async, run_sync
 from .settings import get_settings
 from .store import Store
 
 T = TypeVar("T")
-SyncConn = psycopg.Connection[Any]
-AsyncConn = psycopg.AsyncConnection[Any]
-Action = Callable[[AsyncConn, Store], Awaitable[T]]
 CancelOutcome = Literal["cancelled", "cancel_requested", "succeeded", "dead"]
 
 JOB_ID_MAX = 2**63 - 1  # jobs.id is a bigint
@@ -185,83 +182,6 @@ def _filters(state: Any, queue: Any, task: Any, schedule: Any, limit: Any) -> di
     }
 
 
-# ---- where the statements run --------------------------------------------------------------
-
-
-async def _run(connection: AsyncConn | None, action: Action[T]) -> T:
-    """``action(conn, store)`` in a session on the default database, or in the caller's
-    transaction on its connection; database failures become scheduler errors."""
-    settings = get_settings()
-    if connection is None:
-        url, _ = await asyncio.to_thread(default_database_url, settings)
-        return cast(T, await operations.session(url, settings, action))
-    store = Store(settings.schema_name)
-    idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    try:
-        if idle and not connection.autocommit:
-            await store.database_now(connection)  # opens the caller's transaction (DB-API)
-        async with connection.transaction():  # a savepoint in the caller's transaction
-            return await action(connection, store)
-    except psycopg.Error as exc:
-        raise operations.database_error(exc, connection.info.dsn, settings) from exc
-
-
-def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``make()`` to its end on a new event loop: in this thread, or in a helper thread
-    when this thread runs a loop already (a sync call from async code)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # none: run below, outside this handler (errors get no context)
-        pass
-    else:
-        with ThreadPoolExecutor(1, thread_name_prefix="scheduler-control") as thread:
-            return thread.submit(asyncio.run, make()).result()
-    return asyncio.run(make())
-
-
-class _Blocking:
-    """What :mod:`scheduler.operations` and this module use of an ``AsyncConnection`` and its
-    cursors, over a caller's sync connection, so the sync calls run the same code: the
-    coroutines run to their end at once; other attributes (``info``, ``nextset``) are as is."""
-
-    def __init__(self, sync: Any):
-        self._sync = sync
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sync, name)
-
-    def cursor(self, **kwargs: Any) -> _Blocking:
-        return _Blocking(self._sync.cursor(**kwargs))
-
-    async def execute(self, *args: Any) -> _Blocking:
-        return _Blocking(self._sync.execute(*args))  # a cursor
-
-    async def executemany(self, *args: Any, **kwargs: Any) -> None:
-        self._sync.executemany(*args, **kwargs)
-
-    async def fetchall(self) -> Any:
-        return self._sync.fetchall()
-
-    async def fetchone(self) -> Any:
-        return self._sync.fetchone()
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        with self._sync.transaction():
-            yield
-
-
-def _run_sync(connection: SyncConn | None, action: Action[T]) -> T:
-    check_connection(connection)
-    conn = None if connection is None else cast(AsyncConn, _Blocking(connection))
-    return _blocking(lambda: _run(conn, action))
-
-
-def _run_async(connection: AsyncConn | None, action: Action[T]) -> Awaitable[T]:
-    check_connection(connection, is_async=True)
-    return _run(connection, action)
-
-
 # ---- the operations, on a connection -------------------------------------------------------
 
 
@@ -327,13 +247,13 @@ def get_job(job_id: int, *, connection: SyncConn | None = None) -> Job:
         DatabaseError and its subclasses: see the module's docstring.
     """
     job_id = _check_id(job_id)
-    return _run_sync(connection, lambda c, s: _get(c, s, job_id))
+    return run_sync(connection, lambda c, s: _get(c, s, job_id))
 
 
 async def get_job_async(job_id: int, *, connection: AsyncConn | None = None) -> Job:
     """:func:`get_job` for async code (``connection``: an ``AsyncConnection``)."""
     job_id = _check_id(job_id)
-    return await _run_async(connection, lambda c, s: _get(c, s, job_id))
+    return await run_async(connection, lambda c, s: _get(c, s, job_id))
 
 
 def list_jobs(
@@ -356,7 +276,7 @@ def list_jobs(
         DatabaseError and its subclasses: see the module's docstring.
     """
     filters = _filters(state, queue, task, schedule, limit)
-    return _run_sync(connection, lambda c, s: _list(c, s, filters))
+    return run_sync(connection, lambda c, s: _list(c, s, filters))
 
 
 async def list_jobs_async(
@@ -370,7 +290,7 @@ async def list_jobs_async(
 ) -> list[Job]:
     """:func:`list_jobs` for async code."""
     filters = _filters(state, queue, task, schedule, limit)
-    return await _run_async(connection, lambda c, s: _list(c, s, filters))
+    return await run_async(connection, lambda c, s: _list(c, s, filters))
 
 
 def cancel_job(job_id: int, *, connection: SyncConn | None = None) -> CancelOutcome:
@@ -384,32 +304,33 @@ def cancel_job(job_id: int, *, connection: SyncConn | None = None) -> CancelOutc
         JobNotFoundError, InvalidArgumentError, DatabaseError: as :func:`get_job`.
     """
     job_id = _check_id(job_id)
-    return _run_sync(connection, lambda c, s: _cancel(c, s, job_id))
+    return run_sync(connection, lambda c, s: _cancel(c, s, job_id))
 
 
 async def cancel_job_async(job_id: int, *, connection: AsyncConn | None = None) -> CancelOutcome:
     """:func:`cancel_job` for async code."""
     job_id = _check_id(job_id)
-    return await _run_async(connection, lambda c, s: _cancel(c, s, job_id))
+    return await run_async(connection, lambda c, s: _cancel(c, s, job_id))
 
 
 def retry_job(job_id: int, *, connection: SyncConn | None = None) -> RetryOutcome:
     """Put a dead or cancelled job back to pending, due now, with its attempt budget renewed
     (as ``scheduler jobs retry``). The outcome is true when it was retried; else its
     ``reason`` says why not: the job is in another state, its idempotency key is held by a
-    live job, or its schedule has ``overlap_policy: skip`` and a live job.
+    live job, its schedule has ``overlap_policy: skip`` and a live job, or it never started
+    and its ``buffer_one`` schedule has a job waiting already.
 
     Raises:
         JobNotFoundError, InvalidArgumentError, DatabaseError: as :func:`get_job`.
     """
     job_id = _check_id(job_id)
-    return _run_sync(connection, lambda c, s: _retry(c, s, job_id))
+    return run_sync(connection, lambda c, s: _retry(c, s, job_id))
 
 
 async def retry_job_async(job_id: int, *, connection: AsyncConn | None = None) -> RetryOutcome:
     """:func:`retry_job` for async code."""
     job_id = _check_id(job_id)
-    return await _run_async(connection, lambda c, s: _retry(c, s, job_id))
+    return await run_async(connection, lambda c, s: _retry(c, s, job_id))
 
 
 def wait_for_job(job_id: int, timeout_s: float = 60.0, *, database_url: str | None = None) -> Job:
@@ -430,7 +351,7 @@ def wait_for_job(job_id: int, timeout_s: float = 60.0, *, database_url: str | No
         DatabaseError and its subclasses: see the module's docstring; also when the
             connection is lost while waiting.
     """
-    return _blocking(lambda: wait_for_job_async(job_id, timeout_s, database_url=database_url))
+    return blocking(lambda: wait_for_job_async(job_id, timeout_s, database_url=database_url))
 
 
 async def _woken(conn: AsyncConn, job_id: int, timeout_s: float) -> None:

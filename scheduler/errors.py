@@ -190,3 +190,20 @@ class DuplicateJobError(SchedulerError):
             f"idempotency_key {self.key!r:.80} is held by job {self.job_id} ({self.state}): "
             "nothing was enqueued (on_conflict='raise')"
         )
+
+
+class InvalidScheduleError(ConfigError, InvalidArgumentError):
+    """A schedule given to the runtime schedule API (:func:`scheduler.put_schedule`,
+    ``scheduler schedules create``) is invalid: the checks and messages of a schedules file's
+    item (did-you-mean for unknown fields), every problem listed in ``issues``. Nothing was
+    written."""
+
+
+class ScheduleNotFoundError(SchedulerError, LookupError):
+    """No schedule has the given name."""
+
+
+class ScheduleSourceError(SchedulerError):
+    """A schedule name is claimed by two sources: a runtime (API) schedule and a schedules
+    file, or an API call tried to change or remove a schedule that a schedules file declares
+    (change the file instead). The message names both sources; nothing was written."""

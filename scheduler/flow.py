@@ -64,7 +64,7 @@ from .store import Store
 
 PER_S_MIN = 0.01  # shortest rate window, seconds (starts are counted in buckets of per_s/100, at least 1 ms)
 QUEUES_MAX = 1000  # queues in SCHEDULER_QUEUE_LIMITS
-_FIELDS = ("concurrency", "rate", "per_s", "key_concurrency")
+LIMIT_FIELDS = ("concurrency", "rate", "per_s", "key_concurrency")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,25 @@ def _per_s(value: Any, what: str) -> float:
     return float(value)
 
 
+def check_limit(queue: str, field: str, value: Any) -> Any:
+    """One limit of ``queue`` (a checked name), ``field`` one of :data:`LIMIT_FIELDS`:
+    ``None`` (not limited that way), an ``int`` from 1 to 2**31-1, or for ``per_s`` a finite
+    number of seconds from 0.01 to 10 years (returned as ``float``).
+
+    Raises:
+        InvalidArgumentError: an unknown field, or a value out of those bounds; the message
+            names the queue and the field.
+    """
+    where = f"queue {queue!r}: {field}"
+    if field not in LIMIT_FIELDS:
+        raise InvalidArgumentError(f"queue {queue!r}: unknown field {shown(field)}")
+    if value is None:
+        return None
+    if field == "per_s":
+        return _per_s(value, where)
+    return check_int(value, where, 1, INT32_MAX)
+
+
 def check_queue_limits(
     queue: Any,
     *,
@@ -117,15 +136,11 @@ def check_queue_limits(
     """
     name = check_queue(queue)
     where = f"queue {name!r}:"
-
-    def count(value: Any, field: str) -> int | None:
-        return None if value is None else check_int(value, f"{where} {field}", 1, INT32_MAX)
-
     limits = QueueLimits(
-        concurrency=count(concurrency, "concurrency"),
-        rate=count(rate, "rate"),
-        per_s=None if per_s is None else _per_s(per_s, f"{where} per_s"),
-        key_concurrency=count(key_concurrency, "key_concurrency"),
+        concurrency=check_limit(name, "concurrency", concurrency),
+        rate=check_limit(name, "rate", rate),
+        per_s=check_limit(name, "per_s", per_s),
+        key_concurrency=check_limit(name, "key_concurrency", key_concurrency),
     )
     if (limits.rate is None) != (limits.per_s is None):
         raise InvalidArgumentError(
@@ -173,10 +188,10 @@ def parse_queue_limits(value: Any) -> dict[str, QueueLimits]:
             raise InvalidArgumentError(
                 f"queue {name!r} must map to an object of limits, not {type(fields).__name__}"
             )
-        unknown = [k for k in fields if k not in _FIELDS]
+        unknown = [k for k in fields if k not in LIMIT_FIELDS]
         if unknown:
             raise InvalidArgumentError(
-                f"queue {name!r}: unknown field {shown(unknown[0])} (known: {', '.join(_FIELDS)})"
+                f"queue {name!r}: unknown field {shown(unknown[0])} (known: {', '.join(LIMIT_FIELDS)})"
             )
         _, limits = check_queue_limits(name, **fields)
         if limits.unlimited:
@@ -288,7 +303,7 @@ async def apply_settings_limits(
             the ``queues`` table (nothing was written).
     """
     rows = await store.fetch(conn, "queue_limits_list")
-    current = {r["name"]: QueueLimits(*(r[f] for f in _FIELDS))
+    current = {r["name"]: QueueLimits(*(r[f] for f in LIMIT_FIELDS))
                for r in rows if r["source"] == "settings"}  # fmt: skip
     if current == dict(limits):
         return False
@@ -305,7 +320,65 @@ async def list_queue_limits(
 ) -> dict[str, QueueLimits]:
     """The limits in force, queue -> :class:`QueueLimits` (for ``scheduler status``)."""
     rows = await store.fetch(conn, "queue_limits_list")
-    return {r["name"]: QueueLimits(*(r[f] for f in _FIELDS)) for r in rows}
+    return {r["name"]: QueueLimits(*(r[f] for f in LIMIT_FIELDS)) for r in rows}
+
+
+@dataclass(frozen=True)
+class DeclaredLimits:
+    """What :func:`apply_declared_limits` did, queue names sorted: ``written`` (set from the
+    file), ``removed`` (no longer declared there) and ``overridden`` (declared in the file,
+    left as ``SCHEDULER_QUEUE_LIMITS`` set them)."""
+
+    written: list[str]
+    removed: list[str]
+    overridden: list[str]
+
+
+async def apply_declared_limits(
+    conn: psycopg.AsyncConnection[Any], store: Store, queues: Mapping[str, QueueLimits]
+) -> DeclaredLimits:
+    """Write the ``queues:`` section of a schedules file (:attr:`scheduler.config.
+    SchedulesConfig.queues`, checked) into the ``queues`` table (``source = 'config'``), the
+    file's version of :func:`apply_settings_limits`: a declared queue whose row differs, or
+    came from ``set_queue_limits``, is replaced; a row the file wrote before for a queue it
+    no longer declares is deleted; a queue whose row came from ``SCHEDULER_QUEUE_LIMITS`` is
+    left alone (the setting wins). The workers are notified; nothing is written (and no write
+    privilege needed) when nothing differs. Run by the leader in its fenced transaction at
+    each election, and by ``scheduler schedules apply``; joins the caller's transaction (a
+    savepoint), else commits its own.
+
+    Raises:
+        psycopg.errors.InsufficientPrivilege: a change is needed and the role may not write
+            the ``queues`` table (nothing was written).
+    """
+    async with conn.transaction():  # a savepoint in the leader's: a refusal costs only this
+        rows = {r["name"]: r for r in await store.fetch(conn, "queue_limits_list")}
+        overridden = sorted(q for q in queues if q in rows and rows[q]["source"] == "settings")
+        written = sorted(q for q, limits in queues.items() if q not in overridden and (
+            q not in rows or rows[q]["source"] != "config" or _limits_of(rows[q]) != limits))
+        removed = sorted(n for n, r in rows.items() if r["source"] == "config" and n not in queues)
+        for queue in written:
+            await conn.execute(store.q["queue_limits_set"], _params(queue, queues[queue], "config"))
+        if removed:
+            await conn.execute(store.q["queue_limits_prune_config"], {"queues": list(queues)})
+        if written or removed:
+            await conn.execute(store.q["queue_limits_notify"], _notice(store, ""))
+    return DeclaredLimits(written, removed, overridden)
+
+
+def _limits_of(row: Mapping[str, Any]) -> QueueLimits:
+    return QueueLimits(*(row[f] for f in LIMIT_FIELDS))
+
+
+async def queue_overview(conn: psycopg.AsyncConnection[Any], store: Store) -> list[dict[str, Any]]:
+    """Every queue with limits or with pending or running jobs, by name (``scheduler queues``
+    and ``scheduler status``): ``queue``, the limits (``concurrency``, ``rate``, ``per_s``,
+    ``key_concurrency``; ``None``: not limited that way), ``source`` (``api``, ``settings``,
+    ``config``; ``None``: no limits), ``running``, ``pending`` (due and scheduled),
+    ``window_starts`` (starts in the rate window ending now, as the claim counts them;
+    ``None`` without a rate) and ``busiest_key_running`` (running jobs of the busiest
+    ``concurrency_key``; ``None`` without a per-key limit)."""
+    return await store.fetch(conn, "queue_overview")
 
 
 class LimitedQueues:

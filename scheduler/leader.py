@@ -14,7 +14,8 @@ Every replica runs one :class:`LeaderElector`. States and timings (defaults in s
     │                                                                           │ INSERT ... term+1
     │                                                                           ▼
     │                                                              leader (term N): reconcile once,
-    │                                                              then every heartbeat_s (2): one
+    │                                                              then every heartbeat_s (2) or when
+    │                                                              a schedule is written: one
     │                                                              statement (heartbeat + fence +
     │                                                              next work times); materialise /
     │                                                              rescue only when due
@@ -147,6 +148,16 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
 
 
+async def sleep_or_wake(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, less when ``stop`` or ``wake`` is set meanwhile."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+
+
 class LeaderElector:
     """Campaigns for leadership and, while leader, calls ``on_elected`` once then ``tick``.
 
@@ -183,6 +194,9 @@ class LeaderElector:
         self.tick = tick
         self.term: int | None = None
         self.is_leader = asyncio.Event()
+        #: set when a schedule was written (a runtime schedule, ``schedules apply``): a
+        #: leader's sleep between ticks ends at once (:mod:`scheduler.schedule_control`)
+        self.wake = asyncio.Event()
         self._mismatch_term: int | None = None
         self._lost = False  # a lock session of this elector was lost before (rejoin logs)
         #: why this replica must not campaign at all (its only URL is a transaction pooler:
@@ -262,6 +276,7 @@ class LeaderElector:
 
     def _step_down(self) -> None:
         metrics.LEADER.set(0)
+        metrics.INCIDENT_OPEN.clear()  # set by the leader's alert evaluation only
         self.term = None
         self.is_leader.clear()
 
@@ -299,8 +314,9 @@ class LeaderElector:
                     raise LeadershipLostError("lost the lock right after the election")
                 await self.on_elected(conn, self.term)
             while not stop.is_set():
+                self.wake.clear()  # a write during the tick wakes the next sleep at once
                 sleep_s = await self.tick(conn, self.term)
-                await sleep_or_stop(stop, min(sleep_s, self.settings.heartbeat_s))
+                await sleep_or_wake(stop, self.wake, min(sleep_s, self.settings.heartbeat_s))
             # Graceful stop: release the lock at once so a follower leads within leader_retry_s.
             await self.store.unlock_leader(conn)
             log.info("leader_released", holder=self.holder, term=self.term)

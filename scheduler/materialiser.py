@@ -6,7 +6,8 @@ inside a transaction that holds locks (a long one once outlived the lock session
 every few seconds):
 
 1. read the due schedules (``next_run_at <= now + materialise_ahead_s``, not paused;
-   ``overlap_policy: skip`` schedules only when ``next_run_at <= now``), at most
+   ``overlap_policy`` skip, buffer_one and cancel_previous schedules only when
+   ``next_run_at <= now``), at most
    :data:`MAX_SCHEDULES_PER_TICK`, without a lock and outside any transaction;
 2. plan each one in Python (:func:`scheduler.planning.plan`: misfire and overlap policies,
    fire times counted arithmetically), within :data:`MAX_FIRE_TIMES_PER_TICK` fire times and
@@ -16,9 +17,12 @@ every few seconds):
    session holds the advisory lock and its term is current, else nothing is written:
    :class:`LeadershipLostError`), lock the planned schedules whose ``next_run_at`` is still
    the one planned from, insert one job per chosen fire time (``ON CONFLICT DO NOTHING``: the
-   unique ``(schedule_name, scheduled_for)`` is the last guard against a deposed leader, and
-   for ``overlap_policy: skip`` a unique index allows one live job per schedule), record the
-   fire times not run in ``skipped_fire_times``, and advance ``next_run_at`` — all or nothing.
+   unique ``(schedule_name, scheduled_for)`` is the last guard against a deposed leader; for
+   ``overlap_policy: skip`` a unique index allows one live job per schedule, for
+   ``buffer_one`` one waiting job per schedule: a refused fire time is recorded as an
+   ``overlap`` skip; for ``cancel_previous`` the insert's trigger stops the schedule's older
+   jobs in this transaction), record the fire times not run in ``skipped_fire_times``, and
+   advance ``next_run_at`` — all or nothing.
 
 One bad schedule costs only itself: a row that cannot be planned (a cron expression written
 by hand that never fires) is stopped (``next_run_at = NULL``) with ``last_error``; a row
@@ -31,9 +35,9 @@ Look-ahead: fire times up to ``materialise_ahead_s`` (1 s) ahead become jobs who
 is the fire time; the insert notification carries that time and workers start the job on a
 timer, so cron jobs start within milliseconds of the second. The leader does not tick on a
 fixed period: its heartbeat returns when the next materialisation is due and it sleeps until
-then (at most ``heartbeat_s``). ``overlap_policy: skip`` is decided at the fire time itself
-(a job materialised early would count as "live" against the previous one), so those
-schedules are materialised when due.
+then (at most ``heartbeat_s``). ``overlap_policy`` skip, buffer_one and cancel_previous are
+decided at the fire time itself (a job materialised early would count as "live" or "waiting"
+against the previous one, or stop it early), so those schedules are materialised when due.
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ def _fire_times(row: dict[str, Any]) -> FireTimes:
 class TickResult:
     """Outcome of one tick: jobs inserted, fire-time spans recorded as skipped, the clock
     planned against, when the next tick must materialise (``None`` when no schedule is
-    active: the earliest ``next_run_at`` minus the look-ahead; ``overlap_policy: skip``: the
-    fire time; a schedule that failed: a minute after its failure), and ``more``: due work
+    active: the earliest ``next_run_at`` minus the look-ahead; ``overlap_policy`` skip,
+    buffer_one, cancel_previous: the fire time; a schedule that failed: a minute after its
+    failure), and ``more``: due work
     was left for the next tick by the per-tick bounds."""
 
     inserted: int

@@ -22,6 +22,10 @@ served at ``GET /metrics`` by :mod:`scheduler.health` on ``SCHEDULER_METRICS_POR
   retried a minute later), ``scheduler_completions_dropped_total`` (an outcome that could not
   be written even alone; its job is rescued as ``lost``), ``scheduler_database_failovers_total``
   (an election found PostgreSQL on a new timeline: a standby was promoted).
+* Alerts (:mod:`scheduler.alerts`, leader only): ``scheduler_schedule_incident_open`` by
+  schedule and kind (``missed``, ``failing``, ``paused``): 1 while the incident is open, 0
+  once it closed; the series are dropped when the replica stops leading, so
+  ``max by (schedule, kind)`` over the replicas is the truth.
 """
 
 from __future__ import annotations
@@ -79,6 +83,12 @@ DATABASE_FAILOVERS = Counter(
     "Elections that found PostgreSQL on a new timeline (a standby was promoted)",
     registry=REGISTRY,
 )
+INCIDENT_OPEN = Gauge(
+    "scheduler_schedule_incident_open",
+    "1 while an alert incident of the schedule is open, by kind (missed, failing, paused); "
+    "leader only, set at each alert evaluation",
+    ["schedule", "kind"], registry=REGISTRY,
+)  # fmt: skip
 COMPLETIONS_DROPPED = Counter(
     "scheduler_completions_dropped",
     "Attempt outcomes that could not be written even alone (the lease is then left to expire)",

@@ -43,6 +43,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import TypeAdapter, ValidationError
 
+from . import flow
 from .errors import DatabaseError, DatabaseUnavailableError, SchemaNotMigratedError
 from .limits import INT32_MAX, shown
 from .log import redact_text, redact_url
@@ -159,6 +160,10 @@ def _skip_reason(row: dict[str, Any]) -> str:
         f"{other}",
         "overlap_retried": f"its schedule {shown(schedule)} has overlap_policy skip and job "
         f"{other} of it is retried instead",
+        "overlap_waiting": f"it never started and its schedule {shown(schedule)} has "
+        f"overlap_policy buffer_one and job {other} waiting",
+        "overlap_waiting_retried": f"it never started and its schedule {shown(schedule)} has "
+        f"overlap_policy buffer_one and job {other} of it is retried instead",
     }.get(row["skip"], str(row["skip"]))
 
 
@@ -254,10 +259,15 @@ async def status(
       and the lock is held) and ``stale`` (silent for more than ``replica_stale_s``: the
       leader deletes such rows; without a live leader they stay).
     * ``queues``: depth by state and ``lag_s``, the age of the oldest due-but-unclaimed job.
+    * ``queue_limits``: the queues with flow-control limits, as :func:`scheduler.flow.
+      queue_overview` shows them (limits, source, running, pending, window_starts, ...).
     * ``schedules_in_trouble``: ``name, problem, fire_time, at, detail``; problems: ``dead``
       (the latest fire time's job is dead), ``missed: <reason>`` (fire times skipped) and
       ``materialisation failed`` (the leader cannot plan or insert its fire times;
       ``detail`` is the error).
+    * ``incidents``: the open alert incidents (:mod:`scheduler.alerts`), oldest first: ``id,
+      schedule, kind`` (``missed``, ``failing``, ``paused``), ``opened_at``, ``since`` (when
+      the problem began), ``detail``.
     """
     key = {"key": store.leader_key}
     leaders = await store.fetch(conn, "status_leader", key)
@@ -278,7 +288,9 @@ async def status(
         "leader": leader,
         "replicas": replicas,
         "queues": await store.fetch(conn, "status_queues"),
+        "queue_limits": [r for r in await flow.queue_overview(conn, store) if r["source"]],
         "schedules_in_trouble": await store.fetch(conn, "status_schedules_in_trouble"),
+        "incidents": await store.fetch(conn, "status_incidents"),
     }
 
 

@@ -16,10 +16,25 @@ Lateness and policies (``late = now - fire time``, database clock):
   CronJob); ``run_all`` runs every one in order. At most ``max_catch_up`` (100) fire times
   run per schedule and catch-up, the most recent ones; older ones are recorded as
   ``catch_up_cap`` with a warning.
-* ``overlap_policy: skip``: of several runnable fire times only the last is materialised, and
-  none while a job of the schedule is pending or running (``overlap`` rows). ``queue``: jobs
-  are materialised, and a job is claimed only when no older job of its schedule is live (see
-  ``claim_jobs``). ``allow`` (default): no restriction.
+* ``overlap_policy`` (:class:`~scheduler.config.OverlapPolicy`), enforced in the database:
+
+  - ``allow`` (default): no restriction.
+  - ``skip``: none while a job of the schedule is pending or running (unique index
+    ``jobs_overlap_skip``; ``overlap`` rows).
+  - ``queue``: every fire time gets a job; a job is claimed only when no older job of its
+    schedule is live (see ``claim_jobs``).
+  - ``buffer_one``: at most one job *waiting* (pending, never claimed) per schedule (unique
+    index ``jobs_overlap_buffer_one``): a fire time that comes while one waits is recorded as
+    ``overlap``; the waiting job is claimed only when no job of its schedule runs. Retries,
+    rescues and releases of the running job are not "waiting" (they were claimed).
+  - ``cancel_previous``: the new job's insert stops the schedule's older live jobs (trigger
+    ``jobs_cancel_previous``: pending ones cancelled, running ones asked to stop as by an
+    operator's cancel) and is claimed only when none of them still runs.
+
+  With ``skip``, ``buffer_one`` and ``cancel_previous``, of several runnable fire times only
+  the last is materialised (the others are ``overlap`` rows: they would be refused or
+  cancelled at once), and fire times are materialised at the fire time, not ahead of it (a
+  job made early would count as waiting, or stop the previous run early).
 
 Bounded work: fire times are counted arithmetically (:mod:`scheduler.cron_count` for cron,
 :mod:`scheduler.interval` for ``every:`` schedules, both through ``FireTimes``), never
@@ -40,6 +55,10 @@ from .cron import Cron
 from .cron_count import FireTimes, fire_times_of
 
 _TICK = timedelta(microseconds=1)
+# decided at the fire time itself (no look-ahead), and one job per tick
+AT_FIRE_TIME = frozenset(
+    {OverlapPolicy.SKIP, OverlapPolicy.BUFFER_ONE, OverlapPolicy.CANCEL_PREVIOUS}
+)
 MAX_FIRE_TIMES_PER_TICK = 1_000  # fire times materialised per tick, all schedules together
 
 
@@ -127,7 +146,8 @@ def plan(
         policy: the schedule's misfire/overlap policy (rules in the module docstring).
         ahead: look-ahead (default 0): fire times up to ``now + ahead`` are materialised
             now, as on-time jobs whose ``run_at`` is the fire time. Ignored (0) with
-            ``overlap_policy: skip``, which must be decided at the fire time.
+            ``overlap_policy`` skip, buffer_one and cancel_previous (:data:`AT_FIRE_TIME`),
+            which must be decided at the fire time.
         limit: most fire times returned (>= 1, default :data:`MAX_FIRE_TIMES_PER_TICK`). When
             more are runnable, the plan stops after ``limit`` of them, and ``next_run_at`` is
             the fire time after the last one, so the next tick continues from there.
@@ -137,7 +157,7 @@ def plan(
         ``fire_times`` or in a ``skips`` span.
     """
     cron = fire_times_of(schedule)
-    horizon = now if policy.overlap is OverlapPolicy.SKIP else now + ahead
+    horizon = now if policy.overlap in AT_FIRE_TIME else now + ahead
     if next_run_at > horizon:
         return Plan([], next_run_at)
     skips: list[Skip] = []
@@ -181,7 +201,7 @@ def plan(
             spans.append((keep_latest(misfire_lo, misfire_hi, max(room, 0)), misfire_hi))
     spans.append((on_time_lo, horizon))
     total = sum(cron.count(a, b) for a, b in spans)
-    if policy.overlap is OverlapPolicy.SKIP and total > 1:
+    if policy.overlap in AT_FIRE_TIME and total > 1:
         skips.append(Skip(_nth(cron, spans, 1), _nth(cron, spans, total - 1), total - 1,
                           "overlap"))  # fmt: skip
         last = _nth(cron, spans, total)

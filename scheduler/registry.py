@@ -433,6 +433,12 @@ def load_tasks(*modules: str) -> None:
     import_modules(list(modules))
 
 
+def is_loaded() -> bool:
+    """Whether this process's registry is complete (:func:`load_tasks`, a schedules file's
+    ``imports:``, ``scheduler run``): task names are then checked where they are given."""
+    return _loaded
+
+
 def set_loaded(loaded: bool) -> None:
     """Mark the registry loaded or not (tests reset it between cases)."""
     global _loaded

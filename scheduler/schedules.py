@@ -14,7 +14,15 @@ term. Rules:
 * any other change (task, args, queue, retry policy) keeps ``next_run_at``;
 * a disabled schedule has ``next_run_at = NULL``; re-enabling computes it from now;
 * a schedule that came from a config file and is no longer declared is deleted, so it stops
-  firing; its jobs keep their state (jobs reference schedules by name only).
+  firing; its jobs keep their state (jobs reference schedules by name only);
+* a runtime schedule (``source = 'api'``, :func:`put`) is never deleted or changed by a
+  schedules file: a declared name that is a runtime schedule is left alone and reported
+  (:attr:`ReconcileResult.conflicts`, naming both sources).
+
+Every writer of the table (reconcile, :func:`put`, :func:`remove`) first takes the
+transaction-level advisory lock ``schedules_write_lock``, and :func:`put` / :func:`remove`
+notify ``<schema>.schedules`` so the leader plans the change at once instead of at its next
+heartbeat (the workers' LISTEN connection wakes it: :mod:`scheduler.service`).
 
 "now" is the database clock, passed in.
 """
@@ -23,16 +31,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import psycopg
 
 from .arguments import to_jsonb
 from .config import ScheduleConfig
 from .cron import Cron
-from .cron_count import FireTimes, fire_times_of
+from .cron_count import CronTimes, FireTimes, fire_times_of
+from .errors import InvalidArgumentError, ScheduleNotFoundError, ScheduleSourceError
+from .interval import Interval
 from .registry import get_task
 from .settings import Settings
 from .store import Store
@@ -51,6 +62,31 @@ class ReconcileResult:
     from_other_config: list[str] = field(default_factory=list)
     #: the config hashes of those other files
     other_config_hashes: set[str] = field(default_factory=set)
+    #: declared names that are runtime (API) schedules: left as they are
+    conflicts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScheduleWrite:
+    """What :func:`put` did. ``action``: ``"created"``, ``"rescheduled"`` (its timing changed:
+    ``next_run_at`` recomputed from now), ``"updated"`` (another field changed; ``next_run_at``
+    kept) or ``"unchanged"``. ``next_run_at``: its next fire time (aware, UTC; ``None`` when
+    disabled)."""
+
+    name: str
+    action: Literal["created", "rescheduled", "updated", "unchanged"]
+    next_run_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """What :func:`backfill` did: ``fire_times`` in the range, ``enqueued`` the ids of the jobs
+    it created (one per fire time that had none), ``existing`` the fire times that had a job
+    already (materialised, triggered or backfilled before)."""
+
+    fire_times: int
+    enqueued: list[int]
+    existing: int
 
 
 def _enum_value(value: Any, default: str) -> str:
@@ -96,9 +132,18 @@ def resolve(schedule: ScheduleConfig, settings: Settings) -> dict[str, Any]:
         ),
         "starting_deadline_s": schedule.starting_deadline_s,
         "enabled": schedule.enabled,
+        # alerts (scheduler.alerts); the on_alert job's options as enqueue(on_alert) would
+        # choose them: its @task defaults, else queue 'default' and the settings (JSON text)
+        "alert_after_s": schedule.alert_after_s,
+        "alert_on_failures": schedule.alert_on_failures,
+        "pause_on_failures": schedule.pause_on_failures,
+        "on_alert": schedule.on_alert,
+        "on_alert_options": _alert_job_options(schedule.on_alert, settings),
     }
-    # timing fields only when set: a cron schedule keeps the hash it had before intervals
-    hashed = {k: v for k, v in row.items() if v is not None or k not in _TIMING}
+    # timing and alert fields only when set: a schedule keeps the hash it had before them
+    optional = (*_TIMING, "alert_after_s", "alert_on_failures", "pause_on_failures",
+                "on_alert", "on_alert_options")  # fmt: skip
+    hashed = {k: v for k, v in row.items() if v is not None or k not in optional}
     canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
     row["definition_hash"] = hashlib.sha256(canonical.encode()).hexdigest()
     row["start_at"] = schedule.start_at
@@ -106,6 +151,29 @@ def resolve(schedule: ScheduleConfig, settings: Settings) -> dict[str, Any]:
 
 
 _TIMING = ("cron", "every_s", "start_at")
+
+
+def _alert_job_options(on_alert: str | None, settings: Settings) -> str | None:
+    """The job options of a schedule's ``on_alert`` task, as JSON text (``None`` without
+    one): the registered task's defaults, else queue ``default`` and the service settings."""
+    if on_alert is None:
+        return None
+    try:
+        task = get_task(on_alert)
+    except LookupError:
+        task = None
+
+    def pick(attr: str, fallback: Any) -> Any:
+        value = getattr(task, attr, None) if task else None
+        return fallback if value is None else value
+
+    return json.dumps({
+        "queue": pick("queue", "default"), "priority": pick("priority", 0),
+        "max_attempts": pick("max_attempts", settings.max_attempts),
+        "backoff_base_s": float(pick("backoff_base_s", settings.backoff_base_s)),
+        "backoff_max_s": float(pick("backoff_max_s", settings.backoff_max_s)),
+        "backoff_jitter": float(pick("backoff_jitter", settings.backoff_jitter)),
+    }, sort_keys=True)  # fmt: skip
 
 
 def _timing(cron: str | None, timezone: str, every_s: float | None, start_at: Any) -> Any:
@@ -128,43 +196,63 @@ async def reconcile(
     database clock (aware datetime).
     """
     result = ReconcileResult()
+    await conn.execute(store.q["schedules_write_lock"], {"key": store.schedules_key})
     existing = {row["name"]: row for row in await store.fetch(conn, "schedules_for_reconcile")}
     for schedule in declared:
-        row = resolve(schedule, settings)
         old = existing.get(schedule.name)
+        if old is not None and old["source"] == "api":
+            result.conflicts.append(schedule.name)
+            continue
         if old is not None and old["config_hash"] not in (None, config_hash):
             result.from_other_config.append(schedule.name)
             result.other_config_hashes.add(old["config_hash"])
-        timing_changed = old is None or _timing(
-            old["cron"], old["timezone"], old["every_s"], old["start_at"]
-        ) != _timing(schedule.cron, schedule.timezone, schedule.every, schedule.start_at)
-        if not schedule.enabled:
-            next_run_at = None
-        elif old is None or timing_changed or old["next_run_at"] is None:
-            next_run_at = schedule.fire_times(now).next_after(now)
-        else:
-            next_run_at = old["next_run_at"]
-        if old is None:
-            result.added.append(schedule.name)
-        elif timing_changed:
-            result.rescheduled.append(schedule.name)
-        elif old["definition_hash"] != row["definition_hash"]:
-            result.updated.append(schedule.name)
-        await conn.execute(
-            store.q["schedule_upsert"],
-            {
-                **row,
-                "args": to_jsonb(row["args"]),
-                "config_hash": config_hash,
-                "next_run_at": next_run_at,
-                "source": "config",
-            },
-        )
+        action, _ = await _write(conn, store, schedule, old, now, settings, config_hash, "config")
+        if action != "unchanged":
+            getattr(result, "added" if action == "created" else action).append(schedule.name)
     removed = await store.fetch(
         conn, "schedules_delete_undeclared", {"names": [s.name for s in declared]}
     )
     result.removed = [r["name"] for r in removed]
     return result
+
+
+async def _write(
+    conn: psycopg.AsyncConnection[Any],
+    store: Store,
+    schedule: ScheduleConfig,
+    old: dict[str, Any] | None,
+    now: datetime,
+    settings: Settings,
+    config_hash: str | None,
+    source: Literal["config", "api"],
+) -> tuple[Literal["created", "rescheduled", "updated", "unchanged"], datetime | None]:
+    """Upsert one schedule of ``source`` over its ``old`` row;
+    what changed and its ``next_run_at`` (rules in the module docstring)."""
+    row = resolve(schedule, settings)
+    timing_changed = old is None or _timing(
+        old["cron"], old["timezone"], old["every_s"], old["start_at"]
+    ) != _timing(schedule.cron, schedule.timezone, schedule.every, schedule.start_at)
+    if not schedule.enabled:
+        next_run_at = None
+    elif old is None or timing_changed or old["next_run_at"] is None:
+        next_run_at = schedule.fire_times(now).next_after(now)
+    else:
+        next_run_at = old["next_run_at"]
+    params = {
+        **row,
+        "args": to_jsonb(row["args"]),
+        "config_hash": config_hash,
+        "next_run_at": next_run_at,
+        "source": source,
+    }
+    await conn.execute(store.q["schedule_upsert"], params)
+    if old is None:
+        return "created", next_run_at
+    if timing_changed:
+        return "rescheduled", next_run_at
+    if old["definition_hash"] != row["definition_hash"] or old["enabled"] != schedule.enabled:
+        return "updated", next_run_at
+    return "unchanged", next_run_at
 
 
 # ---- operations on schedules (CLI: scheduler schedules ...) -----------------------------------
@@ -191,26 +279,162 @@ async def list_schedules(conn: psycopg.AsyncConnection[Any], store: Store) -> li
 async def pause(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> bool:
     """Stop materialising ``name`` until :func:`resume`; False if there is no such schedule.
     The pause survives reconciliation (the YAML's ``enabled`` is a separate switch)."""
-    return bool(await store.fetch(conn, "schedule_pause", {"name": name}))
+    paused = bool(await store.fetch(conn, "schedule_pause", {"name": name}))
+    if paused:
+        await notify(conn, store, name)
+    return paused
 
 
 async def resume(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> bool:
     """Resume ``name``; fire times missed while paused go through its misfire policy at the
     next tick. False if there is no such schedule."""
-    return bool(await store.fetch(conn, "schedule_resume", {"name": name}))
+    resumed = bool(await store.fetch(conn, "schedule_resume", {"name": name}))
+    if resumed:
+        await notify(conn, store, name)  # due fire times are planned at once
+    return resumed
 
 
 async def trigger(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> int | None:
     """Enqueue a job of ``name`` to run now (``origin = 'trigger'``, recorded in the same
     history), without moving ``next_run_at``. Returns the job id, or ``None`` when the
-    schedule has ``overlap_policy: skip`` and a job of it is pending or running.
+    schedule's overlap policy refuses it: ``skip`` with a job of it pending or running,
+    ``buffer_one`` with one already waiting (``cancel_previous`` stops the older jobs).
 
     Raises:
-        LookupError: there is no schedule ``name``.
+        ScheduleNotFoundError: there is no schedule ``name`` (a ``LookupError``).
     """
     rows = await store.fetch(conn, "schedule_trigger", {"name": name})
     if rows:
         return int(rows[0]["id"])
     if not any(r["name"] == name for r in await list_schedules(conn, store)):
-        raise LookupError(f"no schedule named {name!r}")
+        raise ScheduleNotFoundError(f"no schedule named {name!r}")
     return None
+
+
+# ---- runtime schedules (scheduler.schedule_control, scheduler schedules create ...) -------
+
+
+async def _locked_row(
+    conn: psycopg.AsyncConnection[Any], store: Store, name: str
+) -> dict[str, Any] | None:
+    """Take the schedules write lock; ``name``'s row, locked, or None."""
+    await conn.execute(store.q["schedules_write_lock"], {"key": store.schedules_key})
+    rows = await store.fetch(conn, "schedule_row", {"name": name})
+    return rows[0] if rows else None
+
+
+def _declared_elsewhere(name: str, row: dict[str, Any], what: str) -> ScheduleSourceError:
+    source = f"schedules file (config hash {str(row['config_hash'])[:12]})"
+    return ScheduleSourceError(
+        f"schedule {name!r} is declared in a {source}, so it cannot {what} as a runtime (api) "
+        "schedule: a name belongs to one source; change the schedules file, or pick another "
+        "name"
+    )
+
+
+async def notify(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> None:
+    """Wake the leader (at the commit): schedule ``name`` was written."""
+    await conn.execute(store.q["schedules_notify"], {"channel": store.schedules_channel,
+                                                     "name": name})  # fmt: skip
+
+
+async def put(
+    conn: psycopg.AsyncConnection[Any],
+    store: Store,
+    schedule: ScheduleConfig,
+    *,
+    settings: Settings,
+    now: datetime | None = None,
+) -> ScheduleWrite:
+    """Create or update the runtime schedule ``schedule`` (``source = 'api'``), by the rules
+    of the module docstring, in the caller's transaction; the leader is notified. ``now``:
+    the database clock when None.
+
+    Raises:
+        ScheduleSourceError: a schedules file declares this name.
+    """
+    old = await _locked_row(conn, store, schedule.name)
+    if old is not None and old["source"] != "api":
+        raise _declared_elsewhere(schedule.name, old, "be created or changed")
+    now = now if now is not None else await store.database_now(conn)
+    action, next_run_at = await _write(conn, store, schedule, old, now, settings, None, "api")
+    if action != "unchanged":
+        await notify(conn, store, schedule.name)
+    return ScheduleWrite(schedule.name, action, next_run_at)
+
+
+async def remove(conn: psycopg.AsyncConnection[Any], store: Store, name: str) -> bool:
+    """Delete the runtime schedule ``name`` (its jobs keep their state and history); False
+    if there is no such schedule.
+
+    Raises:
+        ScheduleSourceError: ``name`` comes from a schedules file (remove it there).
+    """
+    old = await _locked_row(conn, store, name)
+    if old is None:
+        return False
+    if old["source"] != "api":
+        raise _declared_elsewhere(name, old, "be removed")
+    await store.fetch(conn, "schedule_delete_api", {"name": name})
+    await notify(conn, store, name)
+    return True
+
+
+def row_fire_times(row: dict[str, Any], reach_back_to: datetime | None = None) -> FireTimes:
+    """The fire times of a ``schedules`` row: its cron expression in its zone, or its interval
+    from ``start_at``, else on the grid through its ``next_run_at`` (or ``last_fire_at``),
+    extended back to ``reach_back_to`` when given (for a backfill before it).
+
+    Raises:
+        ValueError: an interval schedule with neither ``next_run_at`` nor ``last_fire_at``.
+    """
+    if row["every_s"] is None:
+        return CronTimes(Cron(row["cron"], row["timezone"]))
+    every = float(row["every_s"])
+    anchor = row["start_at"] or row["next_run_at"] or row["last_fire_at"]
+    if anchor is None:
+        raise ValueError("it is disabled and has never fired: its interval grid has no anchor")
+    if row["start_at"] is None and reach_back_to is not None and reach_back_to < anchor:
+        steps = math.ceil((anchor - reach_back_to).total_seconds() / every)
+        anchor -= timedelta(seconds=steps * every)
+    return Interval(every, anchor, row["timezone"])
+
+
+async def backfill(
+    conn: psycopg.AsyncConnection[Any],
+    store: Store,
+    name: str,
+    start: datetime,
+    end: datetime,
+    *,
+    max_jobs: int,
+) -> Backfill:
+    """One job per fire time of ``name`` in ``[start, end]`` (both included; aware datetimes)
+    that has none yet, to run now (``origin = 'backfill'``, same history); they run one at a
+    time in fire-time order unless the schedule's ``overlap_policy`` is ``allow``.
+    ``next_run_at`` is not moved.
+
+    Raises:
+        ScheduleNotFoundError: there is no schedule ``name``.
+        InvalidArgumentError: the range holds more than ``max_jobs`` fire times, or the
+            schedule's fire times cannot be computed; nothing was written.
+    """
+    rows = await store.fetch(conn, "schedule_row", {"name": name})
+    if not rows:
+        raise ScheduleNotFoundError(f"no schedule named {name!r}")
+    try:
+        times = row_fire_times(rows[0], reach_back_to=start)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"cannot backfill schedule {name!r}: {exc}") from None
+    after = start - timedelta(microseconds=1)
+    total = times.count(after, end)
+    if total > max_jobs:
+        raise InvalidArgumentError(
+            f"the range {start.isoformat()} .. {end.isoformat()} holds {total:,} fire times of "
+            f"schedule {name!r}, more than max_jobs={max_jobs:,}; nothing was enqueued: "
+            "narrow the range or raise max_jobs"
+        )
+    fire_times = times.fire_times(after, end, max_jobs)
+    ids = [int(r["id"]) for r in await store.fetch(
+        conn, "schedule_backfill", {"name": name, "fire_times": fire_times})]  # fmt: skip
+    return Backfill(len(fire_times), ids, len(fire_times) - len(ids))

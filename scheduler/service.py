@@ -20,17 +20,17 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import __version__, health, maintenance, materialiser
+from . import __version__, alerts, health, maintenance, materialiser, schedule_files
 from .config import SchedulesConfig
 from .connections import set_default_database_url
 from .errors import LeadershipLostError, MigrationPrivilegeError, ReplicaFailedError
-from .flow import QueueLimits, apply_settings_limits
+from .flow import QueueLimits, apply_declared_limits, apply_settings_limits
 from .leader import KEEPALIVES, LeaderElector
 from .limits import exception_text
 from .liveness import LivenessLock, liveness_namespace
 from .log import get_logger, redact_url
 from .pooler import NO_PREPARE, is_transaction_pooled
-from .schedules import ReconcileResult, reconcile
+from .schedules import ReconcileResult
 from .settings import Settings
 from .store import Store
 from .supervision import Supervisor
@@ -106,10 +106,12 @@ class Replica:
         self.health_port: int | None = None  # bound port of /metrics etc., once serving
         self.supervisor: Supervisor | None = None  # the running replica's, once started
         self.worker = Worker(self.pool, direct_url, self.store, settings, self.id)
+        self.worker.on_schedules_written = self.elector.wake.set  # a runtime schedule changed
         # fast rescue: this replica's liveness lock, and the leader's watch on the others'
         self.liveness = LivenessLock(direct_url, self.store, settings, replica=self.id)
         self.lost_replicas = maintenance.LostReplicas(liveness_namespace(settings.schema_name))
         self._next_liveness_check = 0.0
+        self.alerts = alerts.Alerts()  # the leader's alert evaluation (scheduler.alerts)
 
     def _no_prepare(self) -> None:
         """No prepared statements on the pool's connections made from now on."""
@@ -155,7 +157,7 @@ class Replica:
         try:
             async with self.pool.connection() as conn:
                 if await apply_settings_limits(conn, self.store, limits):
-                    log.info("queue_limits_applied", queues=sorted(limits))
+                    log.info("queue_limits_applied", source="settings", queues=sorted(limits))
         except psycopg.Error as exc:
             denied = isinstance(exc, psycopg.errors.InsufficientPrivilege)
             log.warning(
@@ -175,14 +177,23 @@ class Replica:
     async def _on_elected(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
         if self.config is None:
             return
+        applied = await schedule_files.applied_file(conn, self.store)
+        own_hash = self.config.config_hash()
+        if applied and applied["applied_by"] == "apply" and applied["config_hash"] != own_hash:
+            log.error(
+                "schedules_file_differs", term=term, file=self.config.path,
+                config_hash=own_hash[:12], applied_file=applied["path"],
+                applied_config_hash=applied["config_hash"][:12],
+                applied_at=applied["applied_at"].isoformat(),
+                detail="this leader's schedules file differs from the one applied with "
+                "`scheduler schedules apply`; the applied schedules stay as they are (this "
+                "file is not reconciled). Deploy the applied file to this replica, or apply "
+                "this one",
+            )  # fmt: skip
+            return
         now = await self.store.database_now(conn)
-        result = await reconcile(
-            conn,
-            self.store,
-            self.config.schedules,
-            now=now,
-            settings=self.settings,
-            config_hash=self.config.config_hash(),
+        result = await schedule_files.reconcile_file(
+            conn, self.store, self.config, now=now, settings=self.settings, applied_by="leader"
         )
         log.info(
             "schedules_reconciled",
@@ -192,8 +203,36 @@ class Replica:
             updated=result.updated,
             removed=result.removed,
         )
+        if result.conflicts:
+            log.error(
+                "schedule_source_conflict", term=term, schedules=result.conflicts,
+                file=self.config.path,
+                detail="these names are declared in this schedules file and are runtime (api) "
+                "schedules too; the runtime schedules were left as they are and the file's "
+                "definitions ignored: rename them in the file or remove the runtime schedules",
+            )  # fmt: skip
         if result.from_other_config:
             await self._report_other_config(conn, term, result)
+        await self._apply_declared_limits(conn, term)
+
+    async def _apply_declared_limits(self, conn: psycopg.AsyncConnection[Any], term: int) -> None:
+        """The file's ``queues:`` section, in the election's fenced transaction (a savepoint:
+        a role that may not write the ``queues`` table logs a warning and leads on)."""
+        assert self.config is not None
+        try:
+            done = await apply_declared_limits(conn, self.store, self.config.queues)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.warning("queue_limits_not_applied", term=term, error=exception_text(exc, 300),
+                        detail="this database role may not write the queues table: the "
+                        "schedules file's queues: section is not applied")  # fmt: skip
+            return
+        if done.written or done.removed:
+            log.info("queue_limits_applied", source="config", term=term,
+                     written=done.written, removed=done.removed)  # fmt: skip
+        if done.overridden:
+            log.info("queue_limits_overridden", term=term, queues=done.overridden,
+                     detail="SCHEDULER_QUEUE_LIMITS sets these queues' limits; the schedules "
+                     "file's are not applied")  # fmt: skip
 
     async def _report_other_config(
         self, conn: psycopg.AsyncConnection[Any], term: int, result: ReconcileResult
@@ -228,6 +267,7 @@ class Replica:
                 conn, self.store, holder=self.id, term=term, ahead_s=ahead_s))  # fmt: skip
             if result is not None:
                 now, materialise_at, more = result.now, result.materialise_at, result.more
+        fire_times_left = more  # a next_run_at left in the past would look stuck to alerts
         if beat["rescue_at"] is not None and beat["rescue_at"] <= now:
             await _duty("rescue", maintenance.rescue_expired_leases(
                 conn, self.store, holder=self.id, term=term))  # fmt: skip
@@ -254,6 +294,8 @@ class Replica:
                 pause = max(pause, min(PRUNE_IDLE_S, 6 * pause))
             self._next_prune = loop_time + (0.0 if backlog else pause)
             more = more or backlog
+        if beat["alerts"] and not fire_times_left and self.alerts.due(loop_time):
+            await _duty("alerts", self.alerts.run(conn, self.store, holder=self.id, term=term))
         if more:
             return 0.0  # bounded ticks back to back until the backlog is worked off
         wake = min(

@@ -179,6 +179,8 @@ class Store:
         self.cancel_channel = f"{schema}.cancel"
         self.done_channel = f"{schema}.done"  # ids of jobs that finished (wait_for_job)
         self.limits_channel = f"{schema}.limits"  # a queue's limits changed (scheduler.flow)
+        self.schedules_channel = f"{schema}.schedules"  # a schedule was written: wake the leader
+        self.schedules_key = f"scheduler.schedules:{schema}"  # schedules_write_lock
         self.jobs_table = f'"{schema}".jobs'  # schema is a validated identifier
 
     # ---- migrations -------------------------------------------------------------------------

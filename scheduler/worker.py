@@ -68,6 +68,10 @@ from .store import Store, int_array
 from .supervision import Supervisor
 
 log = get_logger("scheduler.worker")
+CANCELLED_TEXT = (
+    "cancelled on request (scheduler jobs cancel / cancel_job, or a newer run of "
+    "its overlap_policy cancel_previous schedule)"
+)
 
 SHUTDOWN_WRITE_S = 10.0  # how long a stopping worker waits for its last outcomes to be written
 
@@ -111,6 +115,9 @@ class Worker:
         self._executor = Executor(settings.concurrency, log)
         self._writer = CompletionWriter(pool, store, worker_id, log, self._settled, self._wake.set)
         self.listening = asyncio.Event()
+        #: called when a schedule was written (NOTIFY <schema>.schedules): the replica wakes
+        #: its leader with it (scheduler.service)
+        self.on_schedules_written: Callable[[], None] | None = None
         self.parked = asyncio.Event()  # set while the claim loop waits with free slots
         self._leases: dict[int, int] = {}  # job id -> attempt, from claim until written
         self._tasks: dict[int, asyncio.Task[None]] = {}  # job id -> its task, until its outcome
@@ -276,11 +283,14 @@ class Worker:
                 self._interrupted.append((job_id, job["attempt"]))
                 raise
             metrics.JOBS_CANCELLED.labels(job["queue"], job["task"]).inc()
-            result = Result(RunOutcome.CANCELLED, "cancelled by operator")
+            result = Result(RunOutcome.CANCELLED, CANCELLED_TEXT)
         finally:
-            metrics.for_job(job["queue"], job["task"]).duration.observe(
-                time.monotonic() - started
-            )
+            metrics.for_job(job["queue"], job["task"]).duration.observe(time.monotonic() - started)
+        if result.outcome is RunOutcome.CANCELLED:
+            # a sync handler's thread cannot be stopped: the job stays running (lease
+            # extended) until it returns, so nothing waiting for it (overlap_policy
+            # queue / buffer_one / cancel_previous, a concurrency limit) starts meanwhile
+            await self._executor.join(job_id)
         self._record(job, result)
         await self._executor.join(job_id)  # a sync thread that outlived its attempt
 
@@ -459,6 +469,7 @@ class Worker:
         channel = sql.Identifier(self.store.notify_channel)
         cancel_channel = sql.Identifier(self.store.cancel_channel)
         limits_channel = sql.Identifier(self.store.limits_channel)
+        schedules_channel = sql.Identifier(self.store.schedules_channel)
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -468,6 +479,7 @@ class Worker:
                     await conn.execute(sql.SQL("LISTEN {}").format(channel))
                     await conn.execute(sql.SQL("LISTEN {}").format(cancel_channel))
                     await conn.execute(sql.SQL("LISTEN {}").format(limits_channel))
+                    await conn.execute(sql.SQL("LISTEN {}").format(schedules_channel))
                     self.limits.on_notify("")  # limits may have changed while not listening
                     self.listening.set()
                     self._wake.set()  # jobs may have arrived while we were not listening
@@ -479,6 +491,9 @@ class Worker:
                         elif notify.channel == self.store.limits_channel:
                             if self.limits.on_notify(notify.payload):
                                 self._wake.set()  # re-read before the next claim
+                        elif notify.channel == self.store.schedules_channel:
+                            if self.on_schedules_written is not None:
+                                self.on_schedules_written()  # wakes this replica's leader
                         else:
                             self._on_notify(notify.payload)
             except psycopg.Error as exc:

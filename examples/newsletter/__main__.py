@@ -4,7 +4,9 @@
 2. use ``SCHEDULER_DATABASE_URL``, or start the embedded PostgreSQL in ``.scheduler``
    (``SCHEDULER_EMBEDDED_DIR``) and export its URL for the child process;
 3. start one scheduler replica, the real CLI, as a child process:
-   ``python -m scheduler run --config config/schedules.yaml`` (it applies the migrations);
+   ``python -m scheduler run --config config/schedules.yaml --queues default,smtp`` (it
+   applies the migrations; as the leader it applies the file's rate limit of the ``smtp``
+   queue, 100 starts per minute);
 4. create the example's tables and subscribers, send one newsletter (transactional outbox);
 5. wait until none of its delivery jobs is pending or running, then print who got mail and
    the run history (successes, failed attempts that were retried, dead letters);
@@ -36,6 +38,7 @@ from .settings import embedded_dir, mailbox_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "config/schedules.yaml"
+QUEUES = "default,smtp"  # the cron jobs, and the deliveries (rate-limited, see CONFIG)
 STOP_TIMEOUT_S = 40
 
 
@@ -72,7 +75,7 @@ def start_replica(log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "run", "--config", CONFIG],
+            [sys.executable, "-m", "scheduler", "run", "--config", CONFIG, "--queues", QUEUES],
             cwd=REPO_ROOT,
             env=os.environ.copy(),
             stdout=log,

@@ -1,7 +1,9 @@
 """The example's tasks (imported by ``config/schedules.yaml`` via ``imports:``).
 
 * ``deliver_newsletter(newsletter_id, subscriber_id)`` — one mail to one subscriber. Enqueued
-  by :func:`examples.newsletter.app.send_newsletter`, never scheduled by cron.
+  by :func:`examples.newsletter.app.send_newsletter`, never scheduled by cron. Runs on the
+  ``smtp`` queue, which ``config/schedules.yaml`` limits to 100 starts per minute across
+  every replica (flow control: the relay's quota is never exceeded, however many replicas).
 * ``weekly_digest()`` — cron (Mondays 09:00): fans out a digest newsletter.
 * ``nightly_cleanup()`` — cron (03:30): forgets newsletters and deliveries older than 30 days.
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SENDER = formataddr(("The Scheduler Newsletter", "newsletter@example.com"))
 RETENTION = dt.timedelta(days=30)
+SMTP_QUEUE = "smtp"  # deliveries only: the queue the relay's rate limit applies to
 
 
 class DeliveryRefused(Exception):
@@ -77,7 +80,9 @@ def send_mail(msg: EmailMessage) -> None:
         raise DeliveryRefused(reasons) from None
 
 
-@task(max_attempts=3, backoff_base_s=0.5, backoff_max_s=2)
+# queue "smtp": the schedules file limits it to 100 starts per minute (the SMTP relay's quota),
+# on all replicas together (config/schedules.yaml, `queues:`)
+@task(queue=SMTP_QUEUE, max_attempts=3, backoff_base_s=0.5, backoff_max_s=2)
 def deliver_newsletter(newsletter_id: int, subscriber_id: int) -> str:
     """Send newsletter ``newsletter_id`` to subscriber ``subscriber_id``, at most once.
 

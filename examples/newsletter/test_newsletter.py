@@ -5,6 +5,7 @@ database per test; ``run_jobs`` runs the due jobs in this process) and a real SM
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,11 +14,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from scheduler.config import load_config
+from scheduler.flow import QueueLimits, apply_declared_limits, list_queue_limits
+from scheduler.store import Store
 from scheduler.testing import SchedulerDB
 
 from . import app, smtp_server
 from .settings import BOUNCE_DOMAIN
-from .tasks import deliver_newsletter
+from .tasks import SMTP_QUEUE, deliver_newsletter
+
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "schedules.yaml"
 
 
 def _free_port() -> int:
@@ -80,3 +86,22 @@ def test_a_resent_newsletter_is_not_delivered_twice(newsletter_db: SchedulerDB) 
     deliver_newsletter.defer(newsletter_id=first, subscriber_id=1)  # a duplicate job
     report = newsletter_db.run_jobs()
     assert [newsletter_db.get_result(i) for i in report.succeeded_ids] == ["already delivered"]
+
+
+def test_the_smtp_queue_is_rate_limited_to_100_per_minute(newsletter_db: SchedulerDB) -> None:
+    """The schedules file declares the relay's quota; the leader applies it as this does."""
+    config = load_config(CONFIG)
+    assert config.queues == {SMTP_QUEUE: QueueLimits(rate=100, per_s=60.0)}
+
+    async def apply() -> dict[str, QueueLimits]:
+        store = Store("scheduler")
+        async with await psycopg.AsyncConnection.connect(newsletter_db.url,
+                                                         autocommit=True) as conn:  # fmt: skip
+            await apply_declared_limits(conn, store, config.queues)
+            return await list_queue_limits(conn, store)
+
+    assert asyncio.run(apply()) == {SMTP_QUEUE: QueueLimits(rate=100, per_s=60.0)}
+    with psycopg.connect(newsletter_db.url) as conn:
+        app.send_newsletter(conn, "Hello", "Hi {name}")
+        queues = conn.execute("SELECT DISTINCT queue FROM scheduler.jobs").fetchall()
+    assert queues == [(SMTP_QUEUE,)]  # every delivery is bound by the limit

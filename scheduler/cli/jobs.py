@@ -191,13 +191,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, default=cell, indent=2))
         return 0
     print(_leader_line(report["leader"]))
-    for row in report["schedules_in_trouble"]:
+    for row in report["schedules_in_trouble"] + report["incidents"]:
         row["detail"] = " ".join(str(row["detail"] or "").split())[:80] or None
     sections = [
         ("replicas", ["id", "version", "queues", "concurrency", "started_at",
                       "heartbeat_age_s", "stale", "stuck_threads", "leader"]),
         ("queues", ["queue", "due", "scheduled", "running", "dead", "lag_s"]),
+        ("queue_limits", ["queue", "concurrency", "rate", "per_s", "key_concurrency", "source",
+                          "running", "window_starts"]),
         ("schedules_in_trouble", ["name", "problem", "fire_time", "at", "detail"]),
+        ("incidents", ["id", "schedule", "kind", "opened_at", "since", "detail"]),
     ]  # fmt: skip
     for key, columns in sections:
         rows = report[key]
@@ -211,7 +214,8 @@ def add_parsers(sub: Any) -> None:
     limit, job_id = int_in(1, LIMIT_MAX), int_in(1, ID_MAX)
     limit_help = f"at most this many, 1-{LIMIT_MAX:,} (default 50)"
     p = sub.add_parser(
-        "status", help="leader, live replicas, queue depths and lag, schedules in trouble"
+        "status", help="leader, live replicas, queue depths and lag, schedules in trouble, "
+        "open alert incidents"
     )
     p.add_argument("--json", action="store_true", help="JSON output for scripts")
     p.set_defaults(func=cmd_status)

@@ -3,10 +3,15 @@
     scheduler migrate
     scheduler check CONFIG
     scheduler run [--config CONFIG] [--import MODULE ...] [--queues Q1,Q2] [--concurrency N]
-    scheduler schedules list [--json] | pause NAME | resume NAME | trigger NAME
+    scheduler schedules list [--json] | pause NAME | resume NAME | trigger NAME | remove NAME
+    scheduler schedules put NAME --task T (--cron EXPR | --every DURATION) [--timezone TZ]
+                            [--start-at ISO] [--args JSON] [--set KEY=VALUE ...]
+    scheduler schedules backfill NAME --start ISO --end ISO [--max-jobs N]
+    scheduler schedules apply FILE [--dry-run] [--json]    (these three: cli/schedule_changes.py)
     scheduler schedules next (--cron EXPR [--timezone TZ] | NAME --config FILE)
                              [--after ISO8601] [--count N]
     scheduler status [--json]                                   (these three: cli/jobs.py)
+    scheduler queues [--json]                                   (cli/queues.py)
     scheduler jobs list [--state S] [--queue Q] [--task T] [--schedule NAME] [--limit N] [--json]
     scheduler jobs show ID [--json] | retry ID | cancel ID
     scheduler dead-letters list [--task T] [--limit N] [--json]
@@ -46,11 +51,13 @@ from ..errors import (
     ConfigError,
     DatabaseUnavailableError,
     InvalidArgumentError,
+    InvalidScheduleError,
     SchedulerError,
     SettingsError,
 )
 from ..tasks import import_modules
 from . import jobs as jobs_commands
+from . import queues as queues_commands
 from . import schedules as schedules_commands
 from . import tasks as tasks_commands
 from .common import Parser, one_line, resolve_database_url, settings_from
@@ -167,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs_commands.add_parsers(sub)
     tasks_commands.add_parsers(sub)
+    queues_commands.add_parsers(sub)
     return parser
 
 
@@ -182,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 2
+    except InvalidScheduleError as exc:  # a schedule given on the command line: every issue
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
         return 2
     except InvalidArgumentError as exc:
         print(one_line(exc), file=sys.stderr)

@@ -1,4 +1,5 @@
-"""``scheduler schedules list | pause | resume | trigger | next``."""
+"""``scheduler schedules list | pause | resume | trigger | next`` (put, remove, backfill and
+apply: :mod:`.schedule_changes`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..cron_count import FireTimes
 from ..errors import (
     CronError,
 )
+from . import schedule_changes
 from .common import COUNT_MAX, cell, int_in, one_line, settings_from, table, with_connection
 
 
@@ -22,6 +24,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     action = args.action
     if action == "next":
         return _cmd_next(args)
+    if action in schedule_changes.COMMANDS:
+        return schedule_changes.COMMANDS[action](args)
     settings = settings_from(args)
     if action != "list":
         limits.check_schedule_name(args.name, "schedule NAME")
@@ -46,6 +50,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 "last_fire_at",
                 "misfire_policy",
                 "overlap_policy",
+                "source",
             ]
             print(table(rows, columns))
         return 0
@@ -60,8 +65,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     if action == "trigger":
         if result is None:
             print(
-                f"{args.name}: not triggered: a job of it is pending or running and its "
-                "overlap_policy is skip",
+                f"{args.name}: not triggered: its overlap_policy refuses another job now "
+                "(skip: a job of it is pending or running; buffer_one: one is already waiting)",
                 file=sys.stderr,
             )
             return 1
@@ -125,7 +130,10 @@ def _cmd_next(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Add ``schedules`` to the ``scheduler`` command's subparsers."""
-    p = sub.add_parser("schedules", help="list, pause, resume, trigger or preview schedules")
+    p = sub.add_parser(
+        "schedules",
+        help="list, create, remove, pause, resume, trigger, backfill, apply or preview schedules",
+    )
     ssub = p.add_subparsers(dest="action", required=True)
     q = ssub.add_parser("list", help="every schedule with its state and next fire time (UTC)")
     q.add_argument("--json", action="store_true", help="JSON output for scripts")
@@ -136,6 +144,7 @@ def add_parsers(sub: Any) -> None:
     ]:
         q = ssub.add_parser(action, help=text)
         q.add_argument("name")
+    schedule_changes.add_parsers(ssub)
     q = ssub.add_parser("next", help="print the next fire times, one ISO-8601 instant per line")
     q.add_argument("name", nargs="?", help="a schedule of --config FILE")
     q.add_argument("--config", help="YAML schedules file declaring NAME")

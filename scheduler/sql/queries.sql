@@ -119,7 +119,10 @@ SELECT state FROM {schema}.jobs WHERE id = %(id)s;
 -- ordered by (priority, run_at) had to read every future job of a priority before the next
 -- priority (1M future jobs: ~10,000 buffers and ~100 ms per claim on PostgreSQL 15). Cost
 -- grows with the number of distinct priorities in a queue, not with its jobs.
--- overlap_policy = queue: a job is claimable only when no older job of its schedule is live.
+-- overlap_policy queue, buffer_one, cancel_previous: a job is claimable only when no older
+-- job of its schedule is live (index jobs_live_by_schedule); buffer_one and cancel_previous
+-- also wait while a newer job of the schedule runs (a late fire time materialised after a
+-- manual trigger, an operator's retry of an older job): one job of the schedule at a time.
 -- "Due" is run_at <= %(now)s, the database clock when NULL (tests move it forward, as River's
 -- queries take @now).
 WITH RECURSIVE priorities AS (
@@ -143,11 +146,12 @@ WITH RECURSIVE priorities AS (
         FROM {schema}.jobs AS j
         WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority = p.priority
           AND j.run_at <= coalesce(%(now)s::timestamptz, now())
-          AND (j.overlap <> 'queue' OR NOT EXISTS (
+          AND (j.overlap IN ('allow', 'skip') OR NOT EXISTS (
                   SELECT 1 FROM {schema}.jobs AS older
                   WHERE older.schedule_name = j.schedule_name
-                    AND older.scheduled_for < j.scheduled_for
-                    AND older.state IN ('pending', 'running')))
+                    AND older.state IN ('pending', 'running')
+                    AND (older.scheduled_for < j.scheduled_for
+                         OR (older.state = 'running' AND j.overlap <> 'queue'))))
         ORDER BY j.run_at, j.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -212,11 +216,12 @@ WITH RECURSIVE limited AS MATERIALIZED (
         FROM {schema}.jobs AS j
         WHERE j.state = 'pending' AND j.queue = p.queue AND j.priority = p.priority
           AND j.run_at <= coalesce(%(now)s::timestamptz, now())
-          AND (j.overlap <> 'queue' OR NOT EXISTS (
+          AND (j.overlap IN ('allow', 'skip') OR NOT EXISTS (
                   SELECT 1 FROM {schema}.jobs AS older
                   WHERE older.schedule_name = j.schedule_name
-                    AND older.scheduled_for < j.scheduled_for
-                    AND older.state IN ('pending', 'running')))
+                    AND older.state IN ('pending', 'running')
+                    AND (older.scheduled_for < j.scheduled_for
+                         OR (older.state = 'running' AND j.overlap <> 'queue'))))
         ORDER BY j.run_at, j.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -356,14 +361,23 @@ WHERE holder = %(holder)s AND term = %(term)s
       WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
         AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
 RETURNING coalesce(%(now)s::timestamptz, now()) AS now,
-          (SELECT min(greatest(CASE WHEN s.overlap_policy = 'skip' THEN s.next_run_at
+          (SELECT min(greatest(CASE WHEN s.overlap_policy IN ('skip', 'buffer_one',
+                                                               'cancel_previous')
+                                    THEN s.next_run_at
                                     ELSE s.next_run_at - make_interval(secs => %(ahead_s)s) END,
                                s.last_error_at + interval '1 minute'))
            FROM {schema}.schedules AS s
            WHERE s.enabled AND s.paused_at IS NULL AND s.next_run_at IS NOT NULL)
           AS materialise_at,
           (SELECT min(j.lease_expires_at) FROM {schema}.jobs AS j
-           WHERE j.state = 'running') AS rescue_at;
+           WHERE j.state = 'running') AS rescue_at,
+          -- alerts to evaluate (scheduler.alerts): a schedule with alert settings or an open
+          -- incident; two index probes (schedules_alerting, incidents_one_open)
+          (EXISTS (SELECT 1 FROM {schema}.schedules AS s
+                   WHERE s.alert_after_s IS NOT NULL OR s.alert_on_failures IS NOT NULL
+                      OR s.pause_on_failures IS NOT NULL)
+           OR EXISTS (SELECT 1 FROM {schema}.incidents AS i WHERE i.closed_at IS NULL))
+          AS alerts;
 
 -- name: leader_current
 SELECT holder, term, elected_at, heartbeat_at, config_hash FROM {schema}.leader;
@@ -381,12 +395,14 @@ INSERT INTO {schema}.schedules AS s
        (name, cron, timezone, task, args, queue, priority, max_attempts, backoff_base_s,
         backoff_max_s, backoff_jitter, misfire_policy, overlap_policy, max_catch_up,
         misfire_grace_s, starting_deadline_s, enabled, source, definition_hash, config_hash,
-        next_run_at, every_s, start_at)
+        next_run_at, every_s, start_at, alert_after_s, alert_on_failures, pause_on_failures,
+        on_alert, on_alert_options)
 VALUES (%(name)s, %(cron)s, %(timezone)s, %(task)s, %(args)s, %(queue)s, %(priority)s,
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
         %(misfire_policy)s, %(overlap_policy)s, %(max_catch_up)s, %(misfire_grace_s)s,
         %(starting_deadline_s)s, %(enabled)s, %(source)s, %(definition_hash)s, %(config_hash)s,
-        %(next_run_at)s, %(every_s)s, %(start_at)s)
+        %(next_run_at)s, %(every_s)s, %(start_at)s, %(alert_after_s)s, %(alert_on_failures)s,
+        %(pause_on_failures)s, %(on_alert)s, %(on_alert_options)s::jsonb)
 ON CONFLICT (name) DO UPDATE
 SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, every_s = EXCLUDED.every_s,
     start_at = EXCLUDED.start_at, task = EXCLUDED.task,
@@ -396,6 +412,9 @@ SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, every_s = EXCLUDED.every
     misfire_policy = EXCLUDED.misfire_policy, overlap_policy = EXCLUDED.overlap_policy,
     max_catch_up = EXCLUDED.max_catch_up, misfire_grace_s = EXCLUDED.misfire_grace_s,
     starting_deadline_s = EXCLUDED.starting_deadline_s,
+    alert_after_s = EXCLUDED.alert_after_s, alert_on_failures = EXCLUDED.alert_on_failures,
+    pause_on_failures = EXCLUDED.pause_on_failures, on_alert = EXCLUDED.on_alert,
+    on_alert_options = EXCLUDED.on_alert_options,
     enabled = EXCLUDED.enabled, source = EXCLUDED.source, definition_hash = EXCLUDED.definition_hash,
     config_hash = EXCLUDED.config_hash, next_run_at = EXCLUDED.next_run_at, updated_at = now()
 WHERE (s.definition_hash, s.config_hash, s.next_run_at, s.enabled, s.source)
@@ -415,7 +434,8 @@ SELECT name, cron, timezone, every_s, start_at, next_run_at, misfire_policy, ove
        max_catch_up, misfire_grace_s, starting_deadline_s
 FROM {schema}.schedules
 WHERE enabled AND paused_at IS NULL
-  AND next_run_at <= CASE WHEN overlap_policy = 'skip' THEN %(now)s
+  AND next_run_at <= CASE WHEN overlap_policy IN ('skip', 'buffer_one', 'cancel_previous')
+                          THEN %(now)s
                           ELSE %(now)s + make_interval(secs => %(ahead_s)s) END
   AND (last_error_at IS NULL OR last_error_at <= %(now)s - interval '1 minute')
 ORDER BY next_run_at
@@ -443,7 +463,9 @@ WHERE s.name = e.name;
 -- name: materialise_fire_times
 -- One job per (schedule, fire time): a fire time already materialised (by this or an older
 -- leader) is skipped by the unique constraint; with overlap_policy = skip, so is a fire time
--- whose schedule still has a live job (unique index jobs_overlap_skip).
+-- whose schedule still has a live job (unique index jobs_overlap_skip), with buffer_one one
+-- whose schedule already has a waiting job (jobs_overlap_buffer_one). With cancel_previous
+-- the trigger jobs_cancel_previous (0018) stops the schedule's older jobs in this transaction.
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
                            backoff_base_s, backoff_max_s, backoff_jitter, schedule_name,
                            scheduled_for, term, origin, overlap)
@@ -485,9 +507,10 @@ WHERE s.name = a.name;
 
 -- name: schedules_next_due
 -- When the leader must next materialise: a schedule's next_run_at minus the look-ahead, except
--- with overlap_policy = skip, which is decided at the fire time itself; a schedule whose
--- materialisation failed, not before a minute after the failure.
-SELECT min(greatest(CASE WHEN overlap_policy = 'skip' THEN next_run_at
+-- with overlap_policy skip, buffer_one or cancel_previous, which are decided at the fire time
+-- itself; a schedule whose materialisation failed, not before a minute after the failure.
+SELECT min(greatest(CASE WHEN overlap_policy IN ('skip', 'buffer_one', 'cancel_previous')
+                         THEN next_run_at
                          ELSE next_run_at - make_interval(secs => %(ahead_s)s) END,
                     last_error_at + interval '1 minute')) AS materialise_at
 FROM {schema}.schedules
@@ -512,7 +535,9 @@ RETURNING name, next_run_at;
 
 -- name: schedule_trigger
 -- A manual run now: a job of the schedule (same history), origin 'trigger'; next_run_at is
--- not moved. Refused (no row) for overlap_policy = skip while a job of it is live.
+-- not moved. Refused (no row) for overlap_policy = skip while a job of it is live, and for
+-- buffer_one while a job of it is already waiting (pending, never started); with
+-- cancel_previous it stops the older jobs (trigger jobs_cancel_previous), like a fire time.
 INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, backoff_base_s,
                            backoff_max_s, backoff_jitter, schedule_name, scheduled_for,
                            origin, overlap)
@@ -520,6 +545,54 @@ SELECT queue, task, args, priority, max_attempts, backoff_base_s, backoff_max_s,
        backoff_jitter, name, now(), 'trigger', overlap_policy
 FROM {schema}.schedules
 WHERE name = %(name)s
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: schedules_write_lock
+-- Serialises writers of the schedules table (a leader's reconcile, `schedules apply`, the
+-- runtime schedule API) for the rest of the transaction: two never interleave a diff.
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0));
+
+-- name: schedule_row
+SELECT name, cron, timezone, every_s, start_at, task, args, queue, priority, max_attempts,
+       backoff_base_s, backoff_max_s, backoff_jitter, misfire_policy, overlap_policy,
+       max_catch_up, misfire_grace_s, starting_deadline_s, enabled, paused_at, source,
+       definition_hash, config_hash, next_run_at, last_fire_at
+FROM {schema}.schedules
+WHERE name = %(name)s
+FOR UPDATE;
+
+-- name: schedule_delete_api
+DELETE FROM {schema}.schedules WHERE name = %(name)s AND source = 'api' RETURNING name;
+
+-- name: schedules_notify
+-- Wakes the leader (through the workers' LISTEN connection): a schedule was written.
+SELECT pg_notify(%(channel)s, %(name)s);
+
+-- name: schedules_file_get
+SELECT config_hash, path, applied_by, applied_at FROM {schema}.schedules_file;
+
+-- name: schedules_file_set
+INSERT INTO {schema}.schedules_file AS f (id, config_hash, path, applied_by, applied_at)
+VALUES (true, %(config_hash)s, %(path)s, %(applied_by)s, now())
+ON CONFLICT (id) DO UPDATE
+SET config_hash = EXCLUDED.config_hash, path = EXCLUDED.path, applied_by = EXCLUDED.applied_by,
+    applied_at = now();
+
+-- name: schedule_backfill
+-- One job per given fire time, to run now, origin 'backfill'; a fire time that has a job
+-- already (materialised, triggered or backfilled before) is left alone by the unique
+-- constraint. Backfilled jobs run one at a time in fire-time order (overlap 'queue') unless
+-- the schedule allows overlap.
+INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, backoff_base_s,
+                           backoff_max_s, backoff_jitter, schedule_name, scheduled_for,
+                           origin, overlap)
+SELECT s.queue, s.task, s.args, s.priority, s.max_attempts, s.backoff_base_s, s.backoff_max_s,
+       s.backoff_jitter, s.name, f.fire_time, 'backfill',
+       CASE WHEN s.overlap_policy = 'allow' THEN 'allow' ELSE 'queue' END
+FROM unnest(%(fire_times)s::timestamptz[]) AS f(fire_time)
+JOIN {schema}.schedules AS s ON s.name = %(name)s
+ORDER BY f.fire_time
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -698,11 +771,15 @@ SELECT at, event, detail FROM {schema}.job_events WHERE job_id = %(id)s ORDER BY
 -- job_runs keeps one row per attempt). Recorded in job_events. A candidate whose return
 -- would break a unique index is skipped, not the whole statement: its idempotency key is
 -- held by a live job (jobs_idempotency_key), or its schedule has overlap_policy skip and a
--- live job (jobs_overlap_skip); of candidates sharing a key or a skip schedule the newest
--- goes back. One row per candidate: skip is NULL when retried, else budget | key_live |
--- key_retried | overlap_live | overlap_retried, with the other job in other_id.
+-- live job (jobs_overlap_skip), or it never started, its schedule has overlap_policy
+-- buffer_one and a job waiting (jobs_overlap_buffer_one); of candidates sharing a key or such
+-- a schedule slot (slot: 'skip' or 'buffer_one') the newest goes back. One row per candidate:
+-- skip is NULL when retried, else budget | key_live | key_retried | overlap_live |
+-- overlap_retried | overlap_waiting | overlap_waiting_retried, with the other job in other_id.
 WITH candidates AS (
-    SELECT j.id, j.idempotency_key, j.schedule_name, j.overlap, j.attempt
+    SELECT j.id, j.idempotency_key, j.schedule_name, j.overlap, j.attempt,
+           CASE WHEN j.overlap = 'skip' OR (j.overlap = 'buffer_one' AND j.locked_at IS NULL)
+                THEN j.overlap END AS slot
     FROM {schema}.jobs AS j
     WHERE j.state IN ('dead', 'cancelled')
       AND (%(ids)s::bigint[] IS NULL OR j.id = ANY(%(ids)s::bigint[]))
@@ -713,17 +790,19 @@ WITH candidates AS (
     SELECT c.*, coalesce(k.id, o.id) AS other_id,
            CASE WHEN c.attempt >= 2147483647 THEN 'budget'
                 WHEN k.id IS NOT NULL THEN 'key_live'
-                WHEN o.id IS NOT NULL THEN 'overlap_live' END AS skip
+                WHEN o.id IS NOT NULL AND c.slot = 'skip' THEN 'overlap_live'
+                WHEN o.id IS NOT NULL THEN 'overlap_waiting' END AS skip
     FROM candidates AS c
     LEFT JOIN LATERAL (SELECT l.id FROM {schema}.jobs AS l
                        WHERE l.idempotency_key = c.idempotency_key
                          AND l.state IN ('pending', 'running') LIMIT 1) AS k ON true
     LEFT JOIN LATERAL (SELECT l.id FROM {schema}.jobs AS l
-                       WHERE c.overlap = 'skip' AND l.schedule_name = c.schedule_name
-                         AND l.overlap = 'skip' AND l.state IN ('pending', 'running')
+                       WHERE c.slot IS NOT NULL AND l.schedule_name = c.schedule_name
+                         AND l.overlap = c.slot AND l.state IN ('pending', 'running')
+                         AND (c.slot = 'skip' OR (l.state = 'pending' AND l.locked_at IS NULL))
                        LIMIT 1) AS o ON true
 ), by_key AS (
-    SELECT w.id, w.idempotency_key, w.schedule_name, w.overlap,
+    SELECT w.id, w.idempotency_key, w.schedule_name, w.overlap, w.slot,
            coalesce(w.skip, CASE WHEN w.idempotency_key IS NOT NULL AND w.winner <> w.id
                                  THEN 'key_retried' END) AS skip,
            CASE WHEN w.skip IS NULL AND w.idempotency_key IS NOT NULL AND w.winner <> w.id
@@ -733,12 +812,13 @@ WITH candidates AS (
           FROM live AS l) AS w
 ), decided AS (
     SELECT b.id, b.idempotency_key, b.schedule_name,
-           coalesce(b.skip, CASE WHEN b.overlap = 'skip' AND b.winner <> b.id
-                                 THEN 'overlap_retried' END) AS skip,
-           CASE WHEN b.skip IS NULL AND b.overlap = 'skip' AND b.winner <> b.id
+           coalesce(b.skip, CASE WHEN b.slot IS NOT NULL AND b.winner <> b.id
+                                 THEN CASE WHEN b.slot = 'skip' THEN 'overlap_retried'
+                                           ELSE 'overlap_waiting_retried' END END) AS skip,
+           CASE WHEN b.skip IS NULL AND b.slot IS NOT NULL AND b.winner <> b.id
                 THEN b.winner ELSE b.other_id END AS other_id
-    FROM (SELECT k.*, max(k.id) FILTER (WHERE k.skip IS NULL AND k.overlap = 'skip')
-                      OVER (PARTITION BY k.schedule_name) AS winner
+    FROM (SELECT k.*, max(k.id) FILTER (WHERE k.skip IS NULL AND k.slot IS NOT NULL)
+                      OVER (PARTITION BY k.schedule_name, k.slot) AS winner
           FROM by_key AS k) AS b
 ), retried AS (
     UPDATE {schema}.jobs AS j
@@ -1121,3 +1201,254 @@ CROSS JOIN LATERAL (
       AND s.started_at > now() - make_interval(secs => q.per_s) - interval '1 ms'
 ) AS w
 WHERE q.name = ANY(%(queues)s::text[]) AND q.rate IS NOT NULL AND w.n >= q.rate;
+
+-- ---- flow control: declared limits and the overview (issue 14 part 5) ----------------------
+
+-- name: queue_limits_prune_config
+-- Limits the schedules file's `queues:` section wrote (source 'config') for queues it no
+-- longer declares (scheduler.flow.apply_declared_limits).
+DELETE FROM {schema}.queues
+WHERE source = 'config' AND name <> ALL (%(queues)s::text[]);
+
+-- name: queue_overview
+-- `scheduler queues` / `scheduler status`: each queue with limits or with pending or running
+-- jobs; its limits, running and pending jobs, the starts in the rate window ending now (as
+-- claim_limited counts them: buckets started_at > now - per_s - 1 ms) and the running jobs of
+-- its busiest concurrency_key (index jobs_running_queue). Pending and running jobs are read
+-- through their partial indexes, as status_queues does.
+WITH depth AS (
+    SELECT queue, count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'pending') AS pending
+    FROM {schema}.jobs
+    WHERE state IN ('pending', 'running')
+    GROUP BY queue
+), names AS (
+    SELECT name FROM {schema}.queues UNION SELECT queue FROM depth
+)
+SELECT n.name AS queue, q.concurrency, q.rate, q.per_s, q.key_concurrency, q.source,
+       coalesce(d.running, 0) AS running, coalesce(d.pending, 0) AS pending,
+       w.starts AS window_starts, k.busiest AS busiest_key_running
+FROM names AS n
+LEFT JOIN {schema}.queues AS q ON q.name = n.name
+LEFT JOIN depth AS d ON d.queue = n.name
+LEFT JOIN LATERAL (
+    SELECT coalesce(sum(s.n), 0)::bigint AS starts
+    FROM {schema}.queue_starts AS s
+    WHERE s.queue = q.name
+      AND s.started_at > now() - make_interval(secs => q.per_s) - interval '1 ms'
+) AS w ON q.rate IS NOT NULL
+LEFT JOIN LATERAL (
+    SELECT coalesce(max(c.n), 0)::bigint AS busiest
+    FROM (SELECT count(*) AS n FROM {schema}.jobs AS r
+          WHERE r.queue = q.name AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+          GROUP BY r.concurrency_key) AS c
+) AS k ON q.key_concurrency IS NOT NULL
+ORDER BY n.name;
+
+-- ---- alerts per schedule (scheduler.alerts, migration 0019) --------------------------------
+
+-- name: alerts_evaluate
+-- The leader's alert evaluation: ONE statement for every schedule (autocommit on the lock
+-- session), run only while leader_heartbeat says alerts exist. Fenced like leader_heartbeat:
+-- when this session does not hold the lock or the term is not current, nothing is read or
+-- written and no row is returned. Otherwise it closes, opens, pauses and enqueues, all or
+-- nothing, and returns one row per event (opened, closed, paused), one per incident still
+-- open ('open'), or a single row with event NULL. %(now)s: the clock to judge by (NULL: the
+-- database's now()). Definitions (docs in scheduler.alerts):
+-- * runs: the finished attempts (job_runs) of the schedule's latest jobs by fire time that
+--   have one, max(alert_on_failures, pause_on_failures) + 10 jobs; the streak is the number
+--   of the latest runs by finish time before the first success (any other outcome fails);
+-- * missed: the latest cron fire time at least alert_after_s old (from its materialisation
+--   when that was later: a leader outage does not count) has a job that has not succeeded and
+--   no run succeeded after it; or next_run_at is alert_after_s past (from the election, or from
+--   the schedule's last write unless its materialisation failed) without being materialised.
+--   Enabled, unpaused schedules only;
+-- * an open incident closes when a run of its schedule succeeded after its `since`, or when
+--   its schedule or the setting of its kind was removed.
+-- At most one open incident per (schedule, kind): the partial unique index decides between
+-- racing leaders (ON CONFLICT DO NOTHING), and on_alert jobs are inserted only for the rows
+-- this statement wrote, with the idempotency key incident:<id>:<event>.
+WITH fence AS MATERIALIZED (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now, l.elected_at
+    FROM {schema}.leader AS l
+    WHERE l.holder = %(holder)s AND l.term = %(term)s
+      AND EXISTS (
+          SELECT 1 FROM pg_locks
+          WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+            AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%(key)s, 0))
+), open_now AS MATERIALIZED (
+    SELECT i.id, i.schedule_name, i.kind, i.opened_at, i.since, i.detail
+    FROM {schema}.incidents AS i
+    WHERE i.closed_at IS NULL AND EXISTS (SELECT 1 FROM fence)
+), alerting AS MATERIALIZED (
+    SELECT s.name, s.alert_after_s, s.alert_on_failures, s.pause_on_failures, s.next_run_at,
+           s.enabled AND s.paused_at IS NULL AS active, s.paused_at IS NULL AS unpaused,
+           CASE WHEN s.last_error_at IS NULL THEN s.updated_at END AS written_at,
+           greatest(s.alert_on_failures, s.pause_on_failures, 0) + 10 AS window_jobs
+    FROM {schema}.schedules AS s
+    WHERE (s.alert_after_s IS NOT NULL OR s.alert_on_failures IS NOT NULL
+           OR s.pause_on_failures IS NOT NULL)
+      AND EXISTS (SELECT 1 FROM fence)
+), runs AS MATERIALIZED (
+    SELECT a.name, r.outcome, r.finished_at, r.error,
+           coalesce(r.finished_at > p.opened_at, false) AS after_pause,
+           row_number() OVER (PARTITION BY a.name ORDER BY r.finished_at DESC, r.id DESC) AS n
+    FROM alerting AS a
+    LEFT JOIN open_now AS p ON p.schedule_name = a.name AND p.kind = 'paused'
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM {schema}.jobs AS j
+        WHERE j.schedule_name = a.name
+          AND j.attempt > CASE WHEN j.state = 'running' THEN 1 ELSE 0 END
+        ORDER BY j.scheduled_for DESC
+        LIMIT a.window_jobs
+    ) AS j
+    JOIN {schema}.job_runs AS r ON r.job_id = j.id
+), streaks AS MATERIALIZED (
+    SELECT r.name,
+           max(r.finished_at) FILTER (WHERE r.outcome = 'succeeded') AS last_success_at,
+           coalesce(min(r.n) FILTER (WHERE r.outcome = 'succeeded') - 1, count(*))::int
+               AS streak,
+           (array_agg(r.finished_at ORDER BY r.n))[
+               coalesce(min(r.n) FILTER (WHERE r.outcome = 'succeeded') - 1, count(*))::int]
+               AS streak_since,
+           (array_agg(r.outcome || coalesce(': ' || left(r.error, 300), '') ORDER BY r.n))[1]
+               AS last_run,
+           count(*) FILTER (WHERE r.after_pause)::int AS runs_after_pause
+    FROM runs AS r
+    GROUP BY r.name
+), health AS MATERIALIZED (
+    SELECT a.name, a.alert_after_s, a.alert_on_failures, a.pause_on_failures, a.active,
+           a.unpaused, a.next_run_at, coalesce(k.streak, 0) AS streak, k.streak_since,
+           k.last_run, k.last_success_at, coalesce(k.runs_after_pause, 0) AS runs_after_pause,
+           d.scheduled_for AS due_fire_time,
+           coalesce(d.state <> 'succeeded'
+                    AND greatest(d.scheduled_for, d.created_at)
+                        + make_interval(secs => a.alert_after_s) <= f.now
+                    AND (k.last_success_at IS NULL OR k.last_success_at < d.scheduled_for),
+                    false) AS due_missed,
+           coalesce(a.next_run_at IS NOT NULL
+                    AND greatest(a.next_run_at, f.elected_at, a.written_at)
+                        + make_interval(secs => a.alert_after_s) <= f.now, false) AS stuck
+    FROM alerting AS a
+    CROSS JOIN fence AS f
+    LEFT JOIN streaks AS k ON k.name = a.name
+    LEFT JOIN LATERAL (
+        SELECT j.scheduled_for, j.created_at, j.state FROM {schema}.jobs AS j
+        WHERE a.alert_after_s IS NOT NULL AND j.schedule_name = a.name AND j.origin = 'cron'
+          AND j.scheduled_for <= f.now - make_interval(secs => a.alert_after_s)
+        ORDER BY j.scheduled_for DESC
+        LIMIT 1
+    ) AS d ON true
+), wanted AS (
+    SELECT h.name, 'missed' AS kind,
+           CASE WHEN h.due_missed THEN h.due_fire_time ELSE h.next_run_at END AS since,
+           'fire time ' || to_char((CASE WHEN h.due_missed THEN h.due_fire_time
+                                         ELSE h.next_run_at END) AT TIME ZONE 'UTC',
+                                   'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+           || CASE WHEN h.due_missed THEN ' has not succeeded within '
+                   ELSE ' was not materialised within ' END
+           || h.alert_after_s || ' s (alert_after_s)' AS detail,
+           NULL::integer AS failures
+    FROM health AS h
+    WHERE h.alert_after_s IS NOT NULL AND h.active AND (h.due_missed OR h.stuck)
+  UNION ALL
+    SELECT h.name, 'failing', h.streak_since,
+           h.streak || ' consecutive failed runs (alert_on_failures: ' || h.alert_on_failures
+           || '); last: ' || h.last_run, h.streak
+    FROM health AS h
+    WHERE h.streak >= h.alert_on_failures
+  UNION ALL
+    SELECT h.name, 'paused', h.streak_since,
+           h.streak || ' consecutive failed runs (pause_on_failures: ' || h.pause_on_failures
+           || '): schedule paused; last: ' || h.last_run, h.streak
+    FROM health AS h
+    WHERE h.streak >= h.pause_on_failures AND h.unpaused
+), closing AS (
+    SELECT c.id, c.reason
+    FROM (SELECT o.id, o.since, h.last_success_at,
+                 CASE WHEN s.name IS NULL THEN 'schedule_removed'
+                      WHEN (o.kind = 'missed' AND s.alert_after_s IS NULL)
+                        OR (o.kind = 'failing' AND s.alert_on_failures IS NULL)
+                        OR (o.kind = 'paused' AND s.pause_on_failures IS NULL)
+                      THEN 'alert_removed'
+                      ELSE 'succeeded' END AS reason
+          FROM open_now AS o
+          LEFT JOIN {schema}.schedules AS s ON s.name = o.schedule_name
+          LEFT JOIN health AS h ON h.name = o.schedule_name) AS c
+    WHERE c.reason <> 'succeeded' OR c.last_success_at > c.since
+), closed AS (
+    UPDATE {schema}.incidents AS i
+    SET closed_at = f.now, closed_term = %(term)s, close_reason = c.reason
+    FROM closing AS c, fence AS f
+    WHERE i.id = c.id AND i.closed_at IS NULL
+    RETURNING 'closed'::text AS event, i.id, i.schedule_name, i.kind, i.opened_at, i.closed_at,
+              i.detail, i.close_reason
+), opened AS (
+    INSERT INTO {schema}.incidents AS i (schedule_name, kind, opened_at, since, detail,
+                                         failures, opened_term)
+    SELECT w.name, w.kind, f.now, w.since, w.detail, w.failures, %(term)s
+    FROM wanted AS w CROSS JOIN fence AS f
+    WHERE NOT EXISTS (SELECT 1 FROM open_now AS o
+                      WHERE o.schedule_name = w.name AND o.kind = w.kind)
+    ON CONFLICT (schedule_name, kind) WHERE closed_at IS NULL DO NOTHING
+    RETURNING 'opened'::text AS event, i.id, i.schedule_name, i.kind, i.opened_at, i.closed_at,
+              i.detail, i.close_reason
+), paused AS (
+    -- pause_on_failures: at the opening of the 'paused' incident; again when an operator
+    -- resumed it and pause_on_failures more runs failed (the incident stays open meanwhile)
+    UPDATE {schema}.schedules AS s SET paused_at = now(), updated_at = now()
+    FROM (SELECT o.schedule_name AS name FROM opened AS o WHERE o.kind = 'paused'
+          UNION
+          SELECT h.name FROM health AS h
+          JOIN open_now AS p ON p.schedule_name = h.name AND p.kind = 'paused'
+          WHERE h.unpaused AND h.runs_after_pause >= h.pause_on_failures
+            AND NOT EXISTS (SELECT 1 FROM closing AS c WHERE c.id = p.id)) AS p
+    WHERE s.name = p.name AND s.paused_at IS NULL
+    RETURNING s.name
+), events AS (
+    SELECT * FROM opened UNION ALL SELECT * FROM closed
+), alert_jobs AS (
+    INSERT INTO {schema}.jobs AS j (queue, task, args, priority, max_attempts, backoff_base_s,
+                                    backoff_max_s, backoff_jitter, idempotency_key)
+    SELECT coalesce(s.on_alert_options ->> 'queue', s.queue), s.on_alert,
+           jsonb_build_object('incident', jsonb_build_object(
+               'id', e.id, 'schedule', e.schedule_name, 'kind', e.kind, 'event', e.event,
+               'opened_at', to_char(e.opened_at AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+               'closed_at', to_char(e.closed_at AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+               'close_reason', e.close_reason, 'detail', e.detail)),
+           coalesce((s.on_alert_options ->> 'priority')::integer, 0),
+           coalesce((s.on_alert_options ->> 'max_attempts')::integer, s.max_attempts),
+           coalesce((s.on_alert_options ->> 'backoff_base_s')::float8, s.backoff_base_s),
+           coalesce((s.on_alert_options ->> 'backoff_max_s')::float8, s.backoff_max_s),
+           coalesce((s.on_alert_options ->> 'backoff_jitter')::float8, s.backoff_jitter),
+           'incident:' || e.id || ':' || e.event
+    FROM events AS e
+    JOIN {schema}.schedules AS s ON s.name = e.schedule_name
+    WHERE s.on_alert IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING j.id, j.idempotency_key
+)
+SELECT f.now, e.event, e.id, e.schedule_name AS schedule, e.kind, e.opened_at, e.closed_at,
+       e.detail, e.close_reason,
+       (SELECT a.id FROM alert_jobs AS a
+        WHERE a.idempotency_key = 'incident:' || e.id || ':' || e.event) AS alert_job
+FROM fence AS f
+LEFT JOIN (
+    SELECT * FROM events
+  UNION ALL
+    SELECT 'open', o.id, o.schedule_name, o.kind, o.opened_at, NULL, o.detail, NULL
+    FROM open_now AS o
+    WHERE o.id NOT IN (SELECT c.id FROM closed AS c)
+  UNION ALL
+    SELECT 'paused', NULL, p.name, 'paused', NULL, NULL, NULL, NULL FROM paused AS p
+) AS e ON true
+ORDER BY e.schedule_name, e.kind, e.event;
+
+-- name: status_incidents
+-- scheduler status: the open incidents (scheduler.alerts), oldest first.
+SELECT i.id, i.schedule_name AS schedule, i.kind, i.opened_at, i.since, i.detail
+FROM {schema}.incidents AS i
+WHERE i.closed_at IS NULL
+ORDER BY i.opened_at, i.id;

@@ -461,3 +461,92 @@ def test_hostile_setting_refused(value: str, message: str) -> None:
     with pytest.raises(SettingsError, match="SCHEDULER_QUEUE_LIMITS") as info:
         load_settings({"queue_limits": value}, options={"queue_limits": "SCHEDULER_QUEUE_LIMITS"})
     assert message in str(info.value)
+
+
+# ---- declared in the schedules file (queues:), scheduler queues, scheduler status ----------
+
+
+def test_declared_limits_written_replaced_pruned_and_overridden(db_url: str) -> None:
+    asyncio.run(_declared_limits(db_url))
+
+
+async def _declared_limits(db_url: str) -> None:
+    """The file's limits replace an API write (the leader's file wins at each election),
+    leave a queue the setting declares alone (the setting wins), and drop what the file no
+    longer declares; nothing is written when nothing differs."""
+    from scheduler.flow import QueueLimits, apply_declared_limits
+
+    file_a = QueueLimits(concurrency=2)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        done = await apply_declared_limits(conn, STORE, {"a": file_a, "b": QueueLimits(rate=5, per_s=1.0)})
+        assert (done.written, done.removed, done.overridden) == (["a", "b"], [], [])
+        await set_queue_limits_async("a", concurrency=9, connection=conn)  # an operator's change
+        await apply_settings_limits(conn, STORE, {"c": QueueLimits(concurrency=7)})
+        done = await apply_declared_limits(conn, STORE, {"a": file_a, "c": QueueLimits(concurrency=1)})
+        assert (done.written, done.removed, done.overridden) == (["a"], ["b"], ["c"])
+        limits = await list_queue_limits(conn, STORE)
+        assert limits == {"a": file_a, "c": QueueLimits(concurrency=7)}
+        cur = await conn.execute("SELECT name, source FROM scheduler.queues")
+        sources = dict(await cur.fetchall())
+        assert sources == {"a": "config", "c": "settings"}
+        again = await apply_declared_limits(conn, STORE, {"a": file_a, "c": QueueLimits(concurrency=1)})
+        assert (again.written, again.removed) == ([], [])
+        await apply_declared_limits(conn, STORE, {})
+        assert set(await list_queue_limits(conn, STORE)) == {"c"}  # the setting's stays
+
+
+def test_the_leader_applies_the_files_queues_at_election(db_url: str, tmp_path: Any) -> None:
+    from scheduler.config import load_config_text
+
+    config = load_config_text("queues:\n  flow: {concurrency: 2, key_concurrency: 1}\n"
+                              "schedules: []\n", str(tmp_path / "s.yaml"))  # fmt: skip
+
+    async def scenario() -> None:
+        settings = load_settings({"queues": "flow"})
+        async with running_replica(db_url, settings, config) as replica:
+            # the worker reads the limits at start, then on the leader's NOTIFY
+            await wait_until_async(lambda: "flow" in replica.worker.limits.names, timeout=20)
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            limits = await list_queue_limits(conn, STORE)
+            assert limits == {"flow": config.queues["flow"]}
+
+    asyncio.run(scenario())
+
+
+def test_cli_queues_and_status_show_the_limits(db: psycopg.Connection, db_url: str,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from scheduler.cli.main import main
+
+    monkeypatch.setenv("SCHEDULER_DATABASE_URL", db_url)
+    set_queue_limits("mail", rate=100, per_s=60, key_concurrency=2, connection=db)
+    set_queue_limits("idle", concurrency=3, connection=db)
+    for key in ["k1", "k1", "k2", None]:
+        scheduler.enqueue(nap, args={"ms": 1}, queue="mail", concurrency_key=key, connection=db)
+    scheduler.enqueue(nap, args={"ms": 1}, queue="other", connection=db)
+    assert _claim_sync(db_url, "mail", 3) == 3  # k1 twice (its limit: 2), k2
+    assert main(["queues", "--json"]) == 0
+    rows = {r["queue"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {k: rows["mail"][k] for k in ("rate", "per_s", "key_concurrency", "source", "running",
+                                        "pending", "window_starts", "busiest_key_running")} == {
+        "rate": 100, "per_s": 60.0, "key_concurrency": 2, "source": "api", "running": 3,
+        "pending": 1, "window_starts": 3, "busiest_key_running": 2}  # fmt: skip
+    assert (rows["idle"]["running"], rows["idle"]["window_starts"]) == (0, None)
+    assert (rows["other"]["source"], rows["other"]["pending"]) == (None, 1)
+    assert main(["queues"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split()[:3] == ["queue", "concurrency", "rate"] and "mail" in text
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [r["queue"] for r in status["queue_limits"]] == ["idle", "mail"]
+    assert main(["status"]) == 0
+    assert "queue limits:" in capsys.readouterr().out
+
+
+def _claim_sync(db_url: str, queue: str, limit: int) -> int:
+    async def claim() -> int:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            return len(await STORE.claim_jobs(conn, queues=[queue], limit=limit, worker_id="w",
+                                              lease_s=30, limited=True))  # fmt: skip
+
+    return asyncio.run(claim())

@@ -65,6 +65,12 @@ ADDED: dict[tuple[str, str], Any] = {
     ("replicas", "lock_timeline"): None,
     # 0013_job_results
     ("jobs", "result"): None,
+    # 0019_alerts (a schedule without alert settings)
+    ("schedules", "alert_after_s"): None,
+    ("schedules", "alert_on_failures"): None,
+    ("schedules", "pause_on_failures"): None,
+    ("schedules", "on_alert"): None,
+    ("schedules", "on_alert_options"): None,
     # 0014_unique_window
     ("jobs", "unique_until"): None,
     # 0015_interval_schedules

@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from scheduler import enqueue, enqueue_async, enqueue_many, schedule_at_async, task
 from scheduler.settings import Settings
 from scheduler.store import Store
-from scheduler.worker import Worker
+from scheduler.worker import CANCELLED_TEXT, Worker
 from tests.conftest import wait_until_async
 
 CALLS: list[tuple[str, Any]] = []
@@ -381,7 +381,7 @@ def test_cancel_stops_a_running_async_handler_at_the_next_lease_extension(db, db
     run = db.execute(
         "SELECT outcome, error FROM scheduler.job_runs WHERE job_id = %s", [job_id]
     ).fetchall()
-    assert run == [("cancelled", "cancelled by operator")]
+    assert run == [("cancelled", CANCELLED_TEXT)]
     events = db.execute(
         "SELECT event FROM scheduler.job_events WHERE job_id = %s", [job_id]
     ).fetchall()

@@ -508,7 +508,9 @@ def test_policy_fields_load_as_enums_and_numbers() -> None:
 
 def test_policy_enums() -> None:
     assert [p.value for p in MisfirePolicy] == ["skip", "run_once", "run_all"]
-    assert [p.value for p in OverlapPolicy] == ["allow", "skip", "queue"]
+    assert [p.value for p in OverlapPolicy] == [
+        "allow", "skip", "queue", "buffer_one", "cancel_previous"
+    ]
     assert MisfirePolicy("run_once") is MisfirePolicy.RUN_ONCE and MisfirePolicy.SKIP == "skip"
     direct = ScheduleConfig(
         name="a", cron="@daily", task="t", misfire_policy="skip", overlap_policy=OverlapPolicy.SKIP
