@@ -9,8 +9,10 @@ A schedule may declare (YAML, or a runtime schedule; all optional)::
 
 Definitions:
 
-* A **run** is an attempt: one row of ``job_runs``. It **failed** when its outcome is anything
-  but ``succeeded`` (``failed``, ``timeout``, ``lost``, ``cancelled``).
+* A **run** is an attempt: one row of ``job_runs``. It **failed** when its outcome is
+  ``failed``, ``timeout`` or ``lost``. A run ``cancelled`` on request (an operator's cancel,
+  or a newer run of an ``overlap_policy: cancel_previous`` schedule) is neither a failure nor
+  a success: it is left out.
 * **N consecutive failed runs**: the schedule's last N finished runs, by finish time, all
   failed, with no success after them. Runs are read from the schedule's latest jobs by fire
   time that have a finished attempt (``max(alert_on_failures, pause_on_failures) + 10`` of

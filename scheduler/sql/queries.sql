@@ -1257,7 +1257,9 @@ ORDER BY n.name;
 -- database's now()). Definitions (docs in scheduler.alerts):
 -- * runs: the finished attempts (job_runs) of the schedule's latest jobs by fire time that
 --   have one, max(alert_on_failures, pause_on_failures) + 10 jobs; the streak is the number
---   of the latest runs by finish time before the first success (any other outcome fails);
+--   of the latest runs by finish time before the first success (any other outcome fails;
+--   a run cancelled on request, by an operator or overlap_policy cancel_previous, is neither
+--   and is left out);
 -- * missed: the latest cron fire time at least alert_after_s old (from its materialisation
 --   when that was later: a leader outage does not count) has a job that has not succeeded and
 --   no run succeeded after it; or next_run_at is alert_after_s past (from the election, or from
@@ -1302,7 +1304,7 @@ WITH fence AS MATERIALIZED (
         ORDER BY j.scheduled_for DESC
         LIMIT a.window_jobs
     ) AS j
-    JOIN {schema}.job_runs AS r ON r.job_id = j.id
+    JOIN {schema}.job_runs AS r ON r.job_id = j.id AND r.outcome <> 'cancelled'
 ), streaks AS MATERIALIZED (
     SELECT r.name,
            max(r.finished_at) FILTER (WHERE r.outcome = 'succeeded') AS last_success_at,

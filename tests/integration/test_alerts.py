@@ -203,6 +203,23 @@ def test_a_run_is_an_attempt_and_a_success_breaks_the_streak(db, db_url):
     assert _incidents(db, "broken") == []
 
 
+def test_a_cancelled_run_is_neither_a_failure_nor_a_success(db, db_url):
+    """Runs cancelled on request (an operator, or cancel_previous superseding them) do not
+    make a failing streak, and do not break one either."""
+    t = _now(db)
+    _schedule(db, "superseded", alert_on_failures=2)
+    for minute in (9, 8, 7):
+        _runs(db, "superseded", t - timedelta(minutes=minute),
+              ("cancelled", t - timedelta(seconds=60 * minute - 5)))  # fmt: skip
+    _schedule(db, "broken", alert_on_failures=2)
+    _runs(db, "broken", t - timedelta(minutes=9), ("failed", t - timedelta(seconds=500)))
+    _runs(db, "broken", t - timedelta(minutes=8), ("cancelled", t - timedelta(seconds=470)))
+    _runs(db, "broken", t - timedelta(minutes=7), ("failed", t - timedelta(seconds=400)))
+    (result,) = evaluations(db_url, t)
+    assert kinds(result.opened) == [("broken", "failing")]
+    assert _incidents(db, "superseded") == []
+
+
 def test_pause_on_failures_pauses_once_and_again_after_a_resume(db, db_url):
     t = _now(db)
     _schedule(db, "p", pause_on_failures=2)
