@@ -276,7 +276,11 @@ def test_postgres_restart_one_leader_again_within_10s(tmp_path, start_replica):
             assert elapsed < 10.0, f"no leader {elapsed:.2f} s after the restart"
             holders = db.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND objsubid = 1"  # the leader's bigint key; liveness locks are objsubid 2
+                " AND objsubid = 1"  # a bigint key; liveness locks are objsubid 2
+                # the leader's key only: the schedules write lock (a transaction-level lock
+                # taken while a new leader reconciles) is a bigint key too
+                " AND ((classid::bigint << 32) | objid::bigint)"
+                "     = hashtextextended('scheduler.leader:scheduler', 0)"
             ).fetchone()[0]
             assert holders == 1
             _wait_fired(db, 3)
