@@ -133,12 +133,14 @@ class Pruned:
     cancelled: int = 0
     dead: int = 0
     skipped_fire_times: int = 0
+    incidents: int = 0  # closed alert incidents
     more: bool = False  # the batch budget ran out with rows left to prune
 
     @property
     def deleted(self) -> int:
         """Rows deleted in all."""
-        return self.succeeded + self.cancelled + self.dead + self.skipped_fire_times
+        return (self.succeeded + self.cancelled + self.dead + self.skipped_fire_times
+                + self.incidents)  # fmt: skip
 
 
 async def prune(
@@ -162,7 +164,8 @@ async def prune(
     Args:
         succeeded_s: retention of ``succeeded`` and ``cancelled`` jobs, seconds after
             ``finished_at``.
-        dead_s: retention of ``dead`` jobs and of ``skipped_fire_times`` rows, seconds.
+        dead_s: retention of ``dead`` jobs, of ``skipped_fire_times`` rows and of closed
+            ``incidents``, seconds.
         batch: rows per transaction.
         stale_replicas_s: also delete ``replicas`` rows silent for this long (None: keep).
 
@@ -181,11 +184,13 @@ async def prune(
         if not more:
             break
     skipped = len(await store.fetch(conn, "prune_skipped_fire_times", params))
+    incidents = len(await store.fetch(conn, "prune_incidents", params))
     if stale_replicas_s is not None:
         gone = await store.fetch(conn, "replicas_prune", {"stale_s": stale_replicas_s})
         if gone:
             log.warning("replicas_aged_out", replicas=[r["id"] for r in gone], term=term)
-    result = Pruned(**counts, skipped_fire_times=skipped, more=more)
-    if sum(counts.values()) or skipped:
-        log.info("jobs_pruned", term=term, **counts, skipped_fire_times=skipped, more=more)
+    result = Pruned(**counts, skipped_fire_times=skipped, incidents=incidents, more=more)
+    if sum(counts.values()) or skipped or incidents:
+        log.info("jobs_pruned", term=term, **counts, skipped_fire_times=skipped,
+                 incidents=incidents, more=more)  # fmt: skip
     return result

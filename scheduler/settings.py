@@ -118,8 +118,8 @@ class Settings(BaseSettings):
     retention_dead_s: float = Field(
         default=30 * 86400.0,
         gt=0,
-        description="dead jobs (dead letters), their runs and skipped-fire-time records are "
-        "deleted this long after they finished (default 30 days)",
+        description="dead jobs (dead letters), their runs, skipped-fire-time records and "
+        "closed alert incidents are deleted this long after they finished (default 30 days)",
     )
     retention_interval_s: float = Field(
         default=10.0,

@@ -739,6 +739,14 @@ WHERE id IN (SELECT id FROM {schema}.skipped_fire_times
              LIMIT %(limit)s)
 RETURNING id;
 
+-- name: prune_incidents
+-- Closed alert incidents age out with the dead-letter retention; open ones are never pruned.
+DELETE FROM {schema}.incidents
+WHERE id IN (SELECT id FROM {schema}.incidents
+             WHERE closed_at < now() - make_interval(secs => %(dead_s)s)
+             LIMIT %(limit)s)
+RETURNING id;
+
 -- name: jobs_list
 -- scheduler jobs list / dead-letters list: newest first; every filter optional.
 SELECT id, state, queue, task, schedule_name, scheduled_for, attempt, max_attempts, run_at,

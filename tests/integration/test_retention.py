@@ -89,6 +89,16 @@ def test_prunes_expired_jobs_and_their_runs_in_bounded_batches(db, db_url):
         "('s', now(), now(), 1, 'misfire', now() - interval '40 days'), "
         "('s', now(), now(), 1, 'misfire', now() - interval '1 day')"
     )
+    db.execute(  # closed incidents age out as dead letters do; an open one never
+        "INSERT INTO scheduler.incidents (schedule_name, kind, opened_at, since, detail, "
+        "failures, opened_term, closed_at, closed_term, close_reason) VALUES "
+        "('s', 'failing', now() - interval '41 days', now() - interval '41 days', 'd', 3, 1, "
+        " now() - interval '40 days', 1, 'succeeded'), "
+        "('s', 'missed', now() - interval '41 days', now() - interval '41 days', 'd', 0, 1, "
+        " now() - interval '1 day', 1, 'succeeded'), "
+        "('s', 'paused', now() - interval '90 days', now() - interval '90 days', 'd', 3, 1, "
+        " NULL, NULL, NULL)"
+    )
 
     rounds = asyncio.run(_prune_all(db_url, batch=1000))
 
@@ -104,6 +114,9 @@ def test_prunes_expired_jobs_and_their_runs_in_bounded_batches(db, db_url):
     assert orphans == 0
     assert db.execute("SELECT count(*) FROM scheduler.job_runs").fetchone()[0] == 700
     assert db.execute("SELECT count(*) FROM scheduler.skipped_fire_times").fetchone()[0] == 1
+    assert sum(r.incidents for r in rounds) == 1
+    kinds = db.execute("SELECT kind FROM scheduler.incidents ORDER BY kind").fetchall()
+    assert kinds == [("missed",), ("paused",)]
 
 
 def test_pruning_never_lets_a_cron_fire_time_run_twice(db, db_url):
