@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -106,12 +108,20 @@ def test_no_limit_exceeded_across_three_replicas_one_killed(
     _enqueue(db)
     # the first replica seen running jobs that count against a limit is killed: they count
     # until they are rescued (a fixed victim sometimes never got one before the others
-    # had taken them all)
+    # had taken them all). It is frozen (SIGSTOP) and checked again before the SIGKILL: a
+    # 120 ms job seen running could otherwise finish before the kill (CI saw 0 rescued).
     victims: list[Any] = []
 
     def busy() -> bool:
-        victims[:] = [r for r in replicas if _running_on(db, r.pid) & {"capped", "keyed"}]
-        return bool(victims)
+        for r in replicas:
+            if _running_on(db, r.pid) & {"capped", "keyed"}:
+                os.kill(r.pid, signal.SIGSTOP)
+                time.sleep(0.05)  # a completion already sent to the server commits
+                if _running_on(db, r.pid) & {"capped", "keyed"}:
+                    victims.append(r)
+                    return True
+                os.kill(r.pid, signal.SIGCONT)
+        return False
 
     wait_until(busy, timeout=30, interval=0.005)
     victim = victims[0]
