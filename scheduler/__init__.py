@@ -66,6 +66,7 @@ from .jobs import (
     schedule_at,
     schedule_at_async,
 )
+from .queue_control import pause_queue, pause_queue_async, resume_queue, resume_queue_async
 from .registry import JobContext, current_job, load_tasks
 from .schedule_control import (
     backfill_schedule,
@@ -136,12 +137,16 @@ __all__ = [
     "list_jobs",
     "list_jobs_async",
     "load_tasks",
+    "pause_queue",
+    "pause_queue_async",
     "pause_schedule",
     "pause_schedule_async",
     "put_schedule",
     "put_schedule_async",
     "remove_schedule",
     "remove_schedule_async",
+    "resume_queue",
+    "resume_queue_async",
     "resume_schedule",
     "resume_schedule_async",
     "retry_job",

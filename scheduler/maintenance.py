@@ -164,8 +164,9 @@ async def prune(
     Args:
         succeeded_s: retention of ``succeeded`` and ``cancelled`` jobs, seconds after
             ``finished_at``.
-        dead_s: retention of ``dead`` jobs, of ``skipped_fire_times`` rows and of closed
-            ``incidents``, seconds.
+        dead_s: retention of ``dead`` jobs, of ``skipped_fire_times`` rows, of closed
+            ``incidents``, of ``job_events`` whose subject is gone and of ``leader_terms``
+            (the newest 100 kept), seconds.
         batch: rows per transaction.
         stale_replicas_s: also delete ``replicas`` rows silent for this long (None: keep).
 
@@ -185,6 +186,9 @@ async def prune(
             break
     skipped = len(await store.fetch(conn, "prune_skipped_fire_times", params))
     incidents = len(await store.fetch(conn, "prune_incidents", params))
+    # the audit trail of actions whose subject is gone, and old leader terms (0022)
+    await store.fetch(conn, "prune_job_events", params)
+    await store.fetch(conn, "prune_leader_terms", params)
     if stale_replicas_s is not None:
         gone = await store.fetch(conn, "replicas_prune", {"stale_s": stale_replicas_s})
         if gone:

@@ -174,6 +174,7 @@ async def retry(
     ids: list[int] | None = None,
     state: str | None = None,
     task: str | None = None,
+    actor: str | None = None,
 ) -> RetryResult:
     """Put dead or cancelled jobs back to pending with a renewed attempt budget: the jobs in
     ``ids`` (``None``: every one matching ``state`` and ``task``), in one statement.
@@ -184,8 +185,10 @@ async def retry(
     is retried in this call (the newest one is). Jobs in another state are left alone and
     are in neither list. Runs inside a savepoint and tries again (up to 3 times) when a
     concurrent insert takes a key or schedule slot between the check and the update.
+    ``actor`` (who asked: "cli:<user>@<host>", "dashboard:<user>") goes in each job's
+    ``retried`` event.
     """
-    params = {"ids": ids, "state": state, "task": task}
+    params = {"ids": ids, "state": state, "task": task, "actor": actor}
     for attempt in range(_RETRY_TRIES):
         try:
             async with conn.transaction():
@@ -200,13 +203,16 @@ async def retry(
     )
 
 
-async def cancel(conn: psycopg.AsyncConnection[Any], store: Store, job_id: int) -> str | None:
+async def cancel(
+    conn: psycopg.AsyncConnection[Any], store: Store, job_id: int, actor: str | None = None
+) -> str | None:
     """Cancel a pending job (``"cancelled"``) or ask a running one to stop
-    (``"cancel_requested"``); ``None`` when the job does not exist or has finished.
+    (``"cancel_requested"``); ``None`` when the job does not exist or has finished. ``actor``
+    (who asked) goes in the job's event.
 
     Notifies (at commit) the running job's worker on ``cancel_channel``, or, for a job
     cancelled now, the :func:`scheduler.wait_for_job` waiters on ``done_channel``."""
-    rows = await store.fetch(conn, "job_cancel", {"id": job_id})
+    rows = await store.fetch(conn, "job_cancel", {"id": job_id, "actor": actor})
     if not rows:
         return None
     event: str = rows[0]["event"]

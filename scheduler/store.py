@@ -49,16 +49,28 @@ def _compose(text: str, schema: str) -> sql.Composed:
     return sql.SQL(escaped).format(schema=sql.Identifier(schema))
 
 
+# The files of named statements: the service's own, and the dashboard's reads (scheduler.web).
+QUERY_FILES = ("queries.sql", "dashboard_jobs.sql", "dashboard_system.sql")
+
+
 @cache
 def _raw_queries() -> dict[str, str]:
-    text = _read("queries.sql")
-    parts = _BLOCK.split(text)
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+    found: dict[str, str] = {}
+    for file in QUERY_FILES:
+        if not resources.files("scheduler").joinpath("sql", file).is_file():
+            continue
+        parts = _BLOCK.split(_read(file))
+        for i in range(1, len(parts), 2):
+            if parts[i] in found:
+                raise RuntimeError(f"sql/{file}: query {parts[i]!r} is named twice")
+            found[parts[i]] = parts[i + 1].strip()
+    return found
 
 
 @cache
 def queries(schema: str) -> dict[str, sql.Composed]:
-    """Every named statement of ``sql/queries.sql``, composed for ``schema``."""
+    """Every named statement of the files of :data:`QUERY_FILES` (``sql/queries.sql`` and the
+    dashboard's), composed for ``schema``."""
     return {name: _compose(text, schema) for name, text in _raw_queries().items()}
 
 

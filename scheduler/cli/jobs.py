@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from .. import limits, operations
+from .. import actions, limits, operations
 from ..jobs import JobState
 from ..settings import Settings
 from .common import ID_MAX, LIMIT_MAX, cell, int_in, settings_from, table, with_connection
@@ -92,7 +92,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(json.dumps(job, default=cell, indent=2) if args.json else _show(job))
         return 0
     if args.action == "retry":
-        result = with_connection(settings, lambda c, st: operations.retry(c, st, ids=[args.id]))
+        result = with_connection(
+            settings,
+            lambda c, st: operations.retry(c, st, ids=[args.id], actor=actions.cli_actor()),
+        )
         if args.id in result.skipped:
             print(f"job {args.id}: not retried: {result.skipped[args.id]}", file=sys.stderr)
             return 1
@@ -102,7 +105,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             return 1
         print(f"job {args.id}: back to pending with a renewed attempt budget")
         return 0
-    event = with_connection(settings, lambda c, st: operations.cancel(c, st, args.id))
+    event = with_connection(
+        settings, lambda c, st: operations.cancel(c, st, args.id, actions.cli_actor())
+    )
     if event is None:
         print(f"job {args.id}: not cancelled: no such job, or it has finished", file=sys.stderr)
         return 1
@@ -128,7 +133,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         return 0
     if args.action == "retry":
         result = with_connection(
-            settings, lambda c, st: operations.retry(c, st, state="dead", task=args.task)
+            settings,
+            lambda c, st: operations.retry(
+                c, st, state="dead", task=args.task, actor=actions.cli_actor()
+            ),
         )
         print(f"{len(result.retried)} dead letter(s) back to pending")
         for job_id, reason in result.skipped.items():
@@ -214,8 +222,9 @@ def add_parsers(sub: Any) -> None:
     limit, job_id = int_in(1, LIMIT_MAX), int_in(1, ID_MAX)
     limit_help = f"at most this many, 1-{LIMIT_MAX:,} (default 50)"
     p = sub.add_parser(
-        "status", help="leader, live replicas, queue depths and lag, schedules in trouble, "
-        "open alert incidents"
+        "status",
+        help="leader, live replicas, queue depths and lag, schedules in trouble, "
+        "open alert incidents",
     )
     p.add_argument("--json", action="store_true", help="JSON output for scripts")
     p.set_defaults(func=cmd_status)

@@ -131,6 +131,7 @@ WITH RECURSIVE priorities AS (
             WHERE j.state = 'pending' AND j.queue = q.name
             ORDER BY j.priority LIMIT 1) AS priority
     FROM unnest(%(queues)s::text[]) AS q(name)
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.queue_pauses AS pq WHERE pq.queue = q.name)
   UNION ALL
     SELECT p.queue,
            (SELECT j.priority FROM {schema}.jobs AS j
@@ -188,6 +189,7 @@ WITH RECURSIVE limited AS MATERIALIZED (
     SELECT array_agg(l.name ORDER BY l.name) AS names
     FROM {schema}.queues AS l
     WHERE l.name = ANY(%(queues)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM {schema}.queue_pauses AS pq WHERE pq.queue = l.name)
 ), flow AS MATERIALIZED (
     SELECT f.*
     FROM limited AS l
@@ -201,6 +203,7 @@ WITH RECURSIVE limited AS MATERIALIZED (
             ORDER BY j.priority LIMIT 1) AS priority
     FROM unnest(%(queues)s::text[]) AS q(name)
     WHERE q.name <> ALL (coalesce((SELECT names FROM limited), '{}'))
+      AND NOT EXISTS (SELECT 1 FROM {schema}.queue_pauses AS pq WHERE pq.queue = q.name)
   UNION ALL
     SELECT p.queue,
            (SELECT j.priority FROM {schema}.jobs AS j
@@ -337,16 +340,27 @@ SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0)) AS unlocked;
 -- A new term on every election; the row is audit and liveness, the lock is the authority.
 -- Also the PostgreSQL timeline the election ran on (the first 8 hex digits of the current WAL
 -- file name), and the one the previous leader recorded: a different one means a failover.
-WITH previous AS (SELECT timeline FROM {schema}.leader),
+-- Each term is also logged in leader_terms (0022: the dashboard's leader history) with the
+-- previous term's holder and last heartbeat: elected_at - previous_heartbeat_at is the gap.
+WITH previous AS (SELECT timeline, holder, heartbeat_at FROM {schema}.leader),
      now_on AS (SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-                       AS timeline)
-INSERT INTO {schema}.leader AS l (id, holder, term, elected_at, heartbeat_at, config_hash,
-                                  timeline)
-VALUES (true, %(holder)s, 1, now(), now(), %(config_hash)s, (SELECT timeline FROM now_on))
-ON CONFLICT (id) DO UPDATE
-SET holder = EXCLUDED.holder, term = l.term + 1, elected_at = now(), heartbeat_at = now(),
-    config_hash = EXCLUDED.config_hash, timeline = EXCLUDED.timeline
-RETURNING term, (SELECT timeline FROM previous) AS previous_timeline, timeline;
+                       AS timeline),
+     elected AS (
+        INSERT INTO {schema}.leader AS l (id, holder, term, elected_at, heartbeat_at,
+                                          config_hash, timeline)
+        VALUES (true, %(holder)s, 1, now(), now(), %(config_hash)s, (SELECT timeline FROM now_on))
+        ON CONFLICT (id) DO UPDATE
+        SET holder = EXCLUDED.holder, term = l.term + 1, elected_at = now(), heartbeat_at = now(),
+            config_hash = EXCLUDED.config_hash, timeline = EXCLUDED.timeline
+        RETURNING term, holder, elected_at, timeline
+     ), logged AS (
+        INSERT INTO {schema}.leader_terms (term, holder, elected_at, timeline, previous_holder,
+                                           previous_heartbeat_at)
+        SELECT e.term, e.holder, e.elected_at, e.timeline, p.holder, p.heartbeat_at
+        FROM elected AS e LEFT JOIN previous AS p ON true
+        ON CONFLICT (term) DO NOTHING
+     )
+SELECT term, (SELECT timeline FROM previous) AS previous_timeline, timeline FROM elected;
 
 -- name: leader_heartbeat
 -- Heartbeat and fence in one: matches only while this session still holds the advisory lock
@@ -771,7 +785,7 @@ SELECT attempt, outcome, worker_id, started_at, finished_at, error, traceback
 FROM {schema}.job_runs WHERE job_id = %(id)s ORDER BY attempt;
 
 -- name: job_events_of
-SELECT at, event, detail FROM {schema}.job_events WHERE job_id = %(id)s ORDER BY id;
+SELECT at, event, detail, actor FROM {schema}.job_events WHERE job_id = %(id)s ORDER BY id;
 
 -- name: jobs_retry
 -- A dead or cancelled job goes back to pending, due now, with its attempt budget renewed:
@@ -840,8 +854,10 @@ WITH candidates AS (
     WHERE j.id = d.id AND d.skip IS NULL
     RETURNING j.id, j.attempt, j.max_attempts
 ), events AS (
-    INSERT INTO {schema}.job_events (job_id, event, detail)
-    SELECT id, 'retried', format('attempts %%s..%%s', attempt + 1, max_attempts) FROM retried
+    INSERT INTO {schema}.job_events (job_id, event, detail, actor)
+    SELECT id, 'retried', format('attempts %%s..%%s', attempt + 1, max_attempts),
+           %(actor)s::text
+    FROM retried
 )
 SELECT d.id AS job_id, d.skip, d.other_id, d.idempotency_key, d.schedule_name
 FROM decided AS d
@@ -860,8 +876,9 @@ WITH changed AS (
     WHERE j.id = %(id)s AND j.state IN ('pending', 'running')
     RETURNING j.id, j.state
 )
-INSERT INTO {schema}.job_events (job_id, event)
-SELECT id, CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END
+INSERT INTO {schema}.job_events (job_id, event, actor)
+SELECT id, CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END,
+       %(actor)s::text
 FROM changed
 RETURNING event;
 
@@ -992,6 +1009,7 @@ WITH RECURSIVE priorities AS (
             WHERE j.state = 'pending' AND j.queue = q.name
             ORDER BY j.priority LIMIT 1) AS priority
     FROM unnest(%(queues)s::text[]) AS q(name)
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.queue_pauses AS pq WHERE pq.queue = q.name)
   UNION ALL
     SELECT p.queue,
            (SELECT j.priority FROM {schema}.jobs AS j
@@ -1219,8 +1237,8 @@ DELETE FROM {schema}.queues
 WHERE source = 'config' AND name <> ALL (%(queues)s::text[]);
 
 -- name: queue_overview
--- `scheduler queues` / `scheduler status`: each queue with limits or with pending or running
--- jobs; its limits, running and pending jobs, the starts in the rate window ending now (as
+-- `scheduler queues` / `scheduler status`: each queue with limits, pending or running jobs
+-- or a pause; whether it is paused (0022), its limits, running and pending jobs, the starts in the rate window ending now (as
 -- claim_limited counts them: buckets started_at > now - per_s - 1 ms) and the running jobs of
 -- its busiest concurrency_key (index jobs_running_queue). Pending and running jobs are read
 -- through their partial indexes, as status_queues does.
@@ -1232,12 +1250,15 @@ WITH depth AS (
     GROUP BY queue
 ), names AS (
     SELECT name FROM {schema}.queues UNION SELECT queue FROM depth
+    UNION SELECT queue FROM {schema}.queue_pauses
 )
 SELECT n.name AS queue, q.concurrency, q.rate, q.per_s, q.key_concurrency, q.source,
        coalesce(d.running, 0) AS running, coalesce(d.pending, 0) AS pending,
-       w.starts AS window_starts, k.busiest AS busiest_key_running
+       w.starts AS window_starts, k.busiest AS busiest_key_running,
+       (p.queue IS NOT NULL) AS paused, p.paused_at, p.paused_by
 FROM names AS n
 LEFT JOIN {schema}.queues AS q ON q.name = n.name
+LEFT JOIN {schema}.queue_pauses AS p ON p.queue = n.name
 LEFT JOIN depth AS d ON d.queue = n.name
 LEFT JOIN LATERAL (
     SELECT coalesce(sum(s.n), 0)::bigint AS starts
@@ -1462,3 +1483,55 @@ SELECT i.id, i.schedule_name AS schedule, i.kind, i.opened_at, i.since, i.detail
 FROM {schema}.incidents AS i
 WHERE i.closed_at IS NULL
 ORDER BY i.opened_at, i.id;
+
+-- name: jobs_delete
+-- An operator's delete (the dashboard): the jobs of the list that are not running go, with
+-- their runs and events (trigger jobs_delete_runs, 0012/0022); a 'deleted' event with the
+-- actor stays for each (its trigger runs after this whole statement and spares 'deleted').
+WITH gone AS (
+    DELETE FROM {schema}.jobs
+    WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'running'
+    RETURNING id, task, queue, state
+), events AS (
+    INSERT INTO {schema}.job_events (job_id, event, detail, actor, queue)
+    SELECT id, 'deleted', format('%%s, %%s', task, state), %(actor)s::text, queue FROM gone
+)
+SELECT id FROM gone ORDER BY id;
+
+-- name: job_events_record
+-- An operator's action on a schedule or a queue (the job actions record their own events).
+INSERT INTO {schema}.job_events (job_id, event, detail, actor, schedule_name, queue)
+VALUES (%(job_id)s, %(event)s, %(detail)s, %(actor)s, %(schedule_name)s, %(queue)s);
+
+-- name: queue_pause
+-- Replicas stop claiming the queue (claim_jobs, claim_jobs_limited skip paused queues);
+-- running jobs finish. No row: it was paused already.
+INSERT INTO {schema}.queue_pauses (queue, paused_by) VALUES (%(queue)s, %(actor)s)
+ON CONFLICT (queue) DO NOTHING
+RETURNING queue;
+
+-- name: queue_resume
+-- Claims of the queue resume; its workers are woken as by an insert (payload: the queue).
+WITH gone AS (DELETE FROM {schema}.queue_pauses WHERE queue = %(queue)s RETURNING queue)
+SELECT queue, pg_notify(%(channel)s, queue)::text AS notified FROM gone;
+
+-- name: queues_paused
+SELECT queue, paused_at, paused_by FROM {schema}.queue_pauses ORDER BY queue;
+
+-- name: prune_leader_terms
+-- Leader history older than the dead-letter retention goes; the newest 100 terms stay.
+DELETE FROM {schema}.leader_terms
+WHERE elected_at < now() - make_interval(secs => %(dead_s)s)
+  AND term < (SELECT coalesce(min(term), 0)
+              FROM (SELECT term FROM {schema}.leader_terms ORDER BY term DESC LIMIT 100) AS t)
+RETURNING term;
+
+-- name: prune_job_events
+-- Events that outlive their subject (a deleted job's 'deleted' event, a schedule's or a
+-- queue's action) age out with the dead-letter retention; a job's other events go with it.
+DELETE FROM {schema}.job_events
+WHERE id IN (SELECT id FROM {schema}.job_events
+             WHERE at < now() - make_interval(secs => %(dead_s)s)
+               AND (job_id IS NULL OR event = 'deleted')
+             LIMIT %(limit)s)
+RETURNING id;

@@ -65,6 +65,10 @@ ADDED: dict[tuple[str, str], Any] = {
     ("replicas", "lock_timeline"): None,
     # 0013_job_results
     ("jobs", "result"): None,
+    # 0022_dashboard (events recorded before it have no actor, schedule or queue)
+    ("job_events", "actor"): None,
+    ("job_events", "schedule_name"): None,
+    ("job_events", "queue"): None,
     # 0019_alerts (a schedule without alert settings)
     ("schedules", "alert_after_s"): None,
     ("schedules", "alert_on_failures"): None,
