@@ -77,13 +77,7 @@ async def cancel_jobs(
     """Cancel the pending jobs of ``ids`` and ask the running ones to stop; returns
     ``{id: "cancelled" | "cancel_requested"}`` for those it changed (finished or missing
     jobs are left out)."""
-    ids, actor = check_ids(ids), check_actor(actor)
-    done: dict[int, str] = {}
-    for job_id in ids:
-        event = await operations.cancel(conn, store, job_id, actor)
-        if event is not None:
-            done[job_id] = event
-    return done
+    return await operations.cancel_many(conn, store, check_ids(ids), check_actor(actor))
 
 
 async def delete_jobs(conn: AsyncConn, store: Store, ids: Sequence[int], actor: str) -> list[int]:

@@ -92,7 +92,7 @@ _NOT_ZONES = {
     "Factory": "it is the placeholder zone of unconfigured systems ('-00')",
 }
 
-_MACROS = {
+MACROS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
     "@monthly": "0 0 1 * *",
@@ -364,9 +364,9 @@ class Cron:
         if not text:
             raise CronError("the expression is empty")
         if text.startswith("@"):
-            macro = _MACROS.get(text.lower())
+            macro = MACROS.get(text.lower())
             if macro is None:
-                raise CronError(f"unknown macro; supported: {', '.join(_MACROS)}")
+                raise CronError(f"unknown macro; supported: {', '.join(MACROS)}")
             text = macro
         if any(ch.isspace() and ch not in " \t" for ch in text):
             raise CronError("fields must be separated by spaces or tabs only")

@@ -208,17 +208,26 @@ async def cancel(
 ) -> str | None:
     """Cancel a pending job (``"cancelled"``) or ask a running one to stop
     (``"cancel_requested"``); ``None`` when the job does not exist or has finished. ``actor``
-    (who asked) goes in the job's event.
+    (who asked) goes in the job's event."""
+    return (await cancel_many(conn, store, [job_id], actor)).get(job_id)
 
-    Notifies (at commit) the running job's worker on ``cancel_channel``, or, for a job
-    cancelled now, the :func:`scheduler.wait_for_job` waiters on ``done_channel``."""
-    rows = await store.fetch(conn, "job_cancel", {"id": job_id, "actor": actor})
-    if not rows:
-        return None
-    event: str = rows[0]["event"]
-    channel = store.cancel_channel if event == "cancel_requested" else store.done_channel
-    await conn.execute(store.q["notify_cancel"], {"channel": channel, "id": job_id})
-    return event
+
+async def cancel_many(
+    conn: psycopg.AsyncConnection[Any], store: Store, ids: list[int], actor: str | None = None
+) -> dict[int, str]:
+    """:func:`cancel` for many jobs in two statements: ``{id: "cancelled" |
+    "cancel_requested"}`` for the jobs it changed (finished or missing ones are left out).
+
+    Notifies (at commit) each running job's worker on ``cancel_channel``, and for the jobs
+    cancelled now the :func:`scheduler.wait_for_job` waiters on ``done_channel``."""
+    rows = await store.fetch(conn, "job_cancel", {"ids": ids, "actor": actor})
+    done = {int(r["job_id"]): str(r["event"]) for r in rows}
+    for channel, event in ((store.cancel_channel, "cancel_requested"),
+                           (store.done_channel, "cancelled")):  # fmt: skip
+        notify = [i for i, e in done.items() if e == event]
+        if notify:
+            await conn.execute(store.q["notify_cancel"], {"channel": channel, "ids": notify})
+    return done
 
 
 async def purge_dead_letters(

@@ -15,7 +15,7 @@ import socket
 import uuid
 from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -35,6 +35,9 @@ from .settings import Settings
 from .store import Store
 from .supervision import Supervisor
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .web.app import DashboardServer
 
 PRUNE_IDLE_S = 60.0  # the pruning pause after a prune that found nothing to delete
 
@@ -104,6 +107,7 @@ class Replica:
             tick=self._tick,
         )
         self.health_port: int | None = None  # bound port of /metrics etc., once serving
+        self.dashboard_port: int | None = None  # bound port of the web dashboard, once serving
         self.supervisor: Supervisor | None = None  # the running replica's, once started
         self.worker = Worker(self.pool, direct_url, self.store, settings, self.id)
         self.worker.on_schedules_written = self.elector.wake.set  # a runtime schedule changed
@@ -341,6 +345,26 @@ class Replica:
             async with self.pool.connection() as conn:
                 await conn.execute(self.store.q["replica_remove"], {"id": self.id})
 
+    def _dashboard(self) -> DashboardServer | None:
+        """The web dashboard on ``SCHEDULER_DASHBOARD_PORT``, started (None when unset).
+
+        Raises:
+            SettingsError: a non-loopback ``SCHEDULER_DASHBOARD_HOST`` without credentials.
+            OSError: the address cannot be bound.
+        """
+        if self.settings.dashboard_port is None:
+            return None
+        from .web.app import DashboardServer, create_app  # starlette, only when asked for
+        from .web.security import require_safe_listen
+
+        require_safe_listen(self.settings, self.settings.dashboard_host)
+        app = create_app(self.settings, database_url=self.url)
+        dashboard = DashboardServer(app, self.settings.dashboard_host, self.settings.dashboard_port)
+        dashboard.start()
+        self.dashboard_port = dashboard.port
+        log.info("dashboard_started", host=self.settings.dashboard_host, port=dashboard.port)
+        return dashboard
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; returns after a graceful shutdown.
 
@@ -374,6 +398,13 @@ class Replica:
             )  # fmt: skip
             server.start()
             self.health_port = server.port
+        try:
+            dashboard = self._dashboard()  # SCHEDULER_DASHBOARD_PORT: the web dashboard too
+        except BaseException:
+            if server is not None:
+                server.stop()
+            await self.pool.close()
+            raise
         # the liveness lock outlives the worker: while a job of this replica may still run, its
         # session must not end (the leader would take that for a death)
         worker_done = asyncio.Event()
@@ -391,6 +422,8 @@ class Replica:
             await asyncio.wait([liveness])
             if server is not None:
                 server.stop()
+            if dashboard is not None:
+                await dashboard.stop()
             await self.pool.close()
             log.info("replica_stopped", replica=self.id, failure=supervisor.failure)
         if supervisor.failure is not None:

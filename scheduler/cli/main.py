@@ -20,6 +20,7 @@
     scheduler enqueue TASK [--args JSON] [--at ISO8601 | --in DURATION] [--queue Q]
                       [--priority N] [--max-attempts N] [--idempotency-key K]
                       [--config FILE] [--import MODULE ...] [--json]
+    scheduler dashboard [--host H] [--port P] [--read-only]   (cli/dashboard.py)
     scheduler --version
 
 Database: ``SCHEDULER_DATABASE_URL``; when unset, an embedded PostgreSQL is started with its
@@ -56,6 +57,7 @@ from ..errors import (
     SettingsError,
 )
 from ..tasks import import_modules
+from . import dashboard as dashboard_commands
 from . import jobs as jobs_commands
 from . import queues as queues_commands
 from . import schedules as schedules_commands
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_commands.add_parsers(sub)
     tasks_commands.add_parsers(sub)
     queues_commands.add_parsers(sub)
+    dashboard_commands.add_parsers(sub)
     return parser
 
 

@@ -873,19 +873,19 @@ WITH changed AS (
         finished_at = CASE WHEN j.state = 'pending' THEN now() ELSE j.finished_at END,
         cancel_requested_at = CASE WHEN j.state = 'running' THEN now() END,
         updated_at = now()
-    WHERE j.id = %(id)s AND j.state IN ('pending', 'running')
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('pending', 'running')
     RETURNING j.id, j.state
 )
 INSERT INTO {schema}.job_events (job_id, event, actor)
 SELECT id, CASE WHEN state = 'cancelled' THEN 'cancelled' ELSE 'cancel_requested' END,
        %(actor)s::text
 FROM changed
-RETURNING event;
+RETURNING job_id, event;
 
 -- name: notify_cancel
--- Sent after job_cancel asked a running job to stop: its worker cancels the handler at once
--- (the next lease extension would also tell it, within lease_s / 3).
-SELECT pg_notify(%(channel)s, %(id)s::text);
+-- Sent after job_cancel asked running jobs to stop: their workers cancel the handlers at once
+-- (the next lease extension would also tell them, within lease_s / 3). One per id.
+SELECT pg_notify(%(channel)s, i::text) FROM unnest(%(ids)s::bigint[]) AS i;
 
 -- name: dead_letters_purge
 -- Dead jobs finished before the cut-off, with their runs (trigger jobs_delete_runs) and events (ON DELETE CASCADE),

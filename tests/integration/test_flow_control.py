@@ -535,7 +535,8 @@ def test_cli_queues_and_status_show_the_limits(db: psycopg.Connection, db_url: s
     assert (rows["other"]["source"], rows["other"]["pending"]) == (None, 1)
     assert main(["queues"]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[0].split()[:3] == ["queue", "concurrency", "rate"] and "mail" in text
+    assert text.splitlines()[0].split()[:4] == ["queue", "paused", "concurrency", "rate"]
+    assert "mail" in text
     assert main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert [r["queue"] for r in status["queue_limits"]] == ["idle", "mail"]

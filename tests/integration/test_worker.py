@@ -371,7 +371,7 @@ def test_cancel_stops_a_running_async_handler_at_the_next_lease_extension(db, db
         async def cancelled(c):
             if await _count(c, "state = 'running' AND cancel_requested_at IS NULL") == 1:
                 # the request without its notification (as if the worker missed it)
-                await Store("scheduler").fetch(c, "job_cancel", {"id": job_id})
+                await Store("scheduler").fetch(c, "job_cancel", {"ids": [job_id], "actor": None})
             return await _count(c, "state = 'cancelled'") == 1
 
         # lease_s 0.3: leases are extended (and cancel requests seen) every 0.1 s
