@@ -9,7 +9,11 @@ the embedded server the CLI uses (``<SCHEDULER_EMBEDDED_DIR>/pgdata``, default
 connection with a connect timeout, so a malformed, unreachable or silent URL fails at once
 with :class:`~scheduler.errors.DatabaseUnavailableError` (URL redacted) rather than in the
 pool's background thread. Sync calls use a sync pool; async calls an async pool per event
-loop, so an ``await`` never blocks the loop.
+loop, so an ``await`` never blocks the loop. That pool is closed when its loop ends
+(``asyncio.run`` returning): a task of ours waits on the loop for the cancellation
+``asyncio.run`` gives every task left, and closes the pool then. Without it, a pool worker
+cancelled while it opened a connection swallowed the cancellation (psycopg_pool catches
+``CancelledError`` around its maintenance tasks) and ``asyncio.run`` waited for it forever.
 
 The pool prepares its statements (server-side, at first use: about 70 µs less server work
 per enqueue than parsing and planning the INSERT each time) unless the URL leads to a
@@ -180,7 +184,31 @@ async def _default_async_pool(settings: Settings) -> tuple[AsyncConnectionPool, 
             kwargs={"autocommit": True, "prepare_threshold": _prepare[url]},
         ))  # fmt: skip
         await pool.open()
+        _close_at_loop_end()
     return pool, url, source
+
+
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _close_at_loop_end() -> None:
+    """Start, once per loop, the task that closes the loop's default async pools when it is
+    cancelled: ``asyncio.run`` cancels every task left when its main coroutine returns."""
+    loop = asyncio.get_running_loop()
+    if loop not in _closers:  # held here: the loop keeps only weak references to tasks
+        _closers[loop] = loop.create_task(_closer(), name="scheduler-close-default-async-pools")
+
+
+async def _closer() -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:  # cancelled (the loop ends) or the loop closed under it
+        loop = asyncio.get_running_loop()
+        _closers.pop(loop, None)
+        for pool in _async_pools.pop(loop, {}).values():
+            await pool.close(timeout=1.0)
 
 
 def close_default_pools() -> None:

@@ -218,6 +218,24 @@ def test_without_any_database_the_error_says_where_it_looked(monkeypatch, tmp_pa
     assert "scheduler migrate" in message
 
 
+def test_the_default_async_pool_is_closed_when_its_event_loop_ends(db, default_db):
+    """asyncio.run cancels the tasks left when main returns; psycopg_pool's workers swallow a
+    cancellation that lands while they open a connection, and asyncio.run then waited for
+    them forever (seen as a rare 120 s hang of the test below). The pool is now closed by a
+    task of ours that the same cancellation reaches, which stops those workers."""
+    from scheduler import connections
+
+    pools: list[Any] = []
+
+    async def main() -> None:
+        await asyncio.gather(*(send_receipt.defer_async(order_id=i, email="a") for i in range(8)))
+        pools.extend(connections._async_pools[asyncio.get_running_loop()].values())
+
+    asyncio.run(main())
+    assert pools and all(p.closed for p in pools)
+    assert db.execute("SELECT count(*) FROM scheduler.jobs").fetchone() == (8,)
+
+
 def test_a_sync_call_on_a_running_event_loop_is_refused_before_anything_is_written(db, default_db):
     """``await enqueue(...)`` used to commit the job, block the loop, then fail on awaiting an
     int (a caller retrying on that error enqueued it twice)."""
