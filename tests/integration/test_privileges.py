@@ -66,3 +66,26 @@ def test_a_replica_runs_as_the_documented_least_privilege_role(db, db_url):
     finally:
         db.execute(f'DROP OWNED BY "{role}"')
         db.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_read_only_dashboard_runs_as_a_select_only_role(db, db_url):
+    """docs/operations.md: a --read-only dashboard needs SELECT on the schema, nothing more."""
+    from starlette.testclient import TestClient
+
+    from scheduler.web import create_app
+
+    role = f"ro_{conninfo_to_dict(db_url)['dbname']}"[:60]
+    db.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        db.execute(f'GRANT USAGE ON SCHEMA scheduler TO "{role}"')
+        db.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA scheduler TO "{role}"')
+        job = enqueue(ok, connection=db)
+        db.commit()
+        app = create_app(Settings(), database_url=make_conninfo(db_url, user=role), read_only=True)
+        with TestClient(app, client=("127.0.0.1", 40000)) as client:
+            for path in ["/", "/jobs", f"/jobs/{job}", "/dead-letters", "/schedules", "/replicas"]:
+                page = client.get(path)
+                assert page.status_code == 200, (path, page.text[:500])
+    finally:
+        db.execute(f'DROP OWNED BY "{role}"')
+        db.execute(f'DROP ROLE "{role}"')
