@@ -52,6 +52,7 @@ import structlog
 
 from . import metrics
 from .arguments import result_json
+from .hooks import attempt_scope, report_failure
 from .jobs import RunOutcome
 from .limits import TRACEBACK_MAX, exception_text, storable_text
 from .registry import JobContext, TaskSpec, current_job, set_current_job
@@ -121,12 +122,15 @@ def failure(exc: BaseException) -> Result:
                                                                         keep="tail"))  # fmt: skip
 
 
-def _call(func: Any, args: dict[str, Any], ctx: JobContext | None) -> Result:
-    """Run a sync handler in its thread; every exception becomes a failed Result there, so a
+def _call(func: Any, args: dict[str, Any], ctx: JobContext | None, pass_ctx: bool) -> Result:
+    """Run a sync handler in its thread, inside the attempt hooks (:mod:`scheduler.hooks`);
+    every exception becomes a failed Result there (after the failure hooks), so a
     ``SystemExit`` never leaves the thread."""
     try:
-        value = func(**args) if ctx is None else func(ctx, **args)
+        with attempt_scope(ctx) if ctx is not None else contextlib.nullcontext():
+            value = func(ctx, **args) if pass_ctx else func(**args)
     except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
+        report_failure(ctx, exc)
         return failure(exc)
     return succeeded(value)
 
@@ -212,7 +216,7 @@ class HandlerThreads:
             self._started[job_id] = time.monotonic()
             if ctx is not None:
                 enter_job(ctx)
-            result = _call(func, args, ctx if pass_ctx else None)
+            result = _call(func, args, ctx, pass_ctx)
             with self._lock:
                 self._done.append((job_id, future, result))
                 notify, self._notified = not self._notified, True
@@ -281,19 +285,23 @@ class Executor:
 
     async def _run_async(self, task: TaskSpec, args: dict[str, Any], ctx: JobContext) -> Result:
         try:
-            call = task.func(ctx, **args) if task.takes_context else task.func(**args)
-            if task.timeout_s is None:  # awaited in place: no wait_for frame per job
-                value = await call
-            else:
-                value = await asyncio.wait_for(call, task.timeout_s)
-        except TimeoutError:
+            with attempt_scope(ctx):  # the hooks of scheduler.hooks, in this task's context
+                call = task.func(ctx, **args) if task.takes_context else task.func(**args)
+                if task.timeout_s is None:  # awaited in place: no wait_for frame per job
+                    value = await call
+                else:
+                    value = await asyncio.wait_for(call, task.timeout_s)
+        except TimeoutError as exc:
+            report_failure(ctx, exc)
             return _timeout(task)
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # ours: shutdown or an operator's cancel
+            report_failure(ctx, exc)
             return failure(exc)  # the handler's own CancelledError
         except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ...
+            report_failure(ctx, exc)
             return failure(exc)
         return succeeded(value)
 
