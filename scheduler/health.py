@@ -4,7 +4,10 @@
 ``127.0.0.1``, so nothing is exposed beyond the host unless configured):
 
 * ``GET /metrics``: the registry of :mod:`scheduler.metrics`, plus the queue gauges read from
-  the database here (at most once per ``CACHE_S``).
+  the database here (at most once per ``CACHE_S``); or, when the metrics are exposed in
+  another registry (``SCHEDULER_METRICS_REGISTRY=default``,
+  :func:`scheduler.metrics.use_registry`), that registry, where the replica registers its
+  :class:`QueueGauges`.
 * ``GET /healthz`` (liveness; never touches the database): 200 ``ok: loop beat 0.4 s ago``
   while the replica's event loop turns (a beat every second) and the ``health`` callback (the
   supervisor of the replica's loops) reports nothing; else 503 with one line:
@@ -189,21 +192,30 @@ class _ProbeSession:
                 self._lock.release()
 
 
+def _queue_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    depth = GaugeMetricFamily(
+        "scheduler_queue_jobs", "Jobs by queue and state", labels=["queue", "state"]
+    )
+    lag = GaugeMetricFamily(
+        "scheduler_queue_oldest_due_age_seconds",
+        "Age of the oldest due-but-unclaimed job",
+        labels=["queue"],
+    )
+    return depth, lag
+
+
 class _QueueCollector(Collector):
     """Queue depth and lag from ``rows()`` (the ``status_queues`` rows), at scrape time."""
 
     def __init__(self, rows: Callable[[], list[tuple[Any, ...]]]):
         self.rows = rows
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The names, without a query (a registry with ``auto_describe`` asks at register)."""
+        yield from _queue_families()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily(
-            "scheduler_queue_jobs", "Jobs by queue and state", labels=["queue", "state"]
-        )
-        lag = GaugeMetricFamily(
-            "scheduler_queue_oldest_due_age_seconds",
-            "Age of the oldest due-but-unclaimed job",
-            labels=["queue"],
-        )
+        depth, lag = _queue_families()
         for queue, due, scheduled, running, dead, lag_s in self.rows():
             depth.add_metric([queue, "pending_due"], due)
             depth.add_metric([queue, "pending_scheduled"], scheduled)
@@ -212,6 +224,53 @@ class _QueueCollector(Collector):
             lag.add_metric([queue], float(lag_s or 0))
         yield depth
         yield lag
+
+
+def _status_queues(store: Store) -> Callable[[psycopg.Connection[Any]], list[tuple[Any, ...]]]:
+    return lambda conn: conn.execute(store.q["status_queues"]).fetchall()
+
+
+class QueueGauges:
+    """The queue gauges (``scheduler_queue_jobs``, ``scheduler_queue_oldest_due_age_seconds``)
+    of a replica, registered in ``registry`` (another than the service's own: see
+    :func:`scheduler.metrics.use_registry`) until :meth:`close`. They are read at scrape time
+    through a database session of their own (the probes' bounds: 2 s, answers reused for
+    ``CACHE_S``), opened at the first scrape.
+
+    A registry holds the gauges of one replica: a second replica of the process exposing in
+    the same registry registers none (:attr:`registered` is ``False``; the first one's tell
+    the same, read from the same database).
+
+    Args:
+        url: libpq URL (the direct one when there is one).
+        store: statements for the schema.
+        registry: where to register the gauges.
+        replica: the replica id, in the session's ``application_name``.
+    """
+
+    def __init__(self, url: str, store: Store, registry: CollectorRegistry, replica: str):
+        name = one_line(f"scheduler metrics {replica}", 63)
+        self._db = _ProbeSession(url, store, name)
+        self._registry = registry
+        self._collector = _QueueCollector(self._rows)
+        self._query = _status_queues(store)
+        try:
+            registry.register(self._collector)
+            self.registered = True
+        except ValueError:  # "Duplicated timeseries": another replica of the process has them
+            self.registered = False
+            log.info("queue_gauges_not_registered", reason="the registry already has them")
+
+    def _rows(self) -> list[tuple[Any, ...]]:
+        rows, _ = self._db.read("queues", self._query)
+        return rows or []
+
+    def close(self) -> None:
+        """Unregister the gauges and close the session (twice is harmless)."""
+        if self.registered:
+            self.registered = False
+            self._registry.unregister(self._collector)
+        self._db.close()
 
 
 class HealthServer:
@@ -228,6 +287,9 @@ class HealthServer:
             quick and thread-safe (default: none, only the loop beat counts).
         replica: the replica id, in the session's ``application_name``.
         timeout_s: a connection's whole life in seconds (default ``REQUEST_TIMEOUT_S``, 5).
+        registry: what ``/metrics`` serves, as it is (an application's registry the metrics
+            are exposed in, with their :class:`QueueGauges`); default: the service's own
+            registry and the queue gauges, read through this server's session.
 
     Raises:
         OSError: the address cannot be bound (port in use, unknown host).
@@ -243,14 +305,17 @@ class HealthServer:
         health: Callable[[], str | None] | None = None,
         replica: str | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
+        registry: CollectorRegistry | None = None,
     ):
         self.store, self.timeout_s, self._health = store, timeout_s, health
         self.last_beat = time.monotonic()
         name = one_line(f"scheduler metrics {replica}" if replica else "scheduler metrics", 63)
         self._db = _ProbeSession(url, store, name)
-        self._registry = CollectorRegistry(auto_describe=False)  # this server's: no global state
-        self._registry.register(REGISTRY)
-        self._registry.register(_QueueCollector(self._queue_rows))
+        if registry is None:
+            registry = CollectorRegistry(auto_describe=False)  # this server's: no global state
+            registry.register(REGISTRY)
+            registry.register(_QueueCollector(self._queue_rows))
+        self._registry = registry
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family)
         self.port: int = self._sock.getsockname()[1]
@@ -311,9 +376,7 @@ class HealthServer:
         return [f"{m.version:04d}_{m.name}" for m in self.store.pending_migrations_sync(conn)]
 
     def _queue_rows(self) -> list[tuple[Any, ...]]:
-        rows, _ = self._db.read(
-            "queues", lambda conn: conn.execute(self.store.q["status_queues"]).fetchall()
-        )
+        rows, _ = self._db.read("queues", _status_queues(self.store))
         return rows or []
 
     # ---- the server's thread ---------------------------------------------------------------

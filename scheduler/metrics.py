@@ -1,6 +1,17 @@
 """Prometheus metrics of a replica (prometheus-client), in one registry (:data:`REGISTRY`),
 served at ``GET /metrics`` by :mod:`scheduler.health` on ``SCHEDULER_METRICS_PORT``.
 
+Which registry exposes them (:func:`use_registry`, or the setting
+``SCHEDULER_METRICS_REGISTRY``):
+
+* ``own`` (the default): only the service's registry, :data:`REGISTRY`, served with the queue
+  gauges on ``SCHEDULER_METRICS_PORT``; prometheus-client's default registry is untouched.
+* ``default``: also prometheus-client's default registry (``prometheus_client.REGISTRY``), so
+  an application that already serves ``/metrics`` (``generate_latest()``,
+  ``make_asgi_app()``, ``start_http_server``) has every ``scheduler_*`` metric there, the
+  queue gauges included (read from the database at scrape time, while a replica runs); the
+  port, when set too, serves that same registry.
+
 * ``GET /metrics``: Prometheus text exposition, or OpenMetrics when the scraper's ``Accept``
   asks for it (prometheus-client's ``choose_encoder``). Counters by queue and
   task: ``scheduler_jobs_claimed_total``, ``..._succeeded_total``, ``..._failed_total`` (an
@@ -30,7 +41,12 @@ served at ``GET /metrics`` by :mod:`scheduler.health` on ``SCHEDULER_METRICS_POR
 
 from __future__ import annotations
 
+import threading
+
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .errors import InvalidArgumentError
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -94,6 +110,12 @@ COMPLETIONS_DROPPED = Counter(
     "Attempt outcomes that could not be written even alone (the lease is then left to expire)",
     registry=REGISTRY,
 )
+JOBS_ENQUEUED = Counter(
+    "scheduler_jobs_enqueued",
+    "Jobs inserted by this process's enqueue calls, counted when the insert statement "
+    "succeeded (a caller's transaction rolled back afterwards is still counted)",
+    _JOB, registry=REGISTRY,
+)  # fmt: skip
 
 
 class JobMetrics:
@@ -120,3 +142,46 @@ def for_job(queue: str, task: str) -> JobMetrics:
     return found
 
 
+_exposing = threading.Lock()
+_exposed_in: CollectorRegistry = REGISTRY
+
+
+def use_registry(registry: CollectorRegistry) -> None:
+    """Expose the ``scheduler_*`` metrics in ``registry`` from now on: call it before a replica
+    starts (the replica registers its queue gauges where the metrics are exposed).
+
+    Args:
+        registry: ``prometheus_client.REGISTRY`` (the default registry: an application's own
+            ``/metrics``), another registry of the application, or :data:`REGISTRY` (the
+            service's own, the default: no other registry has them).
+
+    Raises:
+        InvalidArgumentError: ``registry`` is not a ``CollectorRegistry``, or it already has a
+            metric of one of these names (the application defines ``scheduler_...`` itself).
+    """
+    global _exposed_in
+    if not isinstance(registry, CollectorRegistry):
+        raise InvalidArgumentError(
+            f"use_registry: a prometheus_client CollectorRegistry, not {type(registry).__name__}"
+        )
+    with _exposing:
+        if registry is _exposed_in:
+            return
+        if registry is not REGISTRY:
+            try:
+                registry.register(REGISTRY)
+            except ValueError as exc:  # prometheus-client: "Duplicated timeseries in ..."
+                raise InvalidArgumentError(f"use_registry: {exc}") from None
+        if _exposed_in is not REGISTRY:
+            _exposed_in.unregister(REGISTRY)
+        _exposed_in = registry
+
+
+def exposed_in(choice: str | None = None) -> CollectorRegistry:
+    """The registry the metrics are exposed in, after applying ``choice`` (the setting
+    ``metrics_registry``): ``"default"`` is :func:`use_registry` of prometheus-client's
+    default registry; ``"own"`` or ``None`` keeps the process's choice (:data:`REGISTRY`
+    unless :func:`use_registry` chose another)."""
+    if choice == "default":
+        use_registry(prometheus_client.REGISTRY)
+    return _exposed_in

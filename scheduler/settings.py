@@ -204,6 +204,11 @@ class Settings(DashboardSettings):
         default="127.0.0.1",
         description="address the metrics/health port binds to (0.0.0.0 in a container)",
     )
+    metrics_registry: Literal["own", "default"] = Field(
+        default="own",
+        description="registry of the scheduler_* metrics: own (the service's, served on "
+        "the metrics port) or default (also prometheus_client's default registry)",
+    )
 
     # operator commands (status, jobs, dead-letters, schedules, migrate)
     connect_timeout_s: float = Field(
