@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import __version__, alerts, health, maintenance, materialiser, schedule_files
+from . import __version__, alerts, health, maintenance, materialiser, metrics, schedule_files
 from .config import SchedulesConfig
 from .connections import set_default_database_url
 from .errors import LeadershipLostError, MigrationPrivilegeError, ReplicaFailedError
@@ -74,14 +74,20 @@ class Replica:
     Args:
         url: libpq URL of the database.
         settings: service settings.
-        config: the validated schedules file, or ``None`` for a worker-only replica whose
-            leader keeps the schedules table as it is.
+        config: the validated schedules file, or ``None`` for a replica that reconciles no
+            file (when it leads, the schedules table stays as it is).
+        lead: ``False``: workers only, never a leader candidate (no advisory lock, no
+            materialisation, rescue or pruning: another replica leads). Default ``True``.
     """
 
-    def __init__(self, url: str, settings: Settings, config: SchedulesConfig | None):
+    def __init__(
+        self, url: str, settings: Settings, config: SchedulesConfig | None, *, lead: bool = True
+    ):
         self.url = url
         self.settings = settings
         self.config = config
+        self.lead = lead
+        self.started = asyncio.Event()  # set once the pool is open and the loops run
         self.id = replica_id()
         self.store = Store(settings.schema_name)
         self.pool = AsyncConnectionPool(
@@ -388,33 +394,41 @@ class Replica:
         )
         supervisor = self.supervisor = Supervisor(stop)
         self.worker.supervisor = supervisor
-        server = None
-        if self.settings.metrics_port is not None:
-            # a direct URL where there is one: the probes' session sets a statement_timeout
-            probe_url = self.settings.direct_database_url or self.url
-            server = health.HealthServer(
-                probe_url, self.store, self.settings.metrics_host, self.settings.metrics_port,
-                health=supervisor.health, replica=self.id,
-            )  # fmt: skip
-            server.start()
-            self.health_port = server.port
+        server = gauges = None
+        # a direct URL where there is one: the probes' session sets a statement_timeout
+        probe_url = self.settings.direct_database_url or self.url
         try:
+            registry = metrics.exposed_in(self.settings.metrics_registry)
+            shared = None if registry is metrics.REGISTRY else registry  # an application's
+            if shared is not None:  # its /metrics gets the queue gauges, from the database
+                gauges = health.QueueGauges(probe_url, self.store, shared, self.id)
+            if self.settings.metrics_port is not None:
+                server = health.HealthServer(
+                    probe_url, self.store, self.settings.metrics_host, self.settings.metrics_port,
+                    health=supervisor.health, replica=self.id, registry=shared,
+                )  # fmt: skip
+                server.start()
+                self.health_port = server.port
             dashboard = self._dashboard()  # SCHEDULER_DASHBOARD_PORT: the web dashboard too
         except BaseException:
             if server is not None:
                 server.stop()
+            if gauges is not None:
+                gauges.close()
             await self.pool.close()
             raise
         # the liveness lock outlives the worker: while a job of this replica may still run, its
         # session must not end (the leader would take that for a death)
         worker_done = asyncio.Event()
         liveness = supervisor.start("scheduler-liveness", lambda: self.liveness.run(worker_done))
-        loops = [
-            supervisor.start("scheduler-beat", lambda: self._beat(stop, server)),
-            supervisor.start("scheduler-leader", lambda: self.elector.run(stop)),
+        loops = [supervisor.start("scheduler-beat", lambda: self._beat(stop, server))]
+        if self.lead:  # a worker-only replica never campaigns
+            loops.append(supervisor.start("scheduler-leader", lambda: self.elector.run(stop)))
+        loops += [
             supervisor.start("scheduler-worker", lambda: self.worker.run(stop)),
             supervisor.start("scheduler-register", lambda: self._register(stop)),
         ]
+        self.started.set()
         try:
             await asyncio.wait(loops)
         finally:
@@ -422,6 +436,8 @@ class Replica:
             await asyncio.wait([liveness])
             if server is not None:
                 server.stop()
+            if gauges is not None:
+                gauges.close()
             if dashboard is not None:
                 await dashboard.stop()
             await self.pool.close()
