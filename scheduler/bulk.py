@@ -5,11 +5,13 @@ anything is written: one bad item writes none of the batch.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import metrics, tracing
 from .arguments import args_json
 from .connections import check_connection, on_async_connection, on_connection
 from .errors import InvalidArgumentError
@@ -48,6 +50,7 @@ class JobSpec:
     priority: int | None = None
     max_attempts: int | None = None
     concurrency_key: str | None = None
+    headers: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.task, str) or not callable(self.task):
@@ -60,6 +63,7 @@ class JobSpec:
         check_options(self.queue, self.priority, self.max_attempts, "JobSpec.")
         if self.concurrency_key is not None:
             check_concurrency_key(self.concurrency_key, "JobSpec.concurrency_key")
+        tracing.check_headers(self.headers, "JobSpec.headers")
 
 
 def _items(value: Any, what: str, of: str) -> Iterable[Any]:
@@ -100,7 +104,8 @@ def _spec_rows(jobs: Iterable[JobSpec]) -> list[BulkJob]:
         rows.append(
             (o["queue"], o["task"], _args_text(spec, j.args, f"{where}args"), o["priority"],
              j.run_at, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
-             o["backoff_jitter"], j.concurrency_key)
+             o["backoff_jitter"], j.concurrency_key,
+             tracing.check_headers(j.headers, f"{where}headers"))
         )  # fmt: skip
     return rows
 
@@ -108,7 +113,7 @@ def _spec_rows(jobs: Iterable[JobSpec]) -> list[BulkJob]:
 def many_rows(
     task: TaskRef, args_list: Iterable[Mapping[str, Any]], queue: str | None = None,
     priority: int | None = None, max_attempts: int | None = None,
-    concurrency_key: str | None = None,
+    concurrency_key: str | None = None, headers: Mapping[str, str] | None = None,
 ) -> list[BulkJob]:  # fmt: skip
     """The rows of :func:`enqueue_many`, checked (a bad item is named ``args_list[3]``)."""
     spec = resolve(task)
@@ -117,7 +122,7 @@ def many_rows(
         check_concurrency_key(concurrency_key)
     head = (o["queue"], o["task"])
     tail = (o["priority"], None, o["max_attempts"], o["backoff_base_s"], o["backoff_max_s"],
-            o["backoff_jitter"], concurrency_key)  # fmt: skip
+            o["backoff_jitter"], concurrency_key, tracing.check_headers(headers))  # fmt: skip
     items = _items(args_list, "args_list", "mappings")
     return [(*head, _args_text(spec, args, f"args_list[{i}]"), *tail)
             for i, args in enumerate(items)]  # fmt: skip
@@ -130,7 +135,12 @@ def insert_many(rows: list[BulkJob], connection: SyncConnection | None) -> list[
     if connection is None:
         refuse_on_event_loop("enqueue_many")
     store = Store(get_settings().schema_name)
-    return list(on_connection(connection, get_settings(), store.insert_jobs_sync, rows))
+    counts = Counter((row[0], row[1]) for row in rows)
+    with _sending(counts, len(rows)) as send:
+        ids = list(on_connection(connection, get_settings(), store.insert_jobs_sync,
+                                 _traced(rows, send.headers)))  # fmt: skip
+        send.sent(ids)
+    return _counted(counts, ids)
 
 
 async def insert_many_async(rows: list[BulkJob], connection: AsyncConnection | None) -> list[int]:
@@ -138,7 +148,33 @@ async def insert_many_async(rows: list[BulkJob], connection: AsyncConnection | N
     if inline_runner() is not None:
         raise InvalidArgumentError("bulk enqueue is not supported in inline mode")
     store = Store(get_settings().schema_name)
-    return list(await on_async_connection(connection, get_settings(), store.insert_jobs, rows))
+    counts = Counter((row[0], row[1]) for row in rows)
+    with _sending(counts, len(rows)) as send:
+        ids = list(await on_async_connection(connection, get_settings(), store.insert_jobs,
+                                             _traced(rows, send.headers)))  # fmt: skip
+        send.sent(ids)
+    return _counted(counts, ids)
+
+
+def _sending(counts: Counter[tuple[str, str]], n: int) -> Any:
+    """The ``send`` span of a bulk enqueue (:func:`scheduler.tracing.sending`)."""
+    queues = {queue for queue, _ in counts}
+    return tracing.sending({task for _, task in counts}, next(iter(queues)) if len(queues) == 1
+                           else None, None, n)  # fmt: skip
+
+
+def _traced(rows: list[BulkJob], trace: dict[str, str] | None) -> list[BulkJob]:
+    """``rows`` with the trace context's headers (the same for every job of the call)."""
+    if not trace:
+        return rows
+    return [(*row[:10], {**row[10], **trace} if row[10] else trace) for row in rows]
+
+
+def _counted(counts: Counter[tuple[str, str]], ids: list[int]) -> list[int]:
+    """Count the jobs inserted (``scheduler_jobs_enqueued_total``) once the COPY succeeded."""
+    for (queue, task), n in counts.items():
+        metrics.JOBS_ENQUEUED.labels(queue, task).inc(n)
+    return ids
 
 
 def schedule_many(
@@ -148,8 +184,9 @@ def schedule_many(
 
     Every job is validated before anything is written (same rules and errors as
     :func:`schedule_at`): one bad item writes none of the batch and leaves the caller's
-    transaction usable. Idempotency keys are not supported in bulk. With ``connection``
-    the rows join the caller's transaction; without, they are committed at once on the
+    transaction usable. Idempotency keys are not supported in bulk. With ``connection`` (a
+    psycopg connection, or an ORM's: :mod:`scheduler.adapters`) the rows join the caller's
+    transaction; without, they are committed at once on the
     default pool. :func:`schedule_many_async` is the async twin.
 
     Returns:
@@ -181,14 +218,15 @@ def enqueue_many(
     priority: int | None = None,
     max_attempts: int | None = None,
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: SyncConnection | None = None,
 ) -> list[int]:
     """Enqueue one job of ``task`` per item of ``args_list``, due now, in one ``COPY``; see
     :func:`schedule_many` (same errors; a bad item is named ``args_list[3]``). Returns the
-    ids in order. ``concurrency_key``: the same key for every job (per-job keys: a
-    :class:`JobSpec` each)."""
+    ids in order. ``concurrency_key`` and ``headers`` (as for :func:`schedule_at`): the same
+    for every job (per-job values: a :class:`JobSpec` each)."""
     check_connection(connection)
-    rows = many_rows(task, args_list, queue, priority, max_attempts, concurrency_key)
+    rows = many_rows(task, args_list, queue, priority, max_attempts, concurrency_key, headers)
     return insert_many(rows, connection)
 
 
@@ -200,9 +238,10 @@ async def enqueue_many_async(
     priority: int | None = None,
     max_attempts: int | None = None,
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: AsyncConnection | None = None,
 ) -> list[int]:
     """:func:`enqueue_many` for async code."""
     check_connection(connection, is_async=True)
-    rows = many_rows(task, args_list, queue, priority, max_attempts, concurrency_key)
+    rows = many_rows(task, args_list, queue, priority, max_attempts, concurrency_key, headers)
     return await insert_many_async(rows, connection)

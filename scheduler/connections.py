@@ -1,6 +1,7 @@
 """Where the Python API's INSERTs run: the caller's psycopg connection (inside its transaction,
-sync or async), or, when it passes none, a small pool on the default database URL that
-commits at once.
+sync or async; an ORM's connection or session is turned into its psycopg connection by
+:mod:`scheduler.adapters`), or, when it passes none, a small pool on the default database URL
+that commits at once.
 
 The default URL is the one the service set (:func:`set_default_database_url`, so handlers can
 enqueue follow-up jobs, also on the embedded server), else ``SCHEDULER_DATABASE_URL``, else
@@ -36,7 +37,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from . import embedded
+from . import adapters, embedded
 from .errors import (
     DatabaseError,
     DatabaseNotConfiguredError,
@@ -240,7 +241,7 @@ def _pool_error(e: Exception, url: str, source: str) -> DatabaseError:
 
 
 def on_connection(
-    connection: psycopg.Connection[Any] | None,
+    connection: adapters.SyncConnectionLike | None,
     settings: Settings,
     sync_insert: Callable[..., Any],
     payload: Any,
@@ -248,8 +249,8 @@ def on_connection(
     """Run an insert on the caller's connection (never prepared), or on the default pool,
     committing at once (prepared unless the pool does not prepare:
     ``sync_insert(conn, payload, prepare=None)``)."""
-    if connection is not None:
-        return sync_insert(connection, payload)
+    if connection is not None:  # an ORM's: its psycopg connection, in its transaction
+        return sync_insert(adapters.sync_connection(connection), payload)
     pool, url, source = _default_pool(settings)
     try:
         with pool.connection() as conn:
@@ -264,7 +265,7 @@ def on_connection(
 
 
 async def on_async_connection(
-    connection: psycopg.AsyncConnection[Any] | None,
+    connection: adapters.AsyncConnectionLike | None,
     settings: Settings,
     async_insert: Callable[..., Awaitable[Any]],
     payload: Any,
@@ -272,7 +273,7 @@ async def on_async_connection(
     """:func:`on_connection` for async callers: the caller's async connection, or the
     default async pool of the running loop (``async_insert(conn, payload, prepare=None)``)."""
     if connection is not None:
-        return await async_insert(connection, payload)
+        return await async_insert(await adapters.async_connection(connection), payload)
     pool, url, source = await _default_async_pool(settings)
     try:
         async with pool.connection() as conn:
@@ -287,8 +288,12 @@ async def on_async_connection(
 
 
 def check_connection(connection: Any, *, is_async: bool = False) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``connection`` is ``None`` or an open
-    psycopg connection of the right kind (``AsyncConnection`` for the ``*_async`` calls)."""
+    """Raise :class:`InvalidArgumentError` unless ``connection`` is ``None``, an open
+    psycopg connection of the right kind (``AsyncConnection`` for the ``*_async`` calls), or
+    an ORM's connection or session of that kind (:mod:`scheduler.adapters`)."""
+    if adapters.orm_of(connection) is not None:
+        adapters.check(connection, is_async)
+        return
     wanted = psycopg.AsyncConnection if is_async else psycopg.Connection
     if connection is None or isinstance(connection, wanted):
         if connection is not None and connection.closed:
@@ -307,6 +312,6 @@ def check_connection(connection: Any, *, is_async: bool = False) -> None:
     elif hasattr(connection, "connection"):
         hint = "; for a pool, use `with pool.connection() as conn:` and pass conn"
     raise InvalidArgumentError(
-        "connection must be a psycopg Connection or AsyncConnection, or None for the default "
-        f"pool, not {type(connection).__name__}{hint}"
+        f"connection must be {adapters.ASYNC_KINDS if is_async else adapters.SYNC_KINDS}, "
+        f"not {type(connection).__name__}{hint}"
     )

@@ -50,7 +50,7 @@ from .errors import InvalidArgumentError, JobNotFoundError, JobWaitTimeoutError
 from .jobs import JobState, RunOutcome, TaskRef
 from .limits import DURATION_MAX_S, check_int, check_queue, check_schedule_name, shown
 from .registry import task_name
-from .sessions import AsyncConn, SyncConn, blocking, run_async, run_sync
+from .sessions import AsyncConn, AsyncConnArg, SyncConn, blocking, run_async, run_sync
 from .settings import get_settings
 from .store import Store
 
@@ -250,7 +250,7 @@ def get_job(job_id: int, *, connection: SyncConn | None = None) -> Job:
     return run_sync(connection, lambda c, s: _get(c, s, job_id))
 
 
-async def get_job_async(job_id: int, *, connection: AsyncConn | None = None) -> Job:
+async def get_job_async(job_id: int, *, connection: AsyncConnArg | None = None) -> Job:
     """:func:`get_job` for async code (``connection``: an ``AsyncConnection``)."""
     job_id = _check_id(job_id)
     return await run_async(connection, lambda c, s: _get(c, s, job_id))
@@ -286,7 +286,7 @@ async def list_jobs_async(
     schedule: str | None = None,
     limit: int = 50,
     *,
-    connection: AsyncConn | None = None,
+    connection: AsyncConnArg | None = None,
 ) -> list[Job]:
     """:func:`list_jobs` for async code."""
     filters = _filters(state, queue, task, schedule, limit)
@@ -307,7 +307,7 @@ def cancel_job(job_id: int, *, connection: SyncConn | None = None) -> CancelOutc
     return run_sync(connection, lambda c, s: _cancel(c, s, job_id))
 
 
-async def cancel_job_async(job_id: int, *, connection: AsyncConn | None = None) -> CancelOutcome:
+async def cancel_job_async(job_id: int, *, connection: AsyncConnArg | None = None) -> CancelOutcome:
     """:func:`cancel_job` for async code."""
     job_id = _check_id(job_id)
     return await run_async(connection, lambda c, s: _cancel(c, s, job_id))
@@ -327,7 +327,7 @@ def retry_job(job_id: int, *, connection: SyncConn | None = None) -> RetryOutcom
     return run_sync(connection, lambda c, s: _retry(c, s, job_id))
 
 
-async def retry_job_async(job_id: int, *, connection: AsyncConn | None = None) -> RetryOutcome:
+async def retry_job_async(job_id: int, *, connection: AsyncConnArg | None = None) -> RetryOutcome:
     """:func:`retry_job` for async code."""
     job_id = _check_id(job_id)
     return await run_async(connection, lambda c, s: _retry(c, s, job_id))

@@ -20,9 +20,9 @@ exception that escapes into the replica:
 
 While a handler runs, :func:`scheduler.current_job` returns its :class:`JobContext` (passed
 as the first argument to handlers that declare it), structlog's contextvars carry ``job_id``,
-``task`` and ``attempt``, and stdlib ``logging`` records get ``scheduler_job_id``,
-``scheduler_task`` and ``scheduler_attempt`` attributes (for format strings), in the job's
-asyncio task or handler thread only.
+``task``, ``attempt`` and ``schedule``, and stdlib ``logging`` records get
+``scheduler_job_id``, ``scheduler_task``, ``scheduler_attempt`` and ``scheduler_schedule``
+attributes (for format strings), in the job's asyncio task or handler thread only.
 
 Only the replica's own cancellation (shutdown, or an operator's ``scheduler jobs cancel``)
 leaves :meth:`Executor.run` as ``asyncio.CancelledError``.
@@ -89,13 +89,15 @@ def enter_job(ctx: JobContext) -> None:
     """Make ``ctx`` the current job of this context (the job's asyncio task): for
     :func:`scheduler.current_job`, structlog's contextvars and stdlib logging records."""
     set_current_job(ctx)
-    structlog.contextvars.bind_contextvars(job_id=ctx.job_id, task=ctx.task, attempt=ctx.attempt)
+    structlog.contextvars.bind_contextvars(
+        job_id=ctx.job_id, task=ctx.task, attempt=ctx.attempt, schedule=ctx.schedule_name
+    )
 
 
 def _install_record_factory() -> None:
-    """Give stdlib logging records ``scheduler_job_id``, ``scheduler_task`` and
-    ``scheduler_attempt`` (``None`` outside a job), once per process. Prefixed: a handler's
-    own ``extra={"task": ...}`` must not collide with them."""
+    """Give stdlib logging records ``scheduler_job_id``, ``scheduler_task``,
+    ``scheduler_attempt`` and ``scheduler_schedule`` (``None`` outside a job), once per
+    process. Prefixed: a handler's own ``extra={"task": ...}`` must not collide with them."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "scheduler_job_fields", False):
         return
@@ -106,6 +108,7 @@ def _install_record_factory() -> None:
         record.scheduler_job_id = ctx.job_id if ctx else None
         record.scheduler_task = ctx.task if ctx else None
         record.scheduler_attempt = ctx.attempt if ctx else None
+        record.scheduler_schedule = ctx.schedule_name if ctx else None
         return record
 
     factory.scheduler_job_fields = True  # type: ignore[attr-defined]
@@ -122,15 +125,26 @@ def failure(exc: BaseException) -> Result:
                                                                         keep="tail"))  # fmt: skip
 
 
+def _ours(exc: BaseException) -> bool:
+    """True for the replica's own cancellation of this task (shutdown, an operator's
+    cancel), as opposed to a ``CancelledError`` the handler raised itself."""
+    current = asyncio.current_task()
+    return (isinstance(exc, asyncio.CancelledError) and current is not None
+            and current.cancelling() > 0)  # fmt: skip
+
+
 def _call(func: Any, args: dict[str, Any], ctx: JobContext | None, pass_ctx: bool) -> Result:
     """Run a sync handler in its thread, inside the attempt hooks (:mod:`scheduler.hooks`);
     every exception becomes a failed Result there (after the failure hooks), so a
     ``SystemExit`` never leaves the thread."""
     try:
         with attempt_scope(ctx) if ctx is not None else contextlib.nullcontext():
-            value = func(ctx, **args) if pass_ctx else func(**args)
+            try:
+                value = func(ctx, **args) if pass_ctx else func(**args)
+            except BaseException as exc:
+                report_failure(ctx, exc)  # inside the hooks: a tracing span is still current
+                raise
     except BaseException as exc:  # noqa: BLE001 - a handler's failure is data, not a crash
-        report_failure(ctx, exc)
         return failure(exc)
     return succeeded(value)
 
@@ -286,22 +300,23 @@ class Executor:
     async def _run_async(self, task: TaskSpec, args: dict[str, Any], ctx: JobContext) -> Result:
         try:
             with attempt_scope(ctx):  # the hooks of scheduler.hooks, in this task's context
-                call = task.func(ctx, **args) if task.takes_context else task.func(**args)
-                if task.timeout_s is None:  # awaited in place: no wait_for frame per job
-                    value = await call
-                else:
-                    value = await asyncio.wait_for(call, task.timeout_s)
-        except TimeoutError as exc:
-            report_failure(ctx, exc)
+                try:
+                    call = task.func(ctx, **args) if task.takes_context else task.func(**args)
+                    if task.timeout_s is None:  # awaited in place: no wait_for frame per job
+                        value = await call
+                    else:
+                        value = await asyncio.wait_for(call, task.timeout_s)
+                except BaseException as exc:
+                    if not _ours(exc):  # inside the hooks: a tracing span is still current
+                        report_failure(ctx, exc)
+                    raise
+        except TimeoutError:
             return _timeout(task)
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if _ours(exc):
                 raise  # ours: shutdown or an operator's cancel
-            report_failure(ctx, exc)
             return failure(exc)  # the handler's own CancelledError
         except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ...
-            report_failure(ctx, exc)
             return failure(exc)
         return succeeded(value)
 

@@ -56,6 +56,7 @@ from typing import Any
 
 import psycopg
 
+from .adapters import AsyncConnectionLike, SyncConnectionLike
 from .connections import check_connection, on_async_connection, on_connection
 from .errors import InvalidArgumentError
 from .limits import DURATION_MAX_S, INT32_MAX, check_int, check_queue, shown
@@ -247,7 +248,7 @@ def set_queue_limits(
     rate: int | None = None,
     per_s: float | None = None,
     key_concurrency: int | None = None,
-    connection: psycopg.Connection[Any] | None = None,
+    connection: SyncConnectionLike | None = None,
 ) -> None:
     """Replace every limit of ``queue`` (all ``None``: no limit). Takes effect for the next
     claim of every replica. Runs on ``connection`` (inside its transaction) or the default
@@ -277,7 +278,7 @@ async def set_queue_limits_async(
     rate: int | None = None,
     per_s: float | None = None,
     key_concurrency: int | None = None,
-    connection: psycopg.AsyncConnection[Any] | None = None,
+    connection: AsyncConnectionLike | None = None,
 ) -> None:
     """Async twin of :func:`set_queue_limits` (an ``AsyncConnection``, or the default async
     pool of the running loop)."""

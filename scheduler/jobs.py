@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-import psycopg
-
+from . import metrics, tracing
+from .adapters import AsyncConnectionLike, SyncConnectionLike
 from .arguments import args_json
 from .connections import check_connection, on_async_connection, on_connection
 from .errors import InvalidArgumentError
@@ -52,8 +52,8 @@ from .store import Store
 
 TaskRef = TaskSpec | Callable[..., Any] | str
 """What the enqueue calls accept as a task: a ``@task`` handle, its function, or a name."""
-SyncConnection = psycopg.Connection[Any]
-AsyncConnection = psycopg.AsyncConnection[Any]
+SyncConnection = SyncConnectionLike  # a psycopg connection, or an ORM's (scheduler.adapters)
+AsyncConnection = AsyncConnectionLike
 OnConflict = Literal["return", "replace", "raise"]
 """What an enqueue does when its ``idempotency_key`` is held (see :func:`schedule_at`)."""
 ON_CONFLICT = ("return", "replace", "raise")
@@ -219,10 +219,12 @@ def prepare(
     concurrency_key: str | None = None,
     unique_for_s: float | None = None,
     on_conflict: OnConflict = "return",
+    headers: Mapping[str, str] | None = None,
 ) -> Prepared:
     """Check one job before any SQL: the task (:func:`scheduler.registry.resolve`), the
     arguments (bound against the handler's signature when the task is registered here, else
-    only checked as JSON), ``run_at`` and the options. Errors as :func:`schedule_at`."""
+    only checked as JSON), ``run_at``, the options and the headers
+    (:func:`scheduler.tracing.check_headers`). Errors as :func:`schedule_at`."""
     settings = get_settings()
     check_run_at(run_at)
     spec = resolve(task)
@@ -244,7 +246,7 @@ def prepare(
     params = {**job_options(spec, queue, priority, max_attempts, settings), "run_at": run_at,
               "delay_s": delay_s, "args": text, "idempotency_key": idempotency_key,
               "concurrency_key": concurrency_key, "unique_for_s": unique_for_s,
-              "on_conflict": on_conflict}  # fmt: skip
+              "on_conflict": on_conflict, "headers": tracing.check_headers(headers)}  # fmt: skip
     return Prepared(spec, values, params)
 
 
@@ -290,20 +292,12 @@ def inline_runner() -> InlineRunner | None:
 def insert(job: Prepared, connection: SyncConnection | None) -> int:
     """Insert a prepared job on ``connection`` (joining its transaction) or on the default
     pool (committed at once); returns its id. Errors as :func:`schedule_at`."""
-    if _inline is not None:
-        return _inline.run(job)
-    if connection is None:
-        refuse_on_event_loop("enqueue")
-    store = Store(get_settings().schema_name)
-    return int(on_connection(connection, get_settings(), store.insert_job_sync, job.params))
+    return insert_result(job, connection).id
 
 
 async def insert_async(job: Prepared, connection: AsyncConnection | None) -> int:
     """:func:`insert` on an async connection or the default async pool."""
-    if _inline is not None:
-        return await _inline.run_async(job)
-    store = Store(get_settings().schema_name)
-    return int(await on_async_connection(connection, get_settings(), store.insert_job, job.params))
+    return (await insert_result_async(job, connection)).id
 
 
 def insert_result(job: Prepared, connection: SyncConnection | None) -> Enqueued:
@@ -315,10 +309,13 @@ def insert_result(job: Prepared, connection: SyncConnection | None) -> Enqueued:
     if connection is None:
         refuse_on_event_loop("enqueue")
     store = Store(get_settings().schema_name)
-    done: Enqueued = on_connection(
-        connection, get_settings(), store.insert_job_result_sync, job.params
-    )
-    return done
+    p = job.params
+    with tracing.sending(p["task"], p["queue"], p.get("headers")) as send:
+        done: Enqueued = on_connection(
+            connection, get_settings(), store.insert_job_result_sync, send.params(p)
+        )
+        send.sent([done.id], done.created)
+    return _counted(p, done)
 
 
 async def insert_result_async(job: Prepared, connection: AsyncConnection | None) -> Enqueued:
@@ -326,9 +323,20 @@ async def insert_result_async(job: Prepared, connection: AsyncConnection | None)
     if _inline is not None:
         return Enqueued(await _inline.run_async(job), True)
     store = Store(get_settings().schema_name)
-    done: Enqueued = await on_async_connection(
-        connection, get_settings(), store.insert_job_result, job.params
-    )
+    p = job.params
+    with tracing.sending(p["task"], p["queue"], p.get("headers")) as send:
+        done: Enqueued = await on_async_connection(
+            connection, get_settings(), store.insert_job_result, send.params(p)
+        )
+        send.sent([done.id], done.created)
+    return _counted(p, done)
+
+
+def _counted(params: dict[str, Any], done: Enqueued) -> Enqueued:
+    """Count a job inserted (``scheduler_jobs_enqueued_total``) once its statement
+    succeeded; a job found holding its key is not counted."""
+    if done.created:
+        metrics.JOBS_ENQUEUED.labels(params["queue"], params["task"]).inc()
     return done
 
 
@@ -347,6 +355,7 @@ def schedule_at(
     unique_for_s: float | None = None,
     on_conflict: OnConflict = "return",
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: SyncConnection | None = None,
 ) -> int:
     """Enqueue a one-off job that becomes due at ``run_at``; returns its id (``jobs.id``).
@@ -390,6 +399,14 @@ def schedule_at(
             queue, :mod:`scheduler.flow`: at most that many running jobs per key, e.g. per
             customer); 1-512 characters without NUL or unpaired surrogates. ``None``
             (default): bound by the queue's other limits only.
+        headers: string metadata stored with the job (``jobs.headers``) and given to the
+            handler as :attr:`JobContext.headers <scheduler.JobContext>`: at most 64, names
+            1-128 characters without whitespace, control characters, NUL or unpaired
+            surrogates, values strings of at most 8,192 characters without NUL or unpaired
+            surrogates, 32,768 characters in all (:mod:`scheduler.tracing`). When the
+            application traces with OpenTelemetry, the trace context of the enqueue
+            (``traceparent``, ``tracestate``) is added, replacing user headers of those
+            names. ``on_conflict="replace"`` replaces a pending job's headers too.
         connection: the caller's sync psycopg connection. The INSERT joins its current
             transaction (a rollback leaves no job: the transactional outbox pattern) and is
             not committed here. ``None`` uses a small pool on the default database
@@ -417,7 +434,9 @@ def schedule_at(
             ``"return"``, ``"replace"`` or ``"raise"``; ``unique_for_s`` or an ``on_conflict``
             other than ``"return"`` is given without an ``idempotency_key``;
             ``concurrency_key`` is not 1-512 characters without NUL or unpaired surrogates;
-            ``connection`` is not an open psycopg ``Connection``.
+            ``headers`` is not a mapping or breaks a bound above (the message names the
+            header, ``headers['x-tenant']``); ``connection`` is not an open psycopg
+            ``Connection``.
         DuplicateJobError: ``on_conflict="raise"`` and the key is held; nothing was written.
         IdempotencyKeyBusyError: the job holding the key kept finishing while this call
             looked it up (100 tries); nothing was enqueued.
@@ -441,7 +460,7 @@ def schedule_at(
     job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
                   max_attempts=max_attempts, idempotency_key=idempotency_key,
                   unique_for_s=unique_for_s, on_conflict=on_conflict,
-                  concurrency_key=concurrency_key)  # fmt: skip
+                  concurrency_key=concurrency_key, headers=headers)  # fmt: skip
     return insert(job, connection)
 
 
@@ -457,6 +476,7 @@ async def schedule_at_async(
     unique_for_s: float | None = None,
     on_conflict: OnConflict = "return",
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: AsyncConnection | None = None,
 ) -> int:
     """:func:`schedule_at` for async code: ``connection`` is a ``psycopg.AsyncConnection``
@@ -466,7 +486,7 @@ async def schedule_at_async(
     job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
                   max_attempts=max_attempts, idempotency_key=idempotency_key,
                   unique_for_s=unique_for_s, on_conflict=on_conflict,
-                  concurrency_key=concurrency_key)  # fmt: skip
+                  concurrency_key=concurrency_key, headers=headers)  # fmt: skip
     return await insert_async(job, connection)
 
 
@@ -481,13 +501,15 @@ def enqueue(
     unique_for_s: float | None = None,
     on_conflict: OnConflict = "return",
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: SyncConnection | None = None,
 ) -> int:
     """Enqueue a job due now: ``schedule_at(task, None, ...)``; same arguments and errors."""
     return schedule_at(task, None, args=args, queue=queue, priority=priority,
                        max_attempts=max_attempts, idempotency_key=idempotency_key,
                        unique_for_s=unique_for_s, on_conflict=on_conflict,
-                       concurrency_key=concurrency_key, connection=connection)  # fmt: skip
+                       concurrency_key=concurrency_key, headers=headers,
+                       connection=connection)  # fmt: skip
 
 
 async def enqueue_async(
@@ -501,13 +523,14 @@ async def enqueue_async(
     unique_for_s: float | None = None,
     on_conflict: OnConflict = "return",
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: AsyncConnection | None = None,
 ) -> int:
     """:func:`enqueue` for async code (see :func:`schedule_at_async`)."""
     return await schedule_at_async(task, None, args=args, queue=queue, priority=priority,
                                    max_attempts=max_attempts, idempotency_key=idempotency_key,
                                    unique_for_s=unique_for_s, on_conflict=on_conflict,
-                                   concurrency_key=concurrency_key,
+                                   concurrency_key=concurrency_key, headers=headers,
                                    connection=connection)  # fmt: skip
 
 
@@ -523,6 +546,7 @@ def enqueue_result(
     unique_for_s: float | None = None,
     on_conflict: OnConflict = "return",
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: SyncConnection | None = None,
 ) -> Enqueued:
     """:func:`schedule_at` (``run_at`` ``None``: due now) that says what it did: an
@@ -534,7 +558,7 @@ def enqueue_result(
     job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
                   max_attempts=max_attempts, idempotency_key=idempotency_key,
                   unique_for_s=unique_for_s, on_conflict=on_conflict,
-                  concurrency_key=concurrency_key)  # fmt: skip
+                  concurrency_key=concurrency_key, headers=headers)  # fmt: skip
     return insert_result(job, connection)
 
 
@@ -550,6 +574,7 @@ async def enqueue_result_async(
     unique_for_s: float | None = None,
     on_conflict: OnConflict = "return",
     concurrency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
     connection: AsyncConnection | None = None,
 ) -> Enqueued:
     """:func:`enqueue_result` for async code (see :func:`schedule_at_async`)."""
@@ -557,5 +582,5 @@ async def enqueue_result_async(
     job = prepare(task, (), args, run_at=run_at, queue=queue, priority=priority,
                   max_attempts=max_attempts, idempotency_key=idempotency_key,
                   unique_for_s=unique_for_s, on_conflict=on_conflict,
-                  concurrency_key=concurrency_key)  # fmt: skip
+                  concurrency_key=concurrency_key, headers=headers)  # fmt: skip
     return await insert_result_async(job, connection)

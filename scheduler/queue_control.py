@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from . import actions
 from .limits import check_queue
-from .sessions import AsyncConn, SyncConn, run_async, run_sync
+from .sessions import AsyncConnArg, SyncConn, run_async, run_sync
 
 
 def pause_queue(queue: str, *, actor: str = "api", connection: SyncConn | None = None) -> bool:
@@ -31,7 +31,7 @@ def pause_queue(queue: str, *, actor: str = "api", connection: SyncConn | None =
 
 
 async def pause_queue_async(
-    queue: str, *, actor: str = "api", connection: AsyncConn | None = None
+    queue: str, *, actor: str = "api", connection: AsyncConnArg | None = None
 ) -> bool:
     """:func:`pause_queue` for async code."""
     queue, actor = check_queue(queue), actions.check_actor(actor)
@@ -45,7 +45,7 @@ def resume_queue(queue: str, *, actor: str = "api", connection: SyncConn | None 
 
 
 async def resume_queue_async(
-    queue: str, *, actor: str = "api", connection: AsyncConn | None = None
+    queue: str, *, actor: str = "api", connection: AsyncConnArg | None = None
 ) -> bool:
     """:func:`resume_queue` for async code."""
     queue, actor = check_queue(queue), actions.check_actor(actor)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -40,6 +41,8 @@ from .limits import (
     shown,
 )
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
 
 @dataclass(slots=True)
 class JobContext:
@@ -57,6 +60,9 @@ class JobContext:
         schedule_name: the schedule that made the job, ``None`` for ``defer`` / ``schedule_at``.
         fire_time: the schedule's fire time this job is for (UTC), ``None`` if not a cron job.
         run_at: when the job became due for this attempt (UTC).
+        headers: the job's headers (``headers=`` of the enqueue call, and the trace context
+            of the enqueuing code: ``traceparent``, ``tracestate``; see
+            :mod:`scheduler.tracing`), a read-only mapping; empty for cron jobs.
     """
 
     job_id: int
@@ -67,6 +73,7 @@ class JobContext:
     schedule_name: str | None = None
     fire_time: datetime | None = None
     run_at: datetime | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
     _cancelled: bool = field(default=False, repr=False, compare=False)
 
     @property

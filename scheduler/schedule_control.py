@@ -38,7 +38,7 @@ from .jobs import TaskRef
 from .limits import check_int, check_schedule_name, shown
 from .registry import task_name
 from .schedules import Backfill, ScheduleWrite
-from .sessions import AsyncConn, SyncConn, run_async, run_sync
+from .sessions import AsyncConn, AsyncConnArg, SyncConn, run_async, run_sync
 from .settings import get_settings
 
 BACKFILL_MAX_JOBS = 10_000  # default cap of one backfill call
@@ -111,7 +111,7 @@ async def put_schedule_async(
     args: Mapping[str, Any] | None = None,
     timezone: str | None = None,
     start_at: datetime | str | None = None,
-    connection: AsyncConn | None = None,
+    connection: AsyncConnArg | None = None,
     **options: Any,
 ) -> ScheduleWrite:
     """:func:`put_schedule` for async code."""
@@ -131,7 +131,7 @@ def remove_schedule(name: str, *, connection: SyncConn | None = None) -> bool:
     return run_sync(connection, lambda c, s: schedules.remove(c, s, name))
 
 
-async def remove_schedule_async(name: str, *, connection: AsyncConn | None = None) -> bool:
+async def remove_schedule_async(name: str, *, connection: AsyncConnArg | None = None) -> bool:
     """:func:`remove_schedule` for async code."""
     name = check_schedule_name(name)
     return await run_async(connection, lambda c, s: schedules.remove(c, s, name))
@@ -153,7 +153,7 @@ def pause_schedule(name: str, *, connection: SyncConn | None = None) -> None:
     run_sync(connection, lambda c, s: _pause(c, s, name))
 
 
-async def pause_schedule_async(name: str, *, connection: AsyncConn | None = None) -> None:
+async def pause_schedule_async(name: str, *, connection: AsyncConnArg | None = None) -> None:
     """:func:`pause_schedule` for async code."""
     name = check_schedule_name(name)
     await run_async(connection, lambda c, s: _pause(c, s, name))
@@ -169,7 +169,7 @@ def resume_schedule(name: str, *, connection: SyncConn | None = None) -> None:
     run_sync(connection, lambda c, s: _resume(c, s, name))
 
 
-async def resume_schedule_async(name: str, *, connection: AsyncConn | None = None) -> None:
+async def resume_schedule_async(name: str, *, connection: AsyncConnArg | None = None) -> None:
     """:func:`resume_schedule` for async code."""
     name = check_schedule_name(name)
     await run_async(connection, lambda c, s: _resume(c, s, name))
@@ -195,7 +195,7 @@ def trigger_schedule(name: str, *, connection: SyncConn | None = None) -> int | 
     return run_sync(connection, lambda c, s: schedules.trigger(c, s, name))
 
 
-async def trigger_schedule_async(name: str, *, connection: AsyncConn | None = None) -> int | None:
+async def trigger_schedule_async(name: str, *, connection: AsyncConnArg | None = None) -> int | None:
     """:func:`trigger_schedule` for async code."""
     name = check_schedule_name(name)
     return await run_async(connection, lambda c, s: schedules.trigger(c, s, name))
@@ -245,7 +245,7 @@ async def backfill_schedule_async(
     end: datetime,
     *,
     max_jobs: int = BACKFILL_MAX_JOBS,
-    connection: AsyncConn | None = None,
+    connection: AsyncConnArg | None = None,
 ) -> Backfill:
     """:func:`backfill_schedule` for async code."""
     name, limit = check_schedule_name(name), _range(start, end, max_jobs)

@@ -1,6 +1,7 @@
 """Where the statements of a control call run (:mod:`scheduler.control` for jobs,
 :mod:`scheduler.schedule_control` for schedules): on the default database in a session of its
-own, or inside the caller's transaction on the caller's connection, sync or async.
+own, or inside the caller's transaction on the caller's connection, sync or async: a psycopg
+connection, or an ORM's connection or session (:mod:`scheduler.adapters`: SQLAlchemy, Django).
 
 ``run_sync(connection, action)`` and ``run_async(connection, action)`` run
 ``await action(conn, store)``; a sync caller's connection is wrapped so the same coroutine code
@@ -19,17 +20,19 @@ from typing import Any, TypeVar, cast
 import psycopg
 
 from . import operations
+from .adapters import AsyncConnectionLike, SyncConnectionLike, async_connection, sync_connection
 from .connections import check_connection, default_database_url
 from .settings import get_settings
 from .store import Store
 
 T = TypeVar("T")
-SyncConn = psycopg.Connection[Any]
-AsyncConn = psycopg.AsyncConnection[Any]
-Action = Callable[[AsyncConn, Store], Awaitable[T]]
+SyncConn = SyncConnectionLike  # what the sync control calls' connection= accepts
+AsyncConn = psycopg.AsyncConnection[Any]  # what the statements run on
+AsyncConnArg = AsyncConnectionLike  # what the *_async control calls' connection= accepts
+Action = Callable[[psycopg.AsyncConnection[Any], Store], Awaitable[T]]
 
 
-async def _run(connection: AsyncConn | None, action: Action[T]) -> T:
+async def _run(connection: psycopg.AsyncConnection[Any] | None, action: Action[T]) -> T:
     """``action(conn, store)`` in a session on the default database, or in the caller's
     transaction on its connection; database failures become scheduler errors."""
     settings = get_settings()
@@ -94,10 +97,14 @@ class _Blocking:
 
 def run_sync(connection: SyncConn | None, action: Action[T]) -> T:
     check_connection(connection)
-    conn = None if connection is None else cast(AsyncConn, _Blocking(connection))
-    return blocking(lambda: _run(conn, action))
+    conn = None if connection is None else _Blocking(sync_connection(connection))
+    return blocking(lambda: _run(cast("psycopg.AsyncConnection[Any] | None", conn), action))
 
 
-def run_async(connection: AsyncConn | None, action: Action[T]) -> Awaitable[T]:
+def run_async(connection: AsyncConnArg | None, action: Action[T]) -> Awaitable[T]:
     check_connection(connection, is_async=True)
-    return _run(connection, action)
+    return _run_on(connection, action)
+
+
+async def _run_on(connection: AsyncConnArg | None, action: Action[T]) -> T:
+    return await _run(await async_connection(connection), action)

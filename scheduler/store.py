@@ -16,6 +16,7 @@ is part of the caller's transaction; statements on a caller's connection are nev
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,8 +36,12 @@ _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 
 # One job of a bulk enqueue: (queue, task, args as JSON text, priority, run_at or None for
-# "now", max_attempts, backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key).
-BulkJob = tuple[str, str, str, int, datetime | None, int, float, float, float, str | None]
+# "now", max_attempts, backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key,
+# headers: a dict of strings, or None for none).
+BulkJob = tuple[
+    str, str, str, int, datetime | None, int, float, float, float, str | None,
+    dict[str, str] | None,
+]  # fmt: skip
 
 
 def _read(name: str) -> str:
@@ -142,7 +147,14 @@ class Enqueued:
 
 def _keyed(params: dict[str, Any]) -> dict[str, Any]:
     """The parameters of a keyed insert, with the defaults of the unique-job options."""
-    return {"unique_for_s": None, "on_conflict": "return", "concurrency_key": None, **params}
+    return {"unique_for_s": None, "on_conflict": "return", "concurrency_key": None,
+            "headers": None, **params}  # fmt: skip
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``insert_job``: ``headers`` (JSON text of an object) default to
+    none (``'{}'``)."""
+    return params if "headers" in params else {**params, "headers": None}
 
 
 def _replaces(params: dict[str, Any], job_id: int, state: str) -> bool:
@@ -287,7 +299,7 @@ class Store:
         if params.get("idempotency_key") is not None:
             return self.insert_job_result_sync(conn, params, prepare).id
         with conn.cursor() as cur:
-            cur.execute(self.q["insert_job"], params, prepare=prepare)
+            cur.execute(self.q["insert_job"], _plain(params), prepare=prepare)
             return int(cur.fetchone()[0])  # type: ignore[index]
 
     def insert_job_result_sync(
@@ -309,7 +321,7 @@ class Store:
         """
         with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
-                cur.execute(self.q["insert_job"], params, prepare=prepare)
+                cur.execute(self.q["insert_job"], _plain(params), prepare=prepare)
                 return Enqueued(int(cur.fetchone()[0]), True)  # type: ignore[index]
             params = _keyed(params)
             for _ in range(IDEMPOTENT_TRIES):
@@ -346,7 +358,7 @@ class Store:
         if params.get("idempotency_key") is not None:
             return (await self.insert_job_result(conn, params, prepare)).id
         async with conn.cursor() as cur:
-            await cur.execute(self.q["insert_job"], params, prepare=prepare)
+            await cur.execute(self.q["insert_job"], _plain(params), prepare=prepare)
             return int((await cur.fetchone())[0])  # type: ignore[index]
 
     async def insert_job_result(
@@ -358,7 +370,7 @@ class Store:
         """Async twin of :meth:`insert_job_result_sync`."""
         async with conn.cursor() as cur:
             if params.get("idempotency_key") is None:
-                await cur.execute(self.q["insert_job"], params, prepare=prepare)
+                await cur.execute(self.q["insert_job"], _plain(params), prepare=prepare)
                 return Enqueued(int((await cur.fetchone())[0]), True)  # type: ignore[index]
             params = _keyed(params)
             for _ in range(IDEMPOTENT_TRIES):
@@ -385,22 +397,27 @@ class Store:
                     return Enqueued(job_id, False, str(row[0]))
         raise _key_busy(params)
 
-    # COPY column types; args is sent as JSON text and parsed by the server as jsonb
+    # COPY column types; args and headers are sent as JSON text and parsed by the server
     _COPY_TYPES: ClassVar[list[str]] = [
         "int8", "text", "text", "text", "int4", "timestamptz", "timestamptz", "int4",
-        "float8", "float8", "float8", "text",
+        "float8", "float8", "float8", "text", "text",
     ]  # fmt: skip
 
     @staticmethod
     def _copy_rows(
         rows: list[BulkJob], reserved: list[tuple[int, datetime]]
     ) -> Iterator[tuple[Any, ...]]:
-        for (queue, task, args, priority, run_at, attempts, base, cap, jitter, key), (
+        last: dict[str, str] | None = None  # rows often share one headers dict: dumped once
+        text = "{}"
+        for (queue, task, args, priority, run_at, attempts, base, cap, jitter, key, headers), (
             job_id,
             now,
         ) in zip(rows, reserved, strict=True):
             at = run_at or now
-            yield job_id, queue, task, args, priority, at, at, attempts, base, cap, jitter, key
+            if headers is not last:
+                last, text = headers, json.dumps(headers, separators=(",", ":")) if headers else "{}"
+            yield (job_id, queue, task, args, priority, at, at, attempts, base, cap, jitter, key,
+                   text)  # fmt: skip
 
     def insert_jobs_sync(
         self, conn: psycopg.Connection[Any], rows: list[BulkJob], prepare: bool | None = False
@@ -453,7 +470,8 @@ class Store:
         when its ``run_at <= now`` (``None``: the database clock; tests pass a later instant).
 
         Returns the claimed rows as dicts (``id, queue, task, args, attempt, max_attempts,
-        backoff_*, schedule_name, scheduled_for, run_at``); ``attempt`` is already incremented.
+        backoff_*, schedule_name, scheduled_for, run_at, headers``); ``attempt`` is already
+        incremented.
 
         ``limited=False`` (default): ``claim_jobs``, which ignores flow control (lock-free,
         the hot path). ``limited=True``: ``claim_jobs_limited``, for a worker that knows one

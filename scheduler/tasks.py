@@ -52,8 +52,10 @@ __all__ = ["Task", "TaskCall", "get_task", "import_modules", "load_tasks", "regi
 @dataclass(frozen=True)
 class TaskCall(Generic[P, R]):
     """A task with per-call options (from :meth:`Task.configure`); the same calls as
-    :class:`Task`. ``connection`` must suit the call: a ``psycopg.Connection`` for the sync
-    ones, a ``psycopg.AsyncConnection`` for the ``*_async`` ones (else InvalidArgumentError).
+    :class:`Task`. ``connection`` must suit the call: a ``psycopg.Connection``, SQLAlchemy
+    ``Connection`` / ``Session`` or Django's connection for the sync ones, a
+    ``psycopg.AsyncConnection``, SQLAlchemy ``AsyncConnection`` / ``AsyncSession`` for the
+    ``*_async`` ones (:mod:`scheduler.adapters`; else InvalidArgumentError).
     """
 
     task: Task[P, R]
@@ -65,6 +67,7 @@ class TaskCall(Generic[P, R]):
     unique_for_s: float | None = None
     on_conflict: jobs.OnConflict = "return"
     concurrency_key: str | None = None
+    headers: Mapping[str, str] | None = None
 
     def _prepare(self, args: Any, kwargs: Any, run_at: datetime | None = None,
                  delay_s: float = 0.0) -> jobs.Prepared:  # fmt: skip
@@ -74,7 +77,8 @@ class TaskCall(Generic[P, R]):
                             idempotency_key=self.idempotency_key,
                             unique_for_s=self.unique_for_s,
                             on_conflict=self.on_conflict,
-                            concurrency_key=self.concurrency_key)  # fmt: skip
+                            concurrency_key=self.concurrency_key,
+                            headers=self.headers)  # fmt: skip
 
     def _refuse_keys(self, call: str) -> None:
         if self.idempotency_key is not None or self.unique_for_s is not None or (
@@ -153,14 +157,14 @@ class TaskCall(Generic[P, R]):
         bulk: InvalidArgumentError."""
         self._refuse_keys("defer_many")
         rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts,
-                              self.concurrency_key)  # fmt: skip
+                              self.concurrency_key, self.headers)  # fmt: skip
         return bulk.insert_many(rows, self._sync())
 
     async def defer_many_async(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
         """:meth:`defer_many` for async code."""
         self._refuse_keys("defer_many_async")
         rows = bulk.many_rows(self.task, calls, self.queue, self.priority, self.max_attempts,
-                              self.concurrency_key)  # fmt: skip
+                              self.concurrency_key, self.headers)  # fmt: skip
         return await bulk.insert_many_async(rows, self._async())
 
 
@@ -202,6 +206,7 @@ class Task(TaskSpec, Generic[P, R]):
         unique_for_s: float | None = None,
         on_conflict: jobs.OnConflict = "return",
         concurrency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> TaskCall[P, R]:
         """Per-call options; values are checked when a call is made (InvalidArgumentError
         naming the option, before any SQL).
@@ -209,8 +214,10 @@ class Task(TaskSpec, Generic[P, R]):
         Args:
             queue, priority, max_attempts, idempotency_key: as for :func:`scheduler.schedule_at`.
             connection: a ``psycopg.Connection`` (for the sync calls) or
-                ``psycopg.AsyncConnection`` (for the ``*_async`` calls): the INSERT joins its
-                transaction and is not committed. ``None``: the default pool, committed.
+                ``psycopg.AsyncConnection`` (for the ``*_async`` calls), or an ORM's
+                connection or session (SQLAlchemy 2 on psycopg, Django: see
+                :mod:`scheduler.adapters`): the INSERT joins its transaction and is not
+                committed. ``None``: the default pool, committed.
             unique_for_s: seconds (> 0, at most 10 years) after the first job with this
                 ``idempotency_key`` was created during which no second one is inserted,
                 whatever the first one's state; ``None``: only while one is live. Needs an
@@ -223,9 +230,12 @@ class Task(TaskSpec, Generic[P, R]):
             concurrency_key: the job's key for its queue's ``key_concurrency`` limit
                 (:mod:`scheduler.flow`), e.g. a customer id; as for
                 :func:`scheduler.schedule_at`. Also applies to :meth:`TaskCall.defer_many`.
+            headers: string metadata stored with the job and given to the handler as
+                :attr:`JobContext.headers`; bounds as for :func:`scheduler.schedule_at`
+                (checked when a call is made). Also applies to :meth:`TaskCall.defer_many`.
         """
         return TaskCall(self, queue, priority, max_attempts, idempotency_key, connection,
-                        unique_for_s, on_conflict, concurrency_key)  # fmt: skip
+                        unique_for_s, on_conflict, concurrency_key, headers)  # fmt: skip
 
     def defer(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue a job due now; returns its id (see :meth:`TaskCall.defer`)."""

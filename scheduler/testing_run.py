@@ -27,6 +27,7 @@ from .log import redact_url
 from .registry import JobContext, TaskSpec, get_task
 from .retry import Backoff
 from .store import Store
+from .tracing import frozen
 
 WORKER_ID = "scheduler-testing"  # jobs.locked_by and job_runs.worker_id of these attempts
 LEASE_S = 3600.0  # no leader runs in a test: the lease only has to outlast one attempt
@@ -219,7 +220,8 @@ def _attempt_context(job: dict[str, Any]) -> tuple[TaskSpec | None, contextvars.
     """The job's task (``None`` if not registered), its JobContext, and a contextvars
     context in which it is the current job (its own: nothing leaks into the test)."""
     ctx = JobContext(job["id"], job["task"], job["attempt"], job["max_attempts"], job["queue"],
-                     job["schedule_name"], job["scheduled_for"], job["run_at"])  # fmt: skip
+                     job["schedule_name"], job["scheduled_for"], job["run_at"],
+                     headers=frozen(job.get("headers")))  # fmt: skip
     context = contextvars.copy_context()
     context.run(enter_job, ctx)
     try:

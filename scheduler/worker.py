@@ -52,7 +52,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from . import metrics
+from . import metrics, tracing
 from .completion import Completion, CompletionWriter
 from .errors import UnknownTaskError
 from .execution import Executor, Result
@@ -137,6 +137,7 @@ class Worker:
         ``shutdown_grace_s`` and write their outcomes (waiting at most SHUTDOWN_WRITE_S)."""
         self._log = log.bind()
         self._executor.log = self._writer.log = self._log
+        tracing.install_if_used()  # a span per attempt, if the application uses OpenTelemetry
         supervisor = self.supervisor or Supervisor(stop)
         loops = [
             supervisor.start("scheduler-listen", lambda: self._listen(stop)),
@@ -275,7 +276,7 @@ class Worker:
         try:
             ctx = JobContext(job_id, job["task"], job["attempt"], job["max_attempts"],
                              job["queue"], job["schedule_name"], job["scheduled_for"],
-                             job["run_at"])  # fmt: skip
+                             job["run_at"], tracing.frozen(job.get("headers")))  # fmt: skip
             result = await self._executor.run(registered, job["args"] or {}, ctx)
         except asyncio.CancelledError:
             if job_id not in self._cancelling:  # a shutdown: released to pending

@@ -36,12 +36,13 @@ INSERT INTO {schema}.migrations (version, name) VALUES (%(version)s, %(name)s);
 -- A job without an idempotency key: a plain INSERT (ON CONFLICT would make every insert a
 -- speculative insertion, with its extra WAL record, for a key that is NULL).
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
-                           backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key)
+                           backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key,
+                           headers)
 VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
-        %(concurrency_key)s)
+        %(concurrency_key)s, coalesce(%(headers)s::jsonb, '{}'))
 RETURNING id;
 
 -- name: insert_job_idempotent
@@ -53,13 +54,13 @@ RETURNING id;
 -- comes here (insert_job).
 INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, first_run_at, max_attempts,
                            backoff_base_s, backoff_max_s, backoff_jitter, idempotency_key,
-                           unique_until, concurrency_key)
+                           unique_until, concurrency_key, headers)
 VALUES (%(queue)s, %(task)s, %(args)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         %(max_attempts)s, %(backoff_base_s)s, %(backoff_max_s)s, %(backoff_jitter)s,
         %(idempotency_key)s, now() + make_interval(secs => %(unique_for_s)s),
-        %(concurrency_key)s)
+        %(concurrency_key)s, coalesce(%(headers)s::jsonb, '{}'))
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -87,14 +88,16 @@ WHERE idempotency_key = %(idempotency_key)s AND unique_until IS NOT NULL
   AND unique_until <= now();
 
 -- name: replace_pending_job
--- on_conflict="replace": the pending job holding the key takes the new arguments, due time
--- and priority (its window, if any, stays that of its creation); not a running or finished
--- job, nor a job of another task. The workers are told of the new due time, as after an
--- insert (payload "<queue> <epoch of run_at>", see 0004).
+-- on_conflict="replace": the pending job holding the key takes the new arguments, due time,
+-- priority and headers (the replacing call's, with its trace context; its window, if any,
+-- stays that of its creation); not a running or finished job, nor a job of another task.
+-- The workers are told of the new due time, as after an insert (payload "<queue> <epoch of
+-- run_at>", see 0004).
 WITH replaced AS (
     UPDATE {schema}.jobs
     SET args = %(args)s,
         priority = %(priority)s,
+        headers = coalesce(%(headers)s::jsonb, '{}'),
         run_at = coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s)),
         first_run_at = CASE WHEN attempt = 0
             THEN coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => %(delay_s)s))
@@ -172,7 +175,7 @@ FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
           j.backoff_base_s, j.backoff_max_s, j.backoff_jitter,
-          j.schedule_name, j.scheduled_for, j.run_at,
+          j.schedule_name, j.scheduled_for, j.run_at, j.headers,
           extract(epoch FROM now() - j.run_at)::float8 AS lateness_s,
           extract(epoch FROM now() - j.first_run_at)::float8 AS age_s;
 
@@ -246,7 +249,7 @@ WITH RECURSIVE limited AS MATERIALIZED (
 )
 SELECT j.id, j.queue, j.task, j.args, j.priority, j.attempt, j.max_attempts,
        j.backoff_base_s, j.backoff_max_s, j.backoff_jitter,
-       j.schedule_name, j.scheduled_for, j.run_at,
+       j.schedule_name, j.scheduled_for, j.run_at, j.headers,
        extract(epoch FROM now() - j.run_at)::float8 AS lateness_s,
        extract(epoch FROM now() - j.first_run_at)::float8 AS age_s
 FROM (SELECT * FROM flow UNION ALL SELECT * FROM free) AS j;
@@ -718,7 +721,7 @@ FROM generate_series(1, %(n)s);
 -- Bulk enqueue, step 2: COPY (several times faster than a multi-row INSERT from Python). The
 -- statement-level insert trigger fires once, so one notification per queue.
 COPY {schema}.jobs (id, queue, task, args, priority, run_at, first_run_at, max_attempts,
-                    backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key)
+                    backoff_base_s, backoff_max_s, backoff_jitter, concurrency_key, headers)
 FROM STDIN;
 
 -- name: prune_jobs

@@ -69,6 +69,8 @@ ADDED: dict[tuple[str, str], Any] = {
     ("job_events", "actor"): None,
     ("job_events", "schedule_name"): None,
     ("job_events", "queue"): None,
+    # 0023_job_headers (jobs enqueued before it carry no headers)
+    ("jobs", "headers"): {},
     # 0019_alerts (a schedule without alert settings)
     ("schedules", "alert_after_s"): None,
     ("schedules", "alert_on_failures"): None,

@@ -1,0 +1,12 @@
+-- 0023: job headers (issue 16): string metadata written with a job by the enqueue calls
+-- (`headers=`), and the trace context of the enqueuing code (W3C `traceparent` /
+-- `tracestate`, scheduler.tracing), returned by the claim and given to the handler as
+-- JobContext.headers.
+--
+-- NOT NULL DEFAULT '{}' rather than NULL-able: every row reads as an object (`headers ->>
+-- 'traceparent'` needs no coalesce, the worker no None branch), and with a constant default
+-- ADD COLUMN changes only the catalog (PostgreSQL >= 11 keeps the default as the column's
+-- missing value): existing rows are not rewritten, the ACCESS EXCLUSIVE lock is brief, and
+-- they read '{}'. Jobs a schedule materialises keep the default. An empty object costs a
+-- few bytes a row, where NULL would cost none: measured against the rest of a row, noise.
+ALTER TABLE {schema}.jobs ADD COLUMN headers jsonb NOT NULL DEFAULT '{}';
