@@ -168,7 +168,8 @@ def test_handlers_get_their_context_and_log_with_it(db, db_url, default_db, capl
     assert (sync["ctx"].job_id, sync["ctx"].attempt, sync["ctx"].queue) == (sync_id, 1, "default")
     assert sync["current"] is sync["ctx"] and async_["current"] is async_["ctx"]
     assert sync["ctx"].max_attempts == Settings().max_attempts
-    assert sync["structlog"] == {"job_id": sync_id, "task": "handles.with_context", "attempt": 1}
+    assert sync["structlog"] == {"job_id": sync_id, "task": "handles.with_context", "attempt": 1,
+                                 "schedule": None}  # fmt: skip
     assert async_["structlog"]["job_id"] == async_id
     record = next(r for r in caplog.records if r.name == "user.handler")
     assert (record.scheduler_job_id, record.scheduler_task, record.scheduler_attempt) == (
