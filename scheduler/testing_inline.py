@@ -45,9 +45,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import UnknownTaskError
+from .hooks import attempt_scope, report_failure
 from .jobs import Prepared, set_inline
 from .limits import shown
 from .registry import JobContext, TaskSpec, set_current_job, task_name
+from .tracing import frozen
 
 __all__ = ["InlineJob", "InlineRunner", "inline"]
 
@@ -135,6 +137,7 @@ class InlineRunner:
                 if earlier.options["idempotency_key"] == key and not earlier.ran:
                     return earlier, None  # a live (not run) job holds the key: its id
             options = {k: p[k] for k in ("queue", "priority", "max_attempts", "idempotency_key")}
+            options["headers"] = p.get("headers")
             record = InlineJob(len(self.jobs) + 1, spec.name, json.loads(p["args"]),
                                p["run_at"], float(p["delay_s"]), options)  # fmt: skip
             self.jobs.append(record)
@@ -147,12 +150,18 @@ class InlineRunner:
         """Call the handler as the current job (a coroutine for an async one: its context
         is the task or thread that runs it, see :func:`_run_coroutine_blocking`)."""
         ctx = JobContext(record.id, spec.name, 1, record.options["max_attempts"],
-                         record.options["queue"], run_at=record.run_at)  # fmt: skip
+                         record.options["queue"], run_at=record.run_at,
+                         headers=frozen(record.options.get("headers")))  # fmt: skip
         if spec.is_async:
             return _with_context(spec, record, ctx)
         token = set_current_job(ctx)
         try:
-            return _invoke(spec, record, ctx)
+            with attempt_scope(ctx):  # the attempt hooks, as a worker runs them
+                try:
+                    return _invoke(spec, record, ctx)
+                except BaseException as exc:
+                    report_failure(ctx, exc)
+                    raise
         except BaseException as exc:
             record.error = exc
             raise
@@ -174,7 +183,12 @@ def _invoke(spec: TaskSpec, record: InlineJob, ctx: JobContext) -> Any:
 async def _with_context(spec: TaskSpec, record: InlineJob, ctx: JobContext) -> Any:
     token = set_current_job(ctx)
     try:
-        return await _invoke(spec, record, ctx)
+        with attempt_scope(ctx):
+            try:
+                return await _invoke(spec, record, ctx)
+            except BaseException as exc:
+                report_failure(ctx, exc)
+                raise
     except BaseException as exc:
         record.error = exc
         raise

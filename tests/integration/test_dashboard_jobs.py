@@ -280,6 +280,16 @@ def test_bulk_actions_take_everything_matching(client: TestClient, sql: psycopg.
     assert actors == [("deleted", 9, "dashboard:local")]
 
 
+def test_job_detail_shows_its_headers_escaped(client: TestClient, sql: psycopg.Connection) -> None:
+    (job,) = add_jobs(sql, "hdr.task", 1)
+    sql.execute("""UPDATE scheduler.jobs SET headers = '{"tenant": "<b>acme</b>",
+                   "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}'
+                   WHERE id = %s""", (job,))  # fmt: skip
+    page = client.get(f"/jobs/{job}").text
+    assert "tenant: &lt;b&gt;acme&lt;/b&gt;" in page and "<b>acme" not in page
+    assert "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736" in page
+
+
 def test_dead_letters_page(client: TestClient, sql: psycopg.Connection) -> None:
     dead = add_jobs(sql, "dl.task", 55, state="dead", error="dead letter")
     html = client.get("/dead-letters?task=dl.task").text

@@ -330,6 +330,39 @@ def test_inline_async_handlers_from_sync_and_async_calls():
         {"n": 1, "job_id": 1}, {"n": 2, "job_id": 2}, {"n": 3, "job_id": 3}, "receipt 4"]
 
 
+def test_inline_runs_the_attempt_and_failure_hooks_and_gives_headers():
+    """Inline mode wraps each handler in the attempt hooks (Django's connection handling,
+    tracing spans) and reports failures, as a worker does; ctx.headers carries headers."""
+    import contextlib
+
+    from scheduler.hooks import add_attempt_hook, add_failure_hook
+
+    seen: list[Any] = []
+
+    @contextlib.contextmanager
+    def scope(ctx: JobContext) -> Any:
+        seen.append(("enter", ctx.task, dict(ctx.headers)))
+        yield
+        seen.append(("exit", ctx.task))
+
+    removers = [add_attempt_hook(scope),
+                add_failure_hook(lambda ctx, exc: seen.append(("failed", ctx.task, repr(exc))))]
+    try:
+        with inline():
+            receipt.configure(headers={"tenant": "acme"}).defer(order_id=1)
+            with pytest.raises(ValueError, match="boom 2"):
+                flaky.defer(n=2)
+            assert async_handler.defer(n=3) == 3
+    finally:
+        for remove in removers:
+            remove()
+    assert seen == [
+        ("enter", "tp.receipt", {"tenant": "acme"}), ("exit", "tp.receipt"),
+        ("enter", "tp.flaky", {}), ("failed", "tp.flaky", "ValueError('boom 2')"),
+        ("enter", "tp.async_handler", {}), ("exit", "tp.async_handler"),
+    ]  # fmt: skip
+
+
 def test_inline_may_leave_scheduled_jobs_unrun():
     CALLS.clear()
     with inline(run_scheduled=False) as runner:
