@@ -56,6 +56,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .flow import QueueLimits, set_queue_limits, set_queue_limits_async
+from .job_inserts import Enqueued
 from .jobs import (
     JobState,
     RunOutcome,
@@ -83,7 +84,6 @@ from .schedule_control import (
     trigger_schedule_async,
 )
 from .schedules import Backfill, ScheduleWrite
-from .store import Enqueued
 from .tasks import Task, TaskCall, task
 
 __all__ = [

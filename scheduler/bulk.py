@@ -15,6 +15,7 @@ from . import metrics, tracing
 from .arguments import args_json
 from .connections import check_connection, on_async_connection, on_connection
 from .errors import InvalidArgumentError
+from .job_inserts import BulkJob
 from .jobs import (
     AsyncConnection,
     SyncConnection,
@@ -28,7 +29,7 @@ from .jobs import (
 from .limits import check_concurrency_key
 from .registry import TaskSpec, resolve, task_name
 from .settings import get_settings
-from .store import BulkJob, Store
+from .store import Store
 
 # ---- many jobs: one COPY -------------------------------------------------------------------
 

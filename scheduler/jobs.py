@@ -36,6 +36,7 @@ from .adapters import AsyncConnectionLike, SyncConnectionLike
 from .arguments import args_json
 from .connections import check_connection, on_async_connection, on_connection
 from .errors import InvalidArgumentError
+from .job_inserts import Enqueued as Enqueued  # noqa: PLC0414 - explicit re-export (mypy)
 from .limits import (
     DURATION_MAX_S,
     check_concurrency_key,
@@ -47,7 +48,6 @@ from .limits import (
 )
 from .registry import TaskSpec, resolve
 from .settings import Settings, get_settings
-from .store import Enqueued as Enqueued  # noqa: PLC0414 - explicit re-export (mypy)
 from .store import Store
 
 TaskRef = TaskSpec | Callable[..., Any] | str

@@ -47,8 +47,9 @@ from . import flow
 from .errors import DatabaseError, DatabaseUnavailableError, SchemaNotMigratedError
 from .limits import INT32_MAX, shown
 from .log import redact_text, redact_url
+from .migrations import migrations
 from .settings import Settings
-from .store import Store, migrations
+from .store import Store
 
 PURGE_BATCH = 1000
 MAX_DURATION_S = 100 * 365 * 86400.0  # parse_duration: 100 years

@@ -2,7 +2,8 @@ import asyncio
 
 import psycopg
 
-from scheduler.store import Store, migrations
+from scheduler.migrations import migrations
+from scheduler.store import Store
 
 
 def _tables(conn: psycopg.Connection) -> set[str]:
@@ -67,11 +68,11 @@ def test_a_migration_waits_a_bounded_time_for_its_locks(fresh_db_url, monkeypatc
     applies once the way is clear."""
     import pytest
 
-    from scheduler import store as store_module
+    from scheduler import migrations as migrations_module
     from scheduler.errors import MigrationLockError
 
-    monkeypatch.setattr(store_module, "MIGRATION_LOCK_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(store_module, "MIGRATION_TRIES", 2)
+    monkeypatch.setattr(migrations_module, "MIGRATION_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(migrations_module, "MIGRATION_TRIES", 2)
     url = fresh_db_url()
     # the newest migration that locks a table (one that only replaces a function takes none)
     last = [m for m in migrations() if "ALTER TABLE" in m.text or "CREATE INDEX" in m.text][-1]

@@ -29,7 +29,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from scheduler import maintenance, materialiser, operations
-from scheduler.store import Store, _compose, migrations
+from scheduler.migrations import _compose, migrations
+from scheduler.store import Store
 
 STORE = Store("scheduler")
 TABLES = (
