@@ -14,19 +14,11 @@ from typing import Any
 from . import metrics, tracing
 from .arguments import args_json
 from .connections import check_connection, on_async_connection, on_connection
+from .enqueueing import AsyncConnection, SyncConnection, inline_runner, refuse_on_event_loop
 from .errors import InvalidArgumentError
 from .job_inserts import BulkJob
-from .jobs import (
-    AsyncConnection,
-    SyncConnection,
-    TaskRef,
-    check_options,
-    check_run_at,
-    inline_runner,
-    job_options,
-    refuse_on_event_loop,
-)
 from .limits import check_concurrency_key
+from .preparation import TaskRef, check_options, check_run_at, job_options
 from .registry import TaskSpec, resolve, task_name
 from .settings import get_settings
 from .store import Store

@@ -47,8 +47,9 @@ from psycopg.rows import dict_row
 from . import operations
 from .connections import default_database_url
 from .errors import InvalidArgumentError, JobNotFoundError, JobWaitTimeoutError
-from .jobs import JobState, RunOutcome, TaskRef
+from .jobs import JobState, RunOutcome
 from .limits import DURATION_MAX_S, check_int, check_queue, check_schedule_name, shown
+from .preparation import TaskRef
 from .registry import task_name
 from .sessions import AsyncConn, AsyncConnArg, SyncConn, blocking, run_async, run_sync
 from .settings import get_settings

@@ -34,8 +34,8 @@ from typing import Any
 from . import schedules
 from .config import ScheduleConfig, check_schedule
 from .errors import InvalidArgumentError, ScheduleNotFoundError
-from .jobs import TaskRef
 from .limits import check_int, check_schedule_name, shown
+from .preparation import TaskRef
 from .registry import task_name
 from .schedules import Backfill, ScheduleWrite
 from .sessions import AsyncConn, AsyncConnArg, SyncConn, run_async, run_sync

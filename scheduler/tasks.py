@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from . import bulk, jobs
+from . import bulk, enqueueing, job_inserts, preparation
 from .connections import check_connection
 from .errors import InvalidArgumentError
 from .limits import shown
@@ -65,20 +65,20 @@ class TaskCall(Generic[P, R]):
     idempotency_key: str | None = None
     connection: Any = None
     unique_for_s: float | None = None
-    on_conflict: jobs.OnConflict = "return"
+    on_conflict: preparation.OnConflict = "return"
     concurrency_key: str | None = None
     headers: Mapping[str, str] | None = None
 
     def _prepare(self, args: Any, kwargs: Any, run_at: datetime | None = None,
-                 delay_s: float = 0.0) -> jobs.Prepared:  # fmt: skip
-        return jobs.prepare(self.task, args, kwargs, run_at=run_at, delay_s=delay_s,
-                            queue=self.queue, priority=self.priority,
-                            max_attempts=self.max_attempts,
-                            idempotency_key=self.idempotency_key,
-                            unique_for_s=self.unique_for_s,
-                            on_conflict=self.on_conflict,
-                            concurrency_key=self.concurrency_key,
-                            headers=self.headers)  # fmt: skip
+                 delay_s: float = 0.0) -> preparation.Prepared:  # fmt: skip
+        return preparation.prepare(self.task, args, kwargs, run_at=run_at, delay_s=delay_s,
+                                   queue=self.queue, priority=self.priority,
+                                   max_attempts=self.max_attempts,
+                                   idempotency_key=self.idempotency_key,
+                                   unique_for_s=self.unique_for_s,
+                                   on_conflict=self.on_conflict,
+                                   concurrency_key=self.concurrency_key,
+                                   headers=self.headers)  # fmt: skip
 
     def _refuse_keys(self, call: str) -> None:
         if self.idempotency_key is not None or self.unique_for_s is not None or (
@@ -99,56 +99,56 @@ class TaskCall(Generic[P, R]):
     def defer(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue a job due now; returns its id. Errors as :func:`scheduler.schedule_at`
         (:class:`~scheduler.errors.TaskArgumentsError` for arguments that do not fit)."""
-        return jobs.insert(self._prepare(args, kwargs), self._sync())
+        return enqueueing.insert(self._prepare(args, kwargs), self._sync())
 
     async def defer_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """:meth:`defer` for async code (an async pool or ``AsyncConnection``)."""
-        return await jobs.insert_async(self._prepare(args, kwargs), self._async())
+        return await enqueueing.insert_async(self._prepare(args, kwargs), self._async())
 
-    def defer_result(self, *args: P.args, **kwargs: P.kwargs) -> jobs.Enqueued:
+    def defer_result(self, *args: P.args, **kwargs: P.kwargs) -> job_inserts.Enqueued:
         """:meth:`defer` saying what it did: a :class:`~scheduler.jobs.Enqueued` with the id,
         ``created`` (False: a job holding the ``idempotency_key`` was found, see
         ``unique_for_s`` and ``on_conflict`` in :meth:`Task.configure`), that job's
         ``existing_state`` and ``replaced``. Errors as :meth:`defer`."""
-        return jobs.insert_result(self._prepare(args, kwargs), self._sync())
+        return enqueueing.insert_result(self._prepare(args, kwargs), self._sync())
 
-    async def defer_result_async(self, *args: P.args, **kwargs: P.kwargs) -> jobs.Enqueued:
+    async def defer_result_async(self, *args: P.args, **kwargs: P.kwargs) -> job_inserts.Enqueued:
         """:meth:`defer_result` for async code."""
-        return await jobs.insert_result_async(self._prepare(args, kwargs), self._async())
+        return await enqueueing.insert_result_async(self._prepare(args, kwargs), self._async())
 
     def schedule_at_result(self, when: datetime, /, *args: P.args,
-                           **kwargs: P.kwargs) -> jobs.Enqueued:  # fmt: skip
+                           **kwargs: P.kwargs) -> job_inserts.Enqueued:  # fmt: skip
         """:meth:`schedule_at` saying what it did (see :meth:`defer_result`)."""
         job = self._prepare(args, kwargs, run_at=_aware(when))
-        return jobs.insert_result(job, self._sync())
+        return enqueueing.insert_result(job, self._sync())
 
     async def schedule_at_result_async(self, when: datetime, /, *args: P.args,
-                                       **kwargs: P.kwargs) -> jobs.Enqueued:  # fmt: skip
+                                       **kwargs: P.kwargs) -> job_inserts.Enqueued:  # fmt: skip
         """:meth:`schedule_at_result` for async code."""
         job = self._prepare(args, kwargs, run_at=_aware(when))
-        return await jobs.insert_result_async(job, self._async())
+        return await enqueueing.insert_result_async(job, self._async())
 
     def schedule_at(self, when: datetime, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue a job due at ``when`` (timezone-aware; past: at once); returns its id."""
-        return jobs.insert(self._prepare(args, kwargs, run_at=_aware(when)), self._sync())
+        return enqueueing.insert(self._prepare(args, kwargs, run_at=_aware(when)), self._sync())
 
     async def schedule_at_async(self, when: datetime, /, *args: P.args,
                                 **kwargs: P.kwargs) -> int:  # fmt: skip
         """:meth:`schedule_at` for async code."""
         job = self._prepare(args, kwargs, run_at=_aware(when))
-        return await jobs.insert_async(job, self._async())
+        return await enqueueing.insert_async(job, self._async())
 
     def schedule_in(self, delay: timedelta | float, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue a job due ``delay`` (a timedelta or seconds, 0 to 10 years) after the
         database's clock reads now; returns its id."""
-        job = self._prepare(args, kwargs, delay_s=jobs.delay_seconds(delay))
-        return jobs.insert(job, self._sync())
+        job = self._prepare(args, kwargs, delay_s=preparation.delay_seconds(delay))
+        return enqueueing.insert(job, self._sync())
 
     async def schedule_in_async(self, delay: timedelta | float, /, *args: P.args,
                                 **kwargs: P.kwargs) -> int:  # fmt: skip
         """:meth:`schedule_in` for async code."""
-        job = self._prepare(args, kwargs, delay_s=jobs.delay_seconds(delay))
-        return await jobs.insert_async(job, self._async())
+        job = self._prepare(args, kwargs, delay_s=preparation.delay_seconds(delay))
+        return await enqueueing.insert_async(job, self._async())
 
     def defer_many(self, calls: Iterable[Mapping[str, Any]], /) -> list[int]:
         """Enqueue one job per mapping of keyword arguments, due now, in one ``COPY``;
@@ -204,7 +204,7 @@ class Task(TaskSpec, Generic[P, R]):
         idempotency_key: str | None = None,
         connection: Any = None,
         unique_for_s: float | None = None,
-        on_conflict: jobs.OnConflict = "return",
+        on_conflict: preparation.OnConflict = "return",
         concurrency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> TaskCall[P, R]:

@@ -40,9 +40,10 @@ from .arguments import args_json
 from .connections import close_default_pools, set_default_database_url
 from .control import Job
 from .errors import DatabaseError, DatabaseUnavailableError, InvalidArgumentError
-from .jobs import JobState, TaskRef, delay_seconds
+from .jobs import JobState
 from .limits import shown
 from .log import redact_url
+from .preparation import TaskRef, delay_seconds
 from .registry import task_name
 from .settings import get_settings
 from .store import Store

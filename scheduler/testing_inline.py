@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .enqueueing import set_inline
 from .errors import UnknownTaskError
 from .hooks import attempt_scope, report_failure
-from .jobs import Prepared, set_inline
 from .limits import shown
+from .preparation import Prepared
 from .registry import JobContext, TaskSpec, set_current_job, task_name
 from .tracing import frozen
 
@@ -84,7 +85,7 @@ class InlineJob:
 
 @dataclass
 class InlineRunner:
-    """What :func:`inline` installs with :func:`scheduler.jobs.set_inline`; see the module
+    """What :func:`inline` installs with :func:`scheduler.enqueueing.set_inline`; see the module
     docstring. ``run_scheduled``: run jobs due later at once too (default True)."""
 
     run_scheduled: bool = True

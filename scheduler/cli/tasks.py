@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import jobs, limits, operations, tasks
+from .. import enqueueing, limits, operations, preparation, tasks
 from ..arguments import args_json
 from ..config import load_config
 from ..connections import close_default_pools, set_default_database_url
@@ -326,13 +326,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     asyncio.run(operations.session(url, settings, _nothing))  # reachable, migrated: else exit 1
     set_default_database_url(url)
     try:
-        job = jobs.prepare(args.task, (), job_args, run_at=run_at, delay_s=delay_s,
-                           queue=args.queue, priority=args.priority,
-                           max_attempts=args.max_attempts,
-                           idempotency_key=args.idempotency_key,
-                           unique_for_s=unique_for_s, on_conflict=args.on_conflict,
-                           concurrency_key=args.concurrency_key)  # fmt: skip
-        done = jobs.insert_result(job, None)
+        job = preparation.prepare(args.task, (), job_args, run_at=run_at, delay_s=delay_s,
+                                  queue=args.queue, priority=args.priority,
+                                  max_attempts=args.max_attempts,
+                                  idempotency_key=args.idempotency_key,
+                                  unique_for_s=unique_for_s, on_conflict=args.on_conflict,
+                                  concurrency_key=args.concurrency_key)  # fmt: skip
+        done = enqueueing.insert_result(job, None)
     finally:
         close_default_pools()
     job_id = done.id
@@ -436,7 +436,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument(
         "--on-conflict",
-        choices=jobs.ON_CONFLICT,
+        choices=preparation.ON_CONFLICT,
         default="return",
         help="when the key is held: return the job's id (default), replace a pending job's "
         "args/due time/priority, or raise (exit 1)",

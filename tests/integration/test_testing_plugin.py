@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from scheduler import JobContext, TaskArgumentsError, current_job, enqueue, jobs, task
+from scheduler import JobContext, TaskArgumentsError, current_job, enqueue, enqueueing, task
 from scheduler.connections import close_default_pools, set_default_database_url
 from scheduler.errors import InvalidArgumentError, JobNotFoundError, SchedulerError
 from scheduler.testing import SchedulerDB, inline
@@ -289,7 +289,7 @@ def test_inline_runs_the_handler_at_once_and_records_the_call():
         ("tp.with_context", {"n": 3}, [3, 1, "default", True, 3], True),
     ]
     assert runner.jobs[1].delay_s == 300.0 and runner.jobs[0].options["queue"] == "mail"
-    assert jobs._inline is None  # restored
+    assert enqueueing._inline is None  # restored
     assert current_job() is None
 
 
