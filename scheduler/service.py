@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import __version__, alerts, health, maintenance, metrics
+from . import __version__, alerts, health, maintenance, metrics, probes
 from .config import SchedulesConfig
 from .connections import set_default_database_url
 from .errors import MigrationPrivilegeError, ReplicaFailedError
@@ -245,7 +245,7 @@ class Replica(Leadership):
             registry = metrics.exposed_in(self.settings.metrics_registry)
             shared = None if registry is metrics.REGISTRY else registry  # an application's
             if shared is not None:  # its /metrics gets the queue gauges, from the database
-                gauges = health.QueueGauges(probe_url, self.store, shared, self.id)
+                gauges = probes.QueueGauges(probe_url, self.store, shared, self.id)
             if self.settings.metrics_port is not None:
                 server = health.HealthServer(
                     probe_url, self.store, self.settings.metrics_host, self.settings.metrics_port,
