@@ -24,9 +24,8 @@ Flow control (:mod:`scheduler.flow`): while one of its queues has limits (read a
 a NOTIFY on ``<schema>.limits``, at every safety poll) the claim is ``claim_jobs_limited``,
 else the lock-free ``claim_jobs``; a full rate window sets a timer for when it frees.
 
-Leases: every ``lease_s / 3`` one statement extends the lease of every job this worker holds,
-from its claim until its outcome is written (not only until its handler returns), so a slow
-or failing write never lets the leader rescue a job that already ran.
+Leases (extended until the outcome is written, released at a shutdown): :mod:`scheduler.leases`.
+What wakes the loop (LISTEN, timers): :mod:`scheduler.wakeups`.
 
 Slots: a slot frees when a handler returns, before its outcome is written (the next claim
 overlaps the write; at most one batch of unwritten outcomes may run ahead). A sync handler
@@ -49,7 +48,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics, tracing
@@ -58,14 +56,15 @@ from .errors import UnknownTaskError
 from .execution import Executor, Result
 from .flow import LimitedQueues
 from .jobs import JobState, RunOutcome
-from .leader import KEEPALIVES
+from .leases import LeaseKeeper
 from .limits import exception_text
 from .log import get_logger
 from .registry import JobContext, get_task
 from .retry import Backoff
 from .settings import Settings
-from .store import Store, int_array
+from .store import Store
 from .supervision import Supervisor
+from .wakeups import WakeUps
 
 log = get_logger("scheduler.worker")
 CANCELLED_TEXT = (
@@ -73,10 +72,8 @@ CANCELLED_TEXT = (
     "its overlap_policy cancel_previous schedule)"
 )
 
-SHUTDOWN_WRITE_S = 10.0  # how long a stopping worker waits for its last outcomes to be written
 
-
-class Worker:
+class Worker(LeaseKeeper, WakeUps):
     """Runs jobs of ``settings.queues`` with ``settings.concurrency`` slots.
 
     Args:
@@ -191,36 +188,6 @@ class Worker:
                 self.parked.clear()
         finally:
             stopper.cancel()
-
-    async def _timer_for_next_due(self) -> None:
-        """Without LISTEN: a wake-up at the earliest pending run_at still in the future (what
-        the insert notification would have announced), when it is before the safety poll."""
-        try:
-            async with self.pool.connection() as conn:
-                rows = await self.store.fetch(
-                    conn, "next_due", {"queues": self.settings.queues, "now": None}
-                )
-        except psycopg.Error as exc:
-            self._log.warning("next_due_failed", error=exception_text(exc, 300))
-            return
-        delay = rows[0]["delay_s"] if rows else None
-        if delay is not None and delay < self.settings.poll_interval_s:
-            asyncio.get_running_loop().call_later(max(delay, 0.0), self._wake.set)
-
-    async def _timer_for_rate_window(self) -> None:
-        """A rate-limited queue held back by a full window: a wake-up when the oldest start
-        counted in it leaves the window, when that is before the safety poll."""
-        try:
-            async with self.pool.connection() as conn:
-                delay = await self.limits.rate_wake_s(conn)
-        except psycopg.Error as exc:
-            self._log.warning("rate_wake_failed", error=exception_text(exc, 300))
-            return
-        if delay is not None and delay < self.settings.poll_interval_s:
-            if self._rate_timer is not None:
-                self._rate_timer.cancel()
-            loop = asyncio.get_running_loop()
-            self._rate_timer = loop.call_later(max(delay, 0.0), self._wake.set)
 
     async def _wait(self, stopper: asyncio.Future[Any], timeout: float) -> None:
         waker = asyncio.ensure_future(self._wake.wait())
@@ -365,10 +332,6 @@ class Worker:
         }
         self._writer.put(Completion(outcome, on_written))
 
-    def _settled(self, job_id: int) -> None:
-        """The writer is done with this job's outcome: stop extending its lease."""
-        self._leases.pop(job_id, None)
-
     async def _drain(self) -> None:
         if not self._running:
             return
@@ -382,33 +345,6 @@ class Worker:
             self._log.warning("worker_drain_timeout", unfinished=len(pending))
             await asyncio.wait(pending, timeout=1.0)
 
-    async def _extend_leases(self) -> None:
-        """Every lease_s/3, extend the leases of all held jobs in one statement."""
-        period = self.settings.lease_s / 3
-        while True:
-            await asyncio.sleep(period)
-            if not self._leases:
-                continue
-            ids = list(self._leases)
-            attempts = [self._leases[i] for i in ids]
-            params = {"ids": int_array(ids), "attempts": int_array(attempts),
-                      "worker_id": self.worker_id,
-                      "lease_s": self.settings.lease_s}  # fmt: skip
-            try:
-                async with self.pool.connection() as conn:
-                    cur = await conn.execute(self.store.q["extend_leases"], params)
-                    rows = await cur.fetchall()
-            except psycopg.Error as exc:
-                self._log.warning("lease_extension_failed", error=exception_text(exc, 300),
-                                  jobs=len(ids))  # fmt: skip
-                continue
-            for job_id, cancel in rows:
-                if cancel:
-                    self._cancel(job_id)
-            for job_id in set(ids) - {r[0] for r in rows}:
-                if job_id in self._leases:  # not settled meanwhile: its lease was rescued
-                    self._log.warning("job_lease_lost", job_id=job_id)
-
     def _cancel(self, job_id: int) -> None:
         """An operator asked this job to stop: cancel its task (an async handler stops at its
         next await; a sync handler's thread cannot be stopped and runs to its end)."""
@@ -418,88 +354,3 @@ class Worker:
             self._log.warning("job_cancel_requested", job_id=job_id)
             self._executor.request_cancel(job_id)  # JobContext.cancel_requested, for sync ones
             task.cancel()
-
-    async def _release_interrupted(self) -> None:
-        """Jobs cut off by the shutdown go back to pending without burning an attempt; the
-        outcomes already known are written first (waiting at most SHUTDOWN_WRITE_S)."""
-        if not await self._writer.drain(SHUTDOWN_WRITE_S):
-            self._log.error("outcomes_unwritten", jobs=self._writer.backlog,
-                            detail="their leases expire and the leader rescues them")  # fmt: skip
-        if not self._interrupted:
-            return
-        ids = [i for i, _ in self._interrupted]
-        attempts = [a for _, a in self._interrupted]
-        try:
-            async with self.pool.connection() as conn:
-                rows = await self.store.fetch(
-                    conn,
-                    "release_jobs",
-                    {"ids": ids, "attempts": attempts, "worker_id": self.worker_id},
-                )
-            self._log.warning("jobs_released", jobs=[r["id"] for r in rows], reason="shutdown")
-        except psycopg.Error as exc:
-            self._log.warning("release_failed", error=exception_text(exc, 300), jobs=ids)
-
-    def _on_notify(self, payload: str) -> None:
-        """``"<queue> <epoch of the earliest run_at>"``: wake now if that is due, else set a
-        timer for it (the database still decides what is due when the claim runs)."""
-        queue, _, epoch = payload.rpartition(" ")
-        if queue not in self.settings.queues:
-            return
-        try:
-            delay = float(epoch) - time.time()
-        except ValueError:
-            delay = 0.0
-        if delay <= 0:
-            self._wake.set()
-        else:
-            asyncio.get_running_loop().call_later(min(delay, 86400.0), self._wake.set)
-
-    async def _listen(self, stop: asyncio.Event) -> None:
-        """LISTEN for inserted jobs, cancel requests and changed limits; reconnect with
-        backoff (polling and lease extensions cover the gap). Without a listen URL (only a transaction pooler),
-        say so once and return: timers and the safety poll do the waking."""
-        if self.listen_url is None:
-            self._log.warning(
-                "listen_unavailable", poll_interval_s=self.settings.poll_interval_s,
-                detail="LISTEN does not work through a transaction pooler: workers wake at "
-                "the earliest pending run_at read after each claim and on the safety poll; "
-                "set SCHEDULER_DIRECT_DATABASE_URL for notifications",
-            )  # fmt: skip
-            return
-        channel = sql.Identifier(self.store.notify_channel)
-        cancel_channel = sql.Identifier(self.store.cancel_channel)
-        limits_channel = sql.Identifier(self.store.limits_channel)
-        schedules_channel = sql.Identifier(self.store.schedules_channel)
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.listen_url, autocommit=True, **KEEPALIVES
-                ) as conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(channel))
-                    await conn.execute(sql.SQL("LISTEN {}").format(cancel_channel))
-                    await conn.execute(sql.SQL("LISTEN {}").format(limits_channel))
-                    await conn.execute(sql.SQL("LISTEN {}").format(schedules_channel))
-                    self.limits.on_notify("")  # limits may have changed while not listening
-                    self.listening.set()
-                    self._wake.set()  # jobs may have arrived while we were not listening
-                    backoff = 0.5
-                    async for notify in conn.notifies():
-                        if notify.channel == self.store.cancel_channel:
-                            with contextlib.suppress(ValueError):
-                                self._cancel(int(notify.payload))  # ignored if not ours
-                        elif notify.channel == self.store.limits_channel:
-                            if self.limits.on_notify(notify.payload):
-                                self._wake.set()  # re-read before the next claim
-                        elif notify.channel == self.store.schedules_channel:
-                            if self.on_schedules_written is not None:
-                                self.on_schedules_written()  # wakes this replica's leader
-                        else:
-                            self._on_notify(notify.payload)
-            except psycopg.Error as exc:
-                self.listening.clear()
-                self._log.warning("listen_connection_lost", error=exception_text(exc, 300),
-                                  retry_in_s=backoff)  # fmt: skip
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
