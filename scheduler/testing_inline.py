@@ -46,9 +46,10 @@ from typing import Any
 
 from .errors import UnknownTaskError
 from .hooks import attempt_scope, report_failure
+from .job_context import JobContext, set_current_job
 from .jobs import Prepared, set_inline
 from .limits import shown
-from .registry import JobContext, TaskSpec, set_current_job, task_name
+from .registry import TaskSpec, task_name
 from .tracing import frozen
 
 __all__ = ["InlineJob", "InlineRunner", "inline"]
