@@ -56,6 +56,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .flow import QueueLimits, set_queue_limits, set_queue_limits_async
+from .job_context import JobContext, current_job
 from .job_inserts import Enqueued
 from .jobs import (
     JobState,
@@ -68,7 +69,7 @@ from .jobs import (
     schedule_at_async,
 )
 from .queue_control import pause_queue, pause_queue_async, resume_queue, resume_queue_async
-from .registry import JobContext, current_job, load_tasks
+from .registry import load_tasks
 from .schedule_control import (
     backfill_schedule,
     backfill_schedule_async,

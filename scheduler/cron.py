@@ -3,38 +3,8 @@
 Nothing here reads a clock or a database: every instant is an argument, every result is an
 aware ``datetime`` in UTC (``datetime.timezone.utc``).
 
-Grammar
--------
-* Five fields ``minute hour day-of-month month day-of-week`` (ranges 0-59, 0-23, 1-31, 1-12,
-  0-7 with 0 and 7 both Sunday), or six fields with the **seconds field first** (0-59), as in
-  Quartz, Spring and node-cron: ``*/5 * * * * *`` fires every 5 seconds, ``30 0 9 * * *`` at
-  09:00:30. Four or fewer fields, or seven or more, are errors.
-* Each field is a comma-separated list of ``*``, ``*/step``, ``n``, ``a-b``, ``a-b/step`` or
-  ``a/step``. Month names ``JAN``..``DEC`` and day names ``SUN``..``SAT`` (any case) are
-  allowed in their fields. A range must not run backwards (``FRI-MON`` is an error, as in
-  cronie); a step must be between 1 and the number of values in the field.
-* ``a/step`` means ``a-<field maximum>/step``. So ``59/15`` in the minute field is minute 59
-  only (once an hour at :59), which is what croniter 7.0.0 computes (older croniter releases
-  read it as :00/:15/:30/:45; cronie's parser, src/entry.c ``get_range``, rejects it).
-  Likewise ``10/15`` is :10, :25, :40, :55.
-* Macros: ``@yearly`` = ``@annually`` = ``0 0 1 1 *``, ``@monthly`` = ``0 0 1 * *``,
-  ``@weekly`` = ``0 0 * * 0``, ``@daily`` = ``@midnight`` = ``0 0 * * *``, ``@hourly`` =
-  ``0 * * * *`` (any case). ``@reboot`` and the Quartz/Jenkins extensions ``L``, ``W``, ``#``, ``?`` and
-  ``H`` are not supported.
-* An expression that can never fire (``0 0 30 2 *``, ``0 0 31 4 *``) is rejected: validity is
-  checked by computing a fire time (croniter's 50-year bounded search), not with
-  ``croniter.is_valid``, which accepts them.
-
-Fields are parsed here and handed to croniter (pinned to 7.0.x) as explicit value lists, so
-croniter quirks such as ``5-5`` meaning "every minute" do not leak through.
-
-Day of month and day of week (Vixie cron, crontab(5))
-------------------------------------------------------
-When both fields are restricted the day matches if **either** matches (``0 0 1,15 * MON``: the
-1st, the 15th and every Monday). When either field starts with ``*`` (``*``, ``*/2``) the two
-are **ANDed**: ``0 0 */2 * 1`` fires on odd days of the month that are Mondays. This is the
-``DOM_STAR``/``DOW_STAR`` test of Vixie cron / cronie ``find_jobs()``; croniter's default
-would OR ``*/2`` with Monday, so we pass it ``day_or=False`` in that case.
+Grammar, and how day of month and day of week combine: :mod:`scheduler.cron_parse`
+(expressions parsed into fields).
 
 Time zones and DST (cron(8) of cronie, "Daylight Saving Time and other time changes")
 -----------------------------------------------------------------------------------------
@@ -72,15 +42,14 @@ zone has had such a jump since 1970, and we treat it as DST.
 from __future__ import annotations
 
 import difflib
-import re
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from .cron_parse import CronFields, parse_cron
 from .errors import CronError
 
 __all__ = ["UTC", "Cron", "CronFields", "first_transition", "utc_offset", "validate_timezone"]
@@ -91,27 +60,6 @@ _NOT_ZONES = {
     "posixrules": "it is the template for POSIX TZ strings, not a place",
     "Factory": "it is the placeholder zone of unconfigured systems ('-00')",
 }
-
-MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
-    )
-}
-_DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-
-_ELEMENT = re.compile(r"^(?:(\*)|([0-9A-Za-z]+)(?:-([0-9A-Za-z]+))?)(?:/([0-9]+))?$")
-_EXTENSION = re.compile(r"[#?]|^(?:[LlWwHh]|[Ll][Ww]|\d+[Ww]|[Ll]-?\d*|[Hh]\(.*)$")
 
 _PROBE = timedelta(hours=6)  # offsets are sampled this often when looking for a transition
 _MICRO = timedelta(microseconds=1)
@@ -173,97 +121,6 @@ def validate_timezone(name: str) -> ZoneInfo:
         raise CronError(f"time zone {name!r} cannot be loaded: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class _Spec:
-    name: str
-    low: int
-    high: int  # highest value accepted in the text (7 for day-of-week)
-    top: int  # highest distinct value (6 for day-of-week); '*' and 'a/step' stop here
-    names: dict[str, int] | None = None
-    kind: str = ""
-
-    @property
-    def size(self) -> int:
-        return self.top - self.low + 1
-
-
-_SECONDS = _Spec("second", 0, 59, 59)
-_MINUTES = _Spec("minute", 0, 59, 59)
-_HOURS = _Spec("hour", 0, 23, 23)
-_DOM = _Spec("day-of-month", 1, 31, 31)
-_MONTH = _Spec("month", 1, 12, 12, _MONTHS, "month")
-_DOW = _Spec("day-of-week", 0, 7, 6, _DAYS, "day")
-
-
-def _extension_hint(element: str) -> str:
-    if _EXTENSION.search(element):
-        return " (the Quartz/Jenkins extensions L, W, #, ? and H are not supported)"
-    return ""
-
-
-def _value(token: str, spec: _Spec, element: str) -> int:
-    if token.isdigit():
-        value = int(token)
-    elif spec.names is not None and token.lower() in spec.names:
-        return spec.names[token.lower()]
-    else:
-        what = (
-            f"a number or a {spec.kind} name (e.g. {next(iter(spec.names)).upper()})"
-            if spec.names
-            else "a number"
-        )
-        raise CronError(f"{spec.name} field: {token!r} is not {what}{_extension_hint(element)}")
-    if not spec.low <= value <= spec.high:
-        raise CronError(f"{spec.name} field: value {value} is out of range {spec.low}-{spec.high}")
-    return value
-
-
-def _parse_field(text: str, spec: _Spec) -> frozenset[int]:
-    values: set[int] = set()
-    for element in text.split(","):
-        match = _ELEMENT.match(element)
-        if match is None:
-            if not element:
-                raise CronError(f"{spec.name} field {text!r} has an empty list element")
-            raise CronError(
-                f"{spec.name} field: {element!r} is not a value, range or "
-                f"step{_extension_hint(element)}"
-            )
-        star, first, last, step_text = match.groups()
-        step = 1
-        if step_text is not None:
-            step = int(step_text)
-            if not 1 <= step <= spec.size:
-                raise CronError(
-                    f"{spec.name} field: step {step} in {element!r} must be between "
-                    f"1 and {spec.size}"
-                )
-        if star:
-            start, end = spec.low, spec.top
-        else:
-            start = _value(first, spec, element)
-            if last is not None:
-                end = _value(last, spec, element)
-                if start > end:
-                    raise CronError(
-                        f"{spec.name} field: range {element!r} runs backwards "
-                        f"({start} > {end}); split it into a list"
-                    )
-            elif step_text is not None:
-                start = start % 7 if spec is _DOW else start
-                end = spec.top
-            else:
-                end = start
-        values.update(v % 7 if spec is _DOW else v for v in range(start, end + 1, step))
-    return frozenset(values)
-
-
-def _render(values: frozenset[int], spec: _Spec, starred: bool) -> str:
-    if starred and len(values) == spec.size:
-        return "*"
-    return ",".join(str(v) for v in sorted(values))
-
-
 def _naive(aware: datetime) -> datetime:
     return aware.replace(tzinfo=None)
 
@@ -292,21 +149,6 @@ def first_transition(zone: ZoneInfo, after: datetime, until: datetime) -> dateti
             return hi
         lo = hi
     return None
-
-
-@dataclass(frozen=True)
-class CronFields:
-    """The values each field of a :class:`Cron` matches (day of week: 0 = Sunday), and
-    whether day of month and day of week are ORed (Vixie cron, see the module docstring).
-    ``seconds`` is ``{0}`` for the 5-field form."""
-
-    seconds: frozenset[int]
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days_of_month: frozenset[int]
-    months: frozenset[int]
-    days_of_week: frozenset[int]
-    day_or: bool
 
 
 class Cron:
@@ -338,7 +180,7 @@ class Cron:
         self.expression = expression.strip()
         self.timezone = validate_timezone(timezone)
         try:
-            normalized, day_or = self._parse()
+            normalized, self.fields, self.has_seconds, self.fixed_time = parse_cron(self.expression)
         except CronError as exc:
             raise CronError(f"invalid cron expression {self.expression!r}: {exc}") from None
         self._lock = threading.Lock()
@@ -347,7 +189,7 @@ class Cron:
                 normalized,
                 datetime(2000, 1, 1),
                 ret_type=datetime,
-                day_or=day_or,
+                day_or=self.fields.day_or,
                 second_at_beginning=self.has_seconds,
             )
             self._iter.get_next(datetime)  # 50-year bounded search
@@ -358,45 +200,6 @@ class Cron:
             ) from None
         except CroniterError as exc:  # pragma: no cover - our parser should reject these first
             raise CronError(f"invalid cron expression {self.expression!r}: {exc}") from None
-
-    def _parse(self) -> tuple[str, bool]:
-        text = self.expression
-        if not text:
-            raise CronError("the expression is empty")
-        if text.startswith("@"):
-            macro = MACROS.get(text.lower())
-            if macro is None:
-                raise CronError(f"unknown macro; supported: {', '.join(MACROS)}")
-            text = macro
-        if any(ch.isspace() and ch not in " \t" for ch in text):
-            raise CronError("fields must be separated by spaces or tabs only")
-        fields = text.split()
-        if len(fields) not in (5, 6):
-            raise CronError(
-                f"expected 5 fields (minute hour day-of-month month day-of-week) or "
-                f"6 with seconds first, got {len(fields)}"
-            )
-        self.has_seconds = len(fields) == 6
-        specs = ([_SECONDS] if self.has_seconds else []) + [_MINUTES, _HOURS, _DOM, _MONTH, _DOW]
-        errors: list[str] = []
-        rendered: list[str] = []
-        parsed: list[frozenset[int]] = [] if self.has_seconds else [frozenset({0})]
-        for field, spec in zip(fields, specs, strict=True):
-            try:
-                parsed.append(_parse_field(field, spec))
-                rendered.append(_render(parsed[-1], spec, field.startswith("*")))
-            except CronError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise CronError("; ".join(errors))
-        minute, hour, dom, dow = fields[-5], fields[-4], fields[-3], fields[-1]
-        self.fixed_time = not (minute.startswith("*") or hour.startswith("*"))
-        day_or = not (dom.startswith("*") or dow.startswith("*"))
-        seconds, minutes, hours, days_of_month, months, days_of_week = parsed
-        self.fields = CronFields(
-            seconds, minutes, hours, days_of_month, months, days_of_week, day_or=day_or
-        )
-        return " ".join(rendered), day_or
 
     def __repr__(self) -> str:
         return f"Cron({self.expression!r}, {self.timezone.key!r})"

@@ -30,7 +30,8 @@ from functools import lru_cache
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from .cron import MEDIUM_JUMP, UTC, Cron, CronFields, first_transition, utc_offset
+from .cron import MEDIUM_JUMP, UTC, Cron, first_transition, utc_offset
+from .cron_parse import CronFields
 
 _SECOND = timedelta(seconds=1)
 _DAY = timedelta(days=1)

@@ -53,9 +53,10 @@ import structlog
 from . import metrics
 from .arguments import result_json
 from .hooks import attempt_scope, report_failure
+from .job_context import JobContext, current_job, set_current_job
 from .jobs import RunOutcome
 from .limits import TRACEBACK_MAX, exception_text, storable_text
-from .registry import JobContext, TaskSpec, current_job, set_current_job
+from .registry import TaskSpec
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from .log import get_logger
 
 if TYPE_CHECKING:
-    from .registry import JobContext
+    from .job_context import JobContext
 
 AttemptHook = Callable[["JobContext"], AbstractContextManager[object]]
 FailureHook = Callable[["JobContext", BaseException], object]

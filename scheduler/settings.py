@@ -13,6 +13,11 @@ both raise :class:`~scheduler.errors.SettingsError`, one line per bad setting na
 password redacted, instead of pydantic's ``ValidationError``. A ``SCHEDULER_*`` variable that
 is not a setting (``SCHEDULER_CONCURENCY``) is ignored with a warning on stderr that names
 the closest real setting, once per process.
+
+:class:`Settings` holds its fields in three classes, in this order: the dashboard's
+(:mod:`scheduler.settings_dashboard`), the database and worker ones
+(:mod:`scheduler.settings_worker`), then the leader's, retention, retry defaults, metrics,
+operator commands and logging here.
 """
 
 from __future__ import annotations
@@ -22,20 +27,19 @@ import os
 import re
 import sys
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from .errors import InvalidArgumentError, SettingsError
-from .limits import DURATION_MAX_S, INT32_MAX, check_queue, shown
+from .errors import SettingsError
+from .limits import DURATION_MAX_S, INT32_MAX, shown
 from .log import redact_text
-from .settings_dashboard import DashboardSettings
+from .settings_worker import WorkerSettings
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 # SCHEDULER_* variables read by the test suite and the benchmark, not by Settings
 _OTHER_VARIABLES = frozenset({"SCHEDULER_TEST_DSN", "SCHEDULER_BENCH_DSN"})
 _SECRET_FIELDS = frozenset({"database_url", "direct_database_url"})
@@ -51,7 +55,7 @@ _HIDDEN_FIELDS = frozenset(
 )
 
 
-class Settings(DashboardSettings):
+class Settings(WorkerSettings):
     """Service settings (pydantic-settings, env prefix ``SCHEDULER_``).
 
     Constructed directly, raises ``pydantic.ValidationError`` when a value is out of range
@@ -63,60 +67,6 @@ class Settings(DashboardSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="SCHEDULER_", extra="ignore", populate_by_name=True, allow_inf_nan=False
-    )
-
-    database_url: str | None = Field(
-        default=None, description="libpq URL or key=value DSN; unset = embedded PostgreSQL"
-    )
-    schema_name: str = Field(
-        default="scheduler",
-        validation_alias="SCHEDULER_SCHEMA",
-        description="PostgreSQL schema holding the tables",
-    )
-    embedded_dir: str = Field(default=".scheduler", description="data dir of the embedded server")
-
-    # workers
-    queues: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["default"],
-        description="queues this replica works (comma-separated)",
-    )
-    # 100 (River's default; Oban's queues are usually 10, Procrastinate's worker 1): a no-op
-    # drain at 10 reaches about half of what it does at 100, a handler that waits 50 ms on
-    # I/O gets 200 jobs/s out of 10 slots; threads for sync handlers start on demand
-    concurrency: int = Field(default=100, ge=1, le=1000, description="jobs run at once per replica")
-    poll_interval_s: float = Field(
-        default=5.0,
-        gt=0,
-        description="safety poll; inserts wake workers by NOTIFY (at once, or on a timer at "
-        "their run_at) and a worker wakes itself for its own retries",
-    )
-    lease_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="lease of a claimed job, extended every lease_s/3 while it runs; a job "
-        "whose worker died runs again elsewhere after at most this long (+ heartbeat_s)",
-    )
-    shutdown_grace_s: float = Field(default=30.0, ge=0, description="time to finish running jobs")
-    queue_limits: Annotated[dict[str, Any], NoDecode] = Field(
-        default_factory=dict,
-        description='flow control per queue, a JSON object: {"mail": {"concurrency": 5, '
-        '"rate": 100, "per_s": 60, "key_concurrency": 1}} (scheduler.flow); queue -> '
-        "scheduler.flow.QueueLimits once validated",
-    )
-
-    unknown_task_retry_s: float = Field(
-        default=600.0,
-        ge=0,
-        description="a job whose task this replica does not know is retried with backoff "
-        "(another replica, e.g. a newer release in a rolling deploy, may know it) until it "
-        "has been due this long, then dead-lettered; 0 dead-letters it at once",
-    )
-
-    replica_heartbeat_s: float = Field(
-        default=10.0,
-        gt=0,
-        description="how often a replica refreshes its row in the replicas table; rows silent "
-        "for 3x this long age out",
     )
 
     # retention (the leader prunes)
@@ -231,16 +181,6 @@ class Settings(DashboardSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
-    @field_validator("schema_name")
-    @classmethod
-    def _schema_is_identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError(
-                f"schema {value!r} must be a lower-case SQL identifier "
-                "(letters, digits, underscore; at most 48 characters)"
-            )
-        return value
-
     @model_validator(mode="after")
     def _heartbeat_inside_session_timeout(self) -> Settings:
         if self.heartbeat_s * 2 > self.leader_session_timeout_s:
@@ -251,35 +191,6 @@ class Settings(DashboardSettings):
                 "be ended as idle"
             )
         return self
-
-    @field_validator("queues", mode="before")
-    @classmethod
-    def _split_queues(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [q.strip() for q in value.split(",")]
-        return value
-
-    @field_validator("queues")
-    @classmethod
-    def _queue_names(cls, value: list[str]) -> list[str]:
-        if not [q for q in value if q]:
-            raise ValueError("no queue name: give comma-separated names, e.g. default,mail")
-        for i, name in enumerate(value, 1):
-            try:
-                check_queue(name, "queue" if len(value) == 1 else f"queue {i} of {len(value)}")
-            except InvalidArgumentError as exc:
-                raise ValueError(str(exc)) from None
-        return list(dict.fromkeys(value))  # a name given twice is worked once
-
-    @field_validator("queue_limits", mode="before")
-    @classmethod
-    def _queue_limits(cls, value: object) -> object:
-        from .flow import parse_queue_limits  # flow imports settings (the default pool)
-
-        try:
-            return parse_queue_limits(value)
-        except InvalidArgumentError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -28,16 +28,15 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, over
 from . import bulk, enqueueing, job_inserts, preparation
 from .connections import check_connection
 from .errors import InvalidArgumentError
+from .job_context import JobContext, set_current_job
 from .limits import shown
 from .registry import (
-    JobContext,
     TaskSpec,
     get_task,
     import_modules,
     load_tasks,
     register,
     registered_tasks,
-    set_current_job,
     task_name,
 )
 

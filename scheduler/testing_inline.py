@@ -47,9 +47,10 @@ from typing import Any
 from .enqueueing import set_inline
 from .errors import UnknownTaskError
 from .hooks import attempt_scope, report_failure
+from .job_context import JobContext, set_current_job
 from .limits import shown
 from .preparation import Prepared
-from .registry import JobContext, TaskSpec, set_current_job, task_name
+from .registry import TaskSpec, task_name
 from .tracing import frozen
 
 __all__ = ["InlineJob", "InlineRunner", "inline"]

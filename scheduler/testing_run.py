@@ -21,11 +21,12 @@ import psycopg
 from .connections import close_default_async_pools
 from .errors import DatabaseUnavailableError, InvalidArgumentError, SchedulerError, UnknownTaskError
 from .execution import Result, enter_job, failure, succeeded
+from .job_context import JobContext
 from .jobs import JobState, RunOutcome
 from .limits import check_queue, exception_text, shown
 from .log import redact_url
 from .preparation import check_run_at, delay_seconds
-from .registry import JobContext, TaskSpec, get_task
+from .registry import TaskSpec, get_task
 from .retry import Backoff
 from .store import Store
 from .tracing import frozen

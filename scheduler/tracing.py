@@ -62,7 +62,7 @@ from .errors import InvalidArgumentError
 from .limits import exception_text, shown
 
 if TYPE_CHECKING:
-    from .registry import JobContext
+    from .job_context import JobContext
 
 HEADERS_MAX = 64  # headers per job
 HEADER_NAME_MAX = 128  # characters of a name

@@ -55,11 +55,12 @@ from .completion import Completion, CompletionWriter
 from .errors import UnknownTaskError
 from .execution import Executor, Result
 from .flow import LimitedQueues
+from .job_context import JobContext
 from .jobs import JobState, RunOutcome
 from .leases import LeaseKeeper
 from .limits import exception_text
 from .log import get_logger
-from .registry import JobContext, get_task
+from .registry import get_task
 from .retry import Backoff
 from .settings import Settings
 from .store import Store

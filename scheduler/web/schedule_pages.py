@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import actions, schedules
-from ..cron import MACROS
+from ..cron_parse import MACROS
 from ..errors import CronError, InvalidArgumentError, ScheduleNotFoundError
 from ..limits import check_schedule_name, shown
 from .charts import Run, lateness_chart

@@ -8,7 +8,7 @@ from scheduler import task
 try:
     from scheduler import JobContext  # type: ignore[attr-defined]
 except ImportError:  # while it is not exported yet
-    from scheduler.registry import JobContext
+    from scheduler.job_context import JobContext
 
 
 @task(name="shop.send_receipt")

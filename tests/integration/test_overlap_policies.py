@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from scheduler import materialiser, metrics, schedules, task
 from scheduler.config import OverlapPolicy
 from scheduler.errors import ConfigError
-from scheduler.registry import JobContext
+from scheduler.job_context import JobContext
 from scheduler.settings import Settings
 from scheduler.store import Store
 from scheduler.worker import Worker

@@ -33,7 +33,7 @@ from ...hooks import add_attempt_hook
 from ...log import get_logger
 
 if TYPE_CHECKING:
-    from ...registry import JobContext
+    from ...job_context import JobContext
 
 log = get_logger("scheduler.contrib.django")
 _remove: Callable[[], None] | None = None
