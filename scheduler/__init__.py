@@ -55,7 +55,6 @@ from .errors import (
     TaskArgumentsError,
     UnknownTaskError,
 )
-from .flow import QueueLimits, set_queue_limits, set_queue_limits_async
 from .jobs import (
     JobState,
     RunOutcome,
@@ -67,6 +66,7 @@ from .jobs import (
     schedule_at_async,
 )
 from .queue_control import pause_queue, pause_queue_async, resume_queue, resume_queue_async
+from .queue_limits import QueueLimits, set_queue_limits, set_queue_limits_async
 from .registry import JobContext, current_job, load_tasks
 from .schedule_control import (
     backfill_schedule,

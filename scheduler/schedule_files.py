@@ -30,7 +30,7 @@ import psycopg
 
 from .config import SchedulesConfig
 from .errors import ScheduleSourceError
-from .flow import DeclaredLimits, apply_declared_limits
+from .queue_limits import DeclaredLimits, apply_declared_limits
 from .schedules import ReconcileResult, notify, preview, reconcile, row_fire_times
 from .settings import Settings
 from .store import Store

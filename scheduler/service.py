@@ -24,12 +24,12 @@ from . import __version__, alerts, health, maintenance, materialiser, metrics, s
 from .config import SchedulesConfig
 from .connections import set_default_database_url
 from .errors import LeadershipLostError, MigrationPrivilegeError, ReplicaFailedError
-from .flow import QueueLimits, apply_declared_limits, apply_settings_limits
 from .leader import KEEPALIVES, LeaderElector
 from .limits import exception_text
 from .liveness import LivenessLock, liveness_namespace
 from .log import get_logger, redact_url
 from .pooler import NO_PREPARE, is_transaction_pooled
+from .queue_limits import QueueLimits, apply_declared_limits, apply_settings_limits
 from .schedules import ReconcileResult
 from .settings import Settings
 from .store import Store
