@@ -82,7 +82,8 @@ from .schedule_control import (
     trigger_schedule,
     trigger_schedule_async,
 )
-from .schedules import Backfill, ScheduleWrite
+from .schedule_operations import Backfill
+from .schedules import ScheduleWrite
 from .store import Enqueued
 from .tasks import Task, TaskCall, task
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .. import schedule_files, schedules
+from .. import schedule_files, schedule_operations, schedules
 from ..config import check_schedule, load_config
 from ..errors import InvalidArgumentError
 from ..limits import check_schedule_name, shown
@@ -96,7 +96,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     start, end = _instant(args.start, "--start"), _instant(args.end, "--end")
     if end < start:
         raise InvalidArgumentError(f"--end {args.end} is before --start {args.start}")
-    done = with_connection(settings_from(args), lambda c, s: schedules.backfill(
+    done = with_connection(settings_from(args), lambda c, s: schedule_operations.backfill(
         c, s, name, start, end, max_jobs=args.max_jobs))  # fmt: skip
     print(f"{name}: {len(done.enqueued)} job(s) enqueued for {done.fire_times} fire time(s) "
           f"in range; {done.existing} had a job already")  # fmt: skip

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from scheduler import materialiser, metrics, schedules, task
+from scheduler import materialiser, metrics, schedule_operations, task
 from scheduler.config import OverlapPolicy
 from scheduler.errors import ConfigError
 from scheduler.registry import JobContext
@@ -286,7 +286,7 @@ def test_buffer_one_at_most_one_waiting_job_is_a_database_constraint(db, db_url)
 
     async def trigger() -> int:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            return int(await schedules.trigger(conn, STORE, "b") is not None)
+            return int(await schedule_operations.trigger(conn, STORE, "b") is not None)
 
     async def race() -> list[int]:
         return await asyncio.gather(*(materialise(minute(i)) for i in range(6)),
@@ -311,8 +311,8 @@ def test_buffer_one_trigger_waits_behind_the_running_job_and_is_refused_when_one
             await leader.tick(minute(0))
             (running,) = await claim(db_url)
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-                first = await schedules.trigger(c, STORE, "b")  # waits behind 12:00
-                second = await schedules.trigger(c, STORE, "b")  # one waits already
+                first = await schedule_operations.trigger(c, STORE, "b")  # waits behind 12:00
+                second = await schedule_operations.trigger(c, STORE, "b")  # one waits already
             assert await claim(db_url) == []
             await complete(db_url, running, "succeeded")
             (triggered,) = await claim(db_url)
@@ -491,7 +491,7 @@ def test_cancel_previous_cancels_pending_jobs_and_asks_running_ones_in_the_same_
                 await complete(db_url, running, "succeeded")  # it ignored the request
                 (new,) = await claim(db_url)
                 assert new["scheduled_for"] == minute(1)
-                triggered = await schedules.trigger(c, STORE, "c")  # stops 12:01 in turn
+                triggered = await schedule_operations.trigger(c, STORE, "c")  # stops 12:01 in turn
                 assert triggered is not None
             return notes
 
