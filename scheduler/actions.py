@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from . import operations, schedule_operations
+from . import job_changes, schedule_operations
 from .errors import InvalidArgumentError, ScheduleNotFoundError
 from .limits import check_int, check_queue, check_schedule_name, shown, storable_text
 from .schedule_operations import Backfill
@@ -65,10 +65,10 @@ def check_ids(ids: Any) -> list[int]:
 
 async def retry_jobs(
     conn: AsyncConn, store: Store, ids: Sequence[int], actor: str
-) -> operations.RetryResult:
+) -> job_changes.RetryResult:
     """Put the dead or cancelled jobs of ``ids`` back to pending (see
-    :func:`scheduler.operations.retry` for the budget and the unique rules that skip one)."""
-    return await operations.retry(conn, store, ids=check_ids(ids), actor=check_actor(actor))
+    :func:`scheduler.job_changes.retry` for the budget and the unique rules that skip one)."""
+    return await job_changes.retry(conn, store, ids=check_ids(ids), actor=check_actor(actor))
 
 
 async def cancel_jobs(
@@ -77,7 +77,7 @@ async def cancel_jobs(
     """Cancel the pending jobs of ``ids`` and ask the running ones to stop; returns
     ``{id: "cancelled" | "cancel_requested"}`` for those it changed (finished or missing
     jobs are left out)."""
-    return await operations.cancel_many(conn, store, check_ids(ids), check_actor(actor))
+    return await job_changes.cancel_many(conn, store, check_ids(ids), check_actor(actor))
 
 
 async def delete_jobs(conn: AsyncConn, store: Store, ids: Sequence[int], actor: str) -> list[int]:

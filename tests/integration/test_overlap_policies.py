@@ -344,21 +344,21 @@ def test_buffer_one_flow_controlled_claim_waits_too(db, db_url):
 def test_retrying_a_never_started_buffer_one_job_while_one_waits_is_skipped(db, db_url):
     """An operator's retry of a cancelled, never-started job of a buffer_one schedule would
     be a second waiting job: it is skipped with the reason, not a unique violation."""
-    from scheduler import operations
+    from scheduler import job_changes
 
     _add(db, "b", overlap_policy="buffer_one")
 
-    async def scenario() -> tuple[operations.RetryResult, int, int]:
+    async def scenario() -> tuple[job_changes.RetryResult, int, int]:
         async with Leader(db_url) as leader:
             await leader.tick(minute(0))  # waiting (no worker)
             cancelled = db.execute("SELECT id FROM scheduler.jobs").fetchone()[0]
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-                assert await operations.cancel(c, STORE, cancelled) == "cancelled"
+                assert await job_changes.cancel(c, STORE, cancelled) == "cancelled"
                 await leader.tick(minute(1))  # a new waiting job
                 waiting = db.execute(
                     "SELECT id FROM scheduler.jobs WHERE state = 'pending'"
                 ).fetchone()[0]
-                return await operations.retry(c, STORE, ids=[cancelled]), cancelled, waiting
+                return await job_changes.retry(c, STORE, ids=[cancelled]), cancelled, waiting
 
     result, cancelled, waiting = asyncio.run(scenario())
     assert result.retried == []
