@@ -29,7 +29,8 @@ from ..errors import InvalidArgumentError
 from ..limits import check_schedule_name, shown
 from ..schedule_control import BACKFILL_MAX_JOBS, BACKFILL_MAX_JOBS_LIMIT
 from .common import cell, int_in, settings_from, with_connection
-from .tasks import import_task_modules, parse_args_json
+from .enqueue import parse_args_json
+from .tasks import import_task_modules
 
 
 def _option(text: str) -> tuple[str, Any]:
