@@ -55,7 +55,6 @@ from .errors import (
     TaskArgumentsError,
     UnknownTaskError,
 )
-from .flow import QueueLimits, set_queue_limits, set_queue_limits_async
 from .job_context import JobContext, current_job
 from .job_inserts import Enqueued
 from .jobs import (
@@ -69,6 +68,7 @@ from .jobs import (
     schedule_at_async,
 )
 from .queue_control import pause_queue, pause_queue_async, resume_queue, resume_queue_async
+from .queue_limits import QueueLimits, set_queue_limits, set_queue_limits_async
 from .registry import load_tasks
 from .schedule_control import (
     backfill_schedule,
@@ -84,7 +84,8 @@ from .schedule_control import (
     trigger_schedule,
     trigger_schedule_async,
 )
-from .schedules import Backfill, ScheduleWrite
+from .schedule_operations import Backfill
+from .schedules import ScheduleWrite
 from .tasks import Task, TaskCall, task
 
 __all__ = [

@@ -27,10 +27,10 @@ from typing import Any
 
 import psycopg
 
-from . import operations, schedules
+from . import job_changes, schedule_operations
 from .errors import InvalidArgumentError, ScheduleNotFoundError
 from .limits import check_int, check_queue, check_schedule_name, shown, storable_text
-from .schedules import Backfill
+from .schedule_operations import Backfill
 from .store import Store
 
 AsyncConn = psycopg.AsyncConnection[Any]
@@ -65,10 +65,10 @@ def check_ids(ids: Any) -> list[int]:
 
 async def retry_jobs(
     conn: AsyncConn, store: Store, ids: Sequence[int], actor: str
-) -> operations.RetryResult:
+) -> job_changes.RetryResult:
     """Put the dead or cancelled jobs of ``ids`` back to pending (see
-    :func:`scheduler.operations.retry` for the budget and the unique rules that skip one)."""
-    return await operations.retry(conn, store, ids=check_ids(ids), actor=check_actor(actor))
+    :func:`scheduler.job_changes.retry` for the budget and the unique rules that skip one)."""
+    return await job_changes.retry(conn, store, ids=check_ids(ids), actor=check_actor(actor))
 
 
 async def cancel_jobs(
@@ -77,7 +77,7 @@ async def cancel_jobs(
     """Cancel the pending jobs of ``ids`` and ask the running ones to stop; returns
     ``{id: "cancelled" | "cancel_requested"}`` for those it changed (finished or missing
     jobs are left out)."""
-    return await operations.cancel_many(conn, store, check_ids(ids), check_actor(actor))
+    return await job_changes.cancel_many(conn, store, check_ids(ids), check_actor(actor))
 
 
 async def delete_jobs(conn: AsyncConn, store: Store, ids: Sequence[int], actor: str) -> list[int]:
@@ -122,13 +122,13 @@ async def paused_queues(conn: AsyncConn, store: Store) -> dict[str, dict[str, An
 
 
 async def pause_schedule(conn: AsyncConn, store: Store, name: str, actor: str) -> None:
-    """Pause schedule ``name`` (:func:`scheduler.schedules.pause`).
+    """Pause schedule ``name`` (:func:`scheduler.schedule_operations.pause`).
 
     Raises:
         ScheduleNotFoundError: there is no schedule ``name``.
     """
     name, actor = check_schedule_name(name), check_actor(actor)
-    if not await schedules.pause(conn, store, name):
+    if not await schedule_operations.pause(conn, store, name):
         raise ScheduleNotFoundError(f"no schedule named {name!r}")
     await _record(conn, store, "schedule_paused", actor, schedule_name=name)
 
@@ -140,20 +140,20 @@ async def resume_schedule(conn: AsyncConn, store: Store, name: str, actor: str) 
         ScheduleNotFoundError: there is no schedule ``name``.
     """
     name, actor = check_schedule_name(name), check_actor(actor)
-    if not await schedules.resume(conn, store, name):
+    if not await schedule_operations.resume(conn, store, name):
         raise ScheduleNotFoundError(f"no schedule named {name!r}")
     await _record(conn, store, "schedule_resumed", actor, schedule_name=name)
 
 
 async def trigger_schedule(conn: AsyncConn, store: Store, name: str, actor: str) -> int | None:
-    """Enqueue a run of ``name`` now (:func:`scheduler.schedules.trigger`); the job id, or
-    None when its overlap policy refuses one now (recorded either way).
+    """Enqueue a run of ``name`` now (:func:`scheduler.schedule_operations.trigger`); the job
+    id, or None when its overlap policy refuses one now (recorded either way).
 
     Raises:
         ScheduleNotFoundError: there is no schedule ``name``.
     """
     name, actor = check_schedule_name(name), check_actor(actor)
-    job_id = await schedules.trigger(conn, store, name)
+    job_id = await schedule_operations.trigger(conn, store, name)
     detail = f"job {job_id}" if job_id is not None else "refused by its overlap policy"
     await _record(conn, store, "schedule_triggered", actor, schedule_name=name, job_id=job_id,
                   detail=detail)  # fmt: skip
@@ -170,7 +170,7 @@ async def backfill_schedule(
     max_jobs: int = 1000,
 ) -> Backfill:
     """One job per fire time of ``name`` in ``[start, end]`` that has none
-    (:func:`scheduler.schedules.backfill`); at most ``max_jobs`` fire times.
+    (:func:`scheduler.schedule_operations.backfill`); at most ``max_jobs`` fire times.
 
     Raises:
         ScheduleNotFoundError: there is no schedule ``name``.
@@ -184,7 +184,7 @@ async def backfill_schedule(
     if end < start:
         raise InvalidArgumentError(f"end {end.isoformat()} is before start {start.isoformat()}")
     limit = check_int(max_jobs, "max_jobs", 1, 100_000)
-    done = await schedules.backfill(conn, store, name, start, end, max_jobs=limit)
+    done = await schedule_operations.backfill(conn, store, name, start, end, max_jobs=limit)
     detail = (f"{start.isoformat()}..{end.isoformat()}: {len(done.enqueued)} enqueued, "
               f"{done.existing} had a job")  # fmt: skip
     await _record(conn, store, "schedule_backfilled", actor, schedule_name=name, detail=detail)

@@ -114,8 +114,8 @@ from .config_yaml import (
 )
 from .cron import validate_timezone
 from .errors import ConfigError, ConfigIssue, CronError, InvalidArgumentError, InvalidScheduleError
-from .flow import LIMIT_FIELDS, QUEUES_MAX, QueueLimits, check_limit, check_queue_limits
 from .limits import check_queue, storable_text
+from .queue_limits import LIMIT_FIELDS, QUEUES_MAX, QueueLimits, check_limit, check_queue_limits
 
 __all__ = ["MisfirePolicy", "OverlapPolicy", "ScheduleConfig", "SchedulesConfig"]
 __all__ += ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_ISSUES", "MAX_VALUES"]

@@ -33,7 +33,6 @@ from .config_yaml import (
 from .cron import Cron, validate_timezone
 from .cron_count import CronTimes, FireTimes
 from .errors import CronError
-from .flow import QueueLimits
 from .interval import Interval, parse_duration, parse_start_at
 from .limits import (
     DURATION_MAX_S,
@@ -41,6 +40,7 @@ from .limits import (
     check_schedule_name,
     check_task_name,
 )
+from .queue_limits import QueueLimits
 
 MAX_FILE_BYTES = 10 * 1024 * 1024  # a schedules file of 20,000 schedules is about 2 MB
 MAX_ISSUES = 1_000  # issues listed in one ConfigError; one more says how many were left out

@@ -44,7 +44,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from . import operations
+from . import job_changes, operations
 from .connections import default_database_url
 from .errors import InvalidArgumentError, JobNotFoundError, JobWaitTimeoutError
 from .jobs import JobState, RunOutcome
@@ -215,7 +215,7 @@ async def _state(conn: AsyncConn, store: Store, job_id: int) -> str:
 
 async def _cancel(conn: AsyncConn, store: Store, job_id: int) -> CancelOutcome:
     while True:
-        event = await operations.cancel(conn, store, job_id)
+        event = await job_changes.cancel(conn, store, job_id)
         if event is not None:
             return cast(CancelOutcome, event)
         state = await _state(conn, store, job_id)
@@ -225,7 +225,7 @@ async def _cancel(conn: AsyncConn, store: Store, job_id: int) -> CancelOutcome:
 
 
 async def _retry(conn: AsyncConn, store: Store, job_id: int) -> RetryOutcome:
-    done = await operations.retry(conn, store, ids=[job_id])
+    done = await job_changes.retry(conn, store, ids=[job_id])
     if job_id in done.retried:
         return RetryOutcome(True)
     if job_id in done.skipped:

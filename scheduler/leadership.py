@@ -24,9 +24,9 @@ from . import maintenance, materialiser, schedule_files
 from .alerts import Alerts
 from .config import SchedulesConfig
 from .errors import LeadershipLostError
-from .flow import apply_declared_limits
 from .limits import exception_text
 from .log import get_logger
+from .queue_limits import apply_declared_limits
 from .schedules import ReconcileResult
 from .settings import Settings
 from .store import Store

@@ -31,13 +31,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from . import schedules
+from . import schedule_operations, schedules
 from .config import ScheduleConfig, check_schedule
 from .errors import InvalidArgumentError, ScheduleNotFoundError
 from .limits import check_int, check_schedule_name, shown
 from .preparation import TaskRef
 from .registry import task_name
-from .schedules import Backfill, ScheduleWrite
+from .schedule_operations import Backfill
+from .schedules import ScheduleWrite
 from .sessions import AsyncConn, AsyncConnArg, SyncConn, run_async, run_sync
 from .settings import get_settings
 
@@ -176,11 +177,11 @@ async def resume_schedule_async(name: str, *, connection: AsyncConnArg | None = 
 
 
 async def _pause(conn: AsyncConn, store: Any, name: str) -> None:
-    await _found(await schedules.pause(conn, store, name), name)
+    await _found(await schedule_operations.pause(conn, store, name), name)
 
 
 async def _resume(conn: AsyncConn, store: Any, name: str) -> None:
-    await _found(await schedules.resume(conn, store, name), name)
+    await _found(await schedule_operations.resume(conn, store, name), name)
 
 
 def trigger_schedule(name: str, *, connection: SyncConn | None = None) -> int | None:
@@ -192,13 +193,13 @@ def trigger_schedule(name: str, *, connection: SyncConn | None = None) -> int | 
         ScheduleNotFoundError: there is no schedule ``name``.
     """
     name = check_schedule_name(name)
-    return run_sync(connection, lambda c, s: schedules.trigger(c, s, name))
+    return run_sync(connection, lambda c, s: schedule_operations.trigger(c, s, name))
 
 
 async def trigger_schedule_async(name: str, *, connection: AsyncConnArg | None = None) -> int | None:
     """:func:`trigger_schedule` for async code."""
     name = check_schedule_name(name)
-    return await run_async(connection, lambda c, s: schedules.trigger(c, s, name))
+    return await run_async(connection, lambda c, s: schedule_operations.trigger(c, s, name))
 
 
 def _range(start: Any, end: Any, max_jobs: Any) -> int:
@@ -226,7 +227,7 @@ def backfill_schedule(
     schedule's ``overlap_policy`` is ``allow``. Its next fire time does not move.
 
     Returns:
-        :class:`~scheduler.schedules.Backfill` (``fire_times``, ``enqueued`` ids,
+        :class:`~scheduler.schedule_operations.Backfill` (``fire_times``, ``enqueued`` ids,
         ``existing``).
 
     Raises:
@@ -235,8 +236,8 @@ def backfill_schedule(
             ``max_jobs`` (default 10,000) fire times in the range; nothing written.
     """
     name, limit = check_schedule_name(name), _range(start, end, max_jobs)
-    return run_sync(connection, lambda c, s: schedules.backfill(c, s, name, start, end,
-                                                                 max_jobs=limit))  # fmt: skip
+    return run_sync(connection, lambda c, s: schedule_operations.backfill(
+        c, s, name, start, end, max_jobs=limit))  # fmt: skip
 
 
 async def backfill_schedule_async(
@@ -249,5 +250,5 @@ async def backfill_schedule_async(
 ) -> Backfill:
     """:func:`backfill_schedule` for async code."""
     name, limit = check_schedule_name(name), _range(start, end, max_jobs)
-    return await run_async(connection, lambda c, s: schedules.backfill(c, s, name, start, end,
-                                                                       max_jobs=limit))  # fmt: skip
+    return await run_async(connection, lambda c, s: schedule_operations.backfill(
+        c, s, name, start, end, max_jobs=limit))  # fmt: skip

@@ -30,8 +30,9 @@ import psycopg
 
 from .config import SchedulesConfig
 from .errors import ScheduleSourceError
-from .flow import DeclaredLimits, apply_declared_limits
-from .schedules import ReconcileResult, notify, preview, reconcile, row_fire_times
+from .queue_limits import DeclaredLimits, apply_declared_limits
+from .schedule_operations import preview, row_fire_times
+from .schedules import ReconcileResult, notify, reconcile
 from .settings import Settings
 from .store import Store
 

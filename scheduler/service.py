@@ -22,13 +22,13 @@ from . import __version__, alerts, health, maintenance, metrics, probes
 from .config import SchedulesConfig
 from .connections import set_default_database_url
 from .errors import MigrationPrivilegeError, ReplicaFailedError
-from .flow import QueueLimits, apply_settings_limits
 from .leader import KEEPALIVES, LeaderElector
 from .leadership import Leadership
 from .limits import exception_text
 from .liveness import LivenessLock, liveness_namespace
 from .log import get_logger, redact_url
 from .pooler import NO_PREPARE, is_transaction_pooled
+from .queue_limits import QueueLimits, apply_settings_limits
 from .settings import Settings
 from .store import Store
 from .supervision import Supervisor

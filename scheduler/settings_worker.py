@@ -109,7 +109,7 @@ class WorkerSettings(DashboardSettings):
     @field_validator("queue_limits", mode="before")
     @classmethod
     def _queue_limits(cls, value: object) -> object:
-        from .flow import parse_queue_limits  # flow imports settings (the default pool)
+        from .queue_limits import parse_queue_limits  # it imports settings (the default pool)
 
         try:
             return parse_queue_limits(value)

@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from .. import actions, limits, operations
+from .. import actions, job_changes, limits, operations
 from ..jobs import JobState
 from ..settings import Settings
 from .common import ID_MAX, LIMIT_MAX, cell, int_in, settings_from, table, with_connection
@@ -94,7 +94,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.action == "retry":
         result = with_connection(
             settings,
-            lambda c, st: operations.retry(c, st, ids=[args.id], actor=actions.cli_actor()),
+            lambda c, st: job_changes.retry(c, st, ids=[args.id], actor=actions.cli_actor()),
         )
         if args.id in result.skipped:
             print(f"job {args.id}: not retried: {result.skipped[args.id]}", file=sys.stderr)
@@ -106,7 +106,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(f"job {args.id}: back to pending with a renewed attempt budget")
         return 0
     event = with_connection(
-        settings, lambda c, st: operations.cancel(c, st, args.id, actions.cli_actor())
+        settings, lambda c, st: job_changes.cancel(c, st, args.id, actions.cli_actor())
     )
     if event is None:
         print(f"job {args.id}: not cancelled: no such job, or it has finished", file=sys.stderr)
@@ -134,7 +134,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     if args.action == "retry":
         result = with_connection(
             settings,
-            lambda c, st: operations.retry(
+            lambda c, st: job_changes.retry(
                 c, st, state="dead", task=args.task, actor=actions.cli_actor()
             ),
         )
@@ -151,7 +151,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         return 2
     n = with_connection(
         settings,
-        lambda c, st: operations.purge_dead_letters(
+        lambda c, st: job_changes.purge_dead_letters(
             c,
             st,
             older_than_s=older_than_s,

@@ -58,6 +58,7 @@ from ..errors import (
 )
 from ..tasks import import_modules
 from . import dashboard as dashboard_commands
+from . import enqueue as enqueue_commands
 from . import jobs as jobs_commands
 from . import queues as queues_commands
 from . import schedules as schedules_commands
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs_commands.add_parsers(sub)
     tasks_commands.add_parsers(sub)
+    enqueue_commands.add_parsers(sub)
     queues_commands.add_parsers(sub)
     dashboard_commands.add_parsers(sub)
     return parser

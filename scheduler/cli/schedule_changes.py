@@ -23,13 +23,14 @@ from typing import Any
 
 import yaml
 
-from .. import schedule_files, schedules
+from .. import schedule_files, schedule_operations, schedules
 from ..config import check_schedule, load_config
 from ..errors import InvalidArgumentError
 from ..limits import check_schedule_name, shown
 from ..schedule_control import BACKFILL_MAX_JOBS, BACKFILL_MAX_JOBS_LIMIT
 from .common import cell, int_in, settings_from, with_connection
-from .tasks import import_task_modules, parse_args_json
+from .enqueue import parse_args_json
+from .tasks import import_task_modules
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -96,7 +97,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     start, end = _instant(args.start, "--start"), _instant(args.end, "--end")
     if end < start:
         raise InvalidArgumentError(f"--end {args.end} is before --start {args.start}")
-    done = with_connection(settings_from(args), lambda c, s: schedules.backfill(
+    done = with_connection(settings_from(args), lambda c, s: schedule_operations.backfill(
         c, s, name, start, end, max_jobs=args.max_jobs))  # fmt: skip
     print(f"{name}: {len(done.enqueued)} job(s) enqueued for {done.fire_times} fire time(s) "
           f"in range; {done.existing} had a job already")  # fmt: skip

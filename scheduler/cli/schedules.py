@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import limits, schedules
+from .. import limits, schedule_operations
 from ..config import load_config
 from ..cron import Cron
 from ..cron_count import FireTimes
@@ -30,7 +30,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     if action != "list":
         limits.check_schedule_name(args.name, "schedule NAME")
     if action == "list":
-        rows = with_connection(settings, schedules.list_schedules)
+        rows = with_connection(settings, schedule_operations.list_schedules)
         if args.json:
             print(json.dumps(rows, default=cell, indent=2))
         else:
@@ -54,7 +54,11 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             ]
             print(table(rows, columns))
         return 0
-    operation = {"pause": schedules.pause, "resume": schedules.resume, "trigger": schedules.trigger}
+    operation = {
+        "pause": schedule_operations.pause,
+        "resume": schedule_operations.resume,
+        "trigger": schedule_operations.trigger,
+    }
     try:
         result = with_connection(
             settings, lambda conn, store: operation[action](conn, store, args.name)
@@ -115,7 +119,7 @@ def _cmd_next(args: argparse.Namespace) -> int:
     if schedule is not None and schedule.every is not None and schedule.start_at is None:
         cron = schedule.fire_times(after)  # no start_at: as if it were stored at --after
     try:
-        fire_times = schedules.preview(cron, after, args.count)
+        fire_times = schedule_operations.preview(cron, after, args.count)
     except (OverflowError, ValueError):  # past year 9999 (or before year 1 in UTC)
         print(
             f"--after {limits.shown(args.after)}: fewer than {args.count} fire times between it "

@@ -1,9 +1,10 @@
 """The schedules pages: ``/schedules`` (every schedule, keyset-paged by name) and
 ``/schedules/{name}``: the cron expression in words (``cron-descriptor``; an interval
 schedule says "Every 90 seconds"), its zone, the next 5 fire times with their UTC offsets
-(computed by the materialiser's own code, :func:`scheduler.schedules.row_fire_times` and
-:func:`scheduler.schedules.preview`, as ``scheduler schedules next``: DST-aware), the latest
-runs with their start lateness as a chart, skipped fire times, alerts and incidents, its
+(computed by the materialiser's own code,
+:func:`scheduler.schedule_operations.row_fire_times` and
+:func:`scheduler.schedule_operations.preview`, as ``scheduler schedules next``: DST-aware),
+the latest runs with their start lateness as a chart, skipped fire times, alerts and incidents, its
 policies, and the operator actions taken on it.
 
 Actions (each confirmed, recorded in ``job_events`` with who did it, by
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import actions, schedules
+from .. import actions, schedule_operations
 from ..cron_parse import MACROS
 from ..errors import CronError, InvalidArgumentError, ScheduleNotFoundError
 from ..limits import check_schedule_name, shown
@@ -99,8 +100,8 @@ def next_fire_times(
     (aware), each as ``{"local": aware datetime in the zone, "utc": ..., "offset": "+02:00",
     "abbrev": "CEST"}``, and why there are none or fewer (None when all were computed)."""
     try:
-        times = schedules.row_fire_times(row)
-        found = schedules.preview(times, after, NEXT_FIRE_TIMES)
+        times = schedule_operations.row_fire_times(row)
+        found = schedule_operations.preview(times, after, NEXT_FIRE_TIMES)
         why = None
     except (ValueError, CronError) as exc:  # an interval grid without an anchor
         return [], str(exc)

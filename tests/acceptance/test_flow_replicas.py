@@ -27,7 +27,7 @@ import pytest
 
 import scheduler
 from scheduler.config import load_config
-from scheduler.flow import apply_declared_limits
+from scheduler.queue_limits import apply_declared_limits
 from scheduler.store import Store
 from tests.acceptance import flow_tasks
 from tests.conftest import wait_until

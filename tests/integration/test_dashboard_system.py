@@ -21,7 +21,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from starlette.testclient import TestClient
 
-from scheduler import schedules
+from scheduler import schedule_operations
 from scheduler.cron import Cron
 from scheduler.settings import Settings
 from scheduler.web import create_app, overview
@@ -178,7 +178,7 @@ def test_schedule_page_words_and_next_fire_times_across_dst(client, sql):
     assert "At 02:30" in page.text and "Europe/Paris" in page.text
     # the spring-forward night (last Sunday of March): 02:30 does not exist, it fires at the
     # jump (03:00 CEST), and the offsets change from +01:00 to +02:00
-    expected = schedules.preview(
+    expected = schedule_operations.preview(
         Cron("30 2 * * *", "Europe/Paris"), datetime(2026, 3, 27, 11, tzinfo=UTC), 5
     )
     table = page.text.split('class="data fire-times"')[1].split("</table>")[0]

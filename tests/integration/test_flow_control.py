@@ -20,7 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 
 import scheduler
 from scheduler import InvalidArgumentError, SettingsError, set_queue_limits, task
-from scheduler.flow import apply_settings_limits, list_queue_limits, set_queue_limits_async
+from scheduler.flow import list_queue_limits
+from scheduler.queue_limits import apply_settings_limits, set_queue_limits_async
 from scheduler.settings import Settings, load_settings
 from scheduler.store import Store
 from scheduler.worker import Worker
@@ -474,7 +475,7 @@ async def _declared_limits(db_url: str) -> None:
     """The file's limits replace an API write (the leader's file wins at each election),
     leave a queue the setting declares alone (the setting wins), and drop what the file no
     longer declares; nothing is written when nothing differs."""
-    from scheduler.flow import QueueLimits, apply_declared_limits
+    from scheduler.queue_limits import QueueLimits, apply_declared_limits
 
     file_a = QueueLimits(concurrency=2)
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from scheduler import materialiser, schedules
+from scheduler import materialiser, schedule_operations
 from scheduler.config import load_config_text
 from scheduler.schedules import ReconcileResult, reconcile
 from scheduler.settings import Settings
@@ -191,9 +191,9 @@ def test_pause_resume_and_trigger_work_on_an_interval_schedule(db, db_url):
 
     async def operate() -> tuple[bool, int | None, bool]:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            paused = await schedules.pause(conn, STORE, "pulse")
-            job = await schedules.trigger(conn, STORE, "pulse")
-            resumed = await schedules.resume(conn, STORE, "pulse")
+            paused = await schedule_operations.pause(conn, STORE, "pulse")
+            job = await schedule_operations.trigger(conn, STORE, "pulse")
+            resumed = await schedule_operations.resume(conn, STORE, "pulse")
             return paused, job, resumed
 
     paused, job, resumed = asyncio.run(operate())

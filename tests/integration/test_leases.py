@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from scheduler import enqueue, maintenance, operations, task
+from scheduler import enqueue, job_changes, maintenance, task
 from scheduler.settings import Settings
 from scheduler.store import Store
 from scheduler.worker import Worker
@@ -100,7 +100,7 @@ def test_expired_lease_is_rescued_with_a_lost_run_and_dead_at_max_attempts(db, d
                 c, queues=["default"], limit=5, worker_id="dead-worker", lease_s=0.1
             )
             assert len(claimed) == 3
-            assert await operations.cancel(c, STORE, cancelled) == "cancel_requested"
+            assert await job_changes.cancel(c, STORE, cancelled) == "cancel_requested"
             await asyncio.sleep(0.3)  # the worker "died": nobody extends the leases
             assert await STORE.try_lock_leader(c)
             term = await STORE.elect(c, "L", None)

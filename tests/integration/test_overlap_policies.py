@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from scheduler import materialiser, metrics, schedules, task
+from scheduler import materialiser, metrics, schedule_operations, task
 from scheduler.config import OverlapPolicy
 from scheduler.errors import ConfigError
 from scheduler.job_context import JobContext
@@ -286,7 +286,7 @@ def test_buffer_one_at_most_one_waiting_job_is_a_database_constraint(db, db_url)
 
     async def trigger() -> int:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            return int(await schedules.trigger(conn, STORE, "b") is not None)
+            return int(await schedule_operations.trigger(conn, STORE, "b") is not None)
 
     async def race() -> list[int]:
         return await asyncio.gather(*(materialise(minute(i)) for i in range(6)),
@@ -311,8 +311,8 @@ def test_buffer_one_trigger_waits_behind_the_running_job_and_is_refused_when_one
             await leader.tick(minute(0))
             (running,) = await claim(db_url)
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-                first = await schedules.trigger(c, STORE, "b")  # waits behind 12:00
-                second = await schedules.trigger(c, STORE, "b")  # one waits already
+                first = await schedule_operations.trigger(c, STORE, "b")  # waits behind 12:00
+                second = await schedule_operations.trigger(c, STORE, "b")  # one waits already
             assert await claim(db_url) == []
             await complete(db_url, running, "succeeded")
             (triggered,) = await claim(db_url)
@@ -344,21 +344,21 @@ def test_buffer_one_flow_controlled_claim_waits_too(db, db_url):
 def test_retrying_a_never_started_buffer_one_job_while_one_waits_is_skipped(db, db_url):
     """An operator's retry of a cancelled, never-started job of a buffer_one schedule would
     be a second waiting job: it is skipped with the reason, not a unique violation."""
-    from scheduler import operations
+    from scheduler import job_changes
 
     _add(db, "b", overlap_policy="buffer_one")
 
-    async def scenario() -> tuple[operations.RetryResult, int, int]:
+    async def scenario() -> tuple[job_changes.RetryResult, int, int]:
         async with Leader(db_url) as leader:
             await leader.tick(minute(0))  # waiting (no worker)
             cancelled = db.execute("SELECT id FROM scheduler.jobs").fetchone()[0]
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
-                assert await operations.cancel(c, STORE, cancelled) == "cancelled"
+                assert await job_changes.cancel(c, STORE, cancelled) == "cancelled"
                 await leader.tick(minute(1))  # a new waiting job
                 waiting = db.execute(
                     "SELECT id FROM scheduler.jobs WHERE state = 'pending'"
                 ).fetchone()[0]
-                return await operations.retry(c, STORE, ids=[cancelled]), cancelled, waiting
+                return await job_changes.retry(c, STORE, ids=[cancelled]), cancelled, waiting
 
     result, cancelled, waiting = asyncio.run(scenario())
     assert result.retried == []
@@ -491,7 +491,7 @@ def test_cancel_previous_cancels_pending_jobs_and_asks_running_ones_in_the_same_
                 await complete(db_url, running, "succeeded")  # it ignored the request
                 (new,) = await claim(db_url)
                 assert new["scheduled_for"] == minute(1)
-                triggered = await schedules.trigger(c, STORE, "c")  # stops 12:01 in turn
+                triggered = await schedule_operations.trigger(c, STORE, "c")  # stops 12:01 in turn
                 assert triggered is not None
             return notes
 

@@ -11,7 +11,7 @@ from typing import Any, Self
 import psycopg
 import pytest
 
-from scheduler import materialiser, schedules
+from scheduler import materialiser, schedule_operations
 from scheduler.store import Store
 
 STORE = Store("scheduler")
@@ -201,9 +201,9 @@ def test_pause_then_resume_applies_the_misfire_policy(db, db_url):
     async def operate(i: int) -> None:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             if i == 1:
-                assert await schedules.pause(conn, STORE, "s")
+                assert await schedule_operations.pause(conn, STORE, "s")
             if i == 3:
-                assert await schedules.resume(conn, STORE, "s")
+                assert await schedule_operations.resume(conn, STORE, "s")
 
     results = run_ticks(db_url, minute(0), minute(5), minute(30), minute(30.25), between=operate)
     # paused after 12:00; ticks at 12:05 and 12:30 make nothing; resumed: the most recent
@@ -218,7 +218,7 @@ def test_trigger_runs_now_without_moving_next_run_at(db, db_url):
 
     async def op() -> int | None:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            return await schedules.trigger(conn, STORE, "s")
+            return await schedule_operations.trigger(conn, STORE, "s")
 
     job_id = asyncio.run(op())
     origin, task, due = db.execute(
@@ -232,4 +232,4 @@ def test_trigger_runs_now_without_moving_next_run_at(db, db_url):
 
 async def _trigger_missing(db_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-        await schedules.trigger(conn, STORE, "missing")
+        await schedule_operations.trigger(conn, STORE, "missing")

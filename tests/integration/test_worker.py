@@ -341,7 +341,7 @@ async def forever() -> None:
 
 def test_cancel_stops_a_running_async_handler_at_once(db, db_url):
     """With a 30 s lease (extensions every 10 s), only the notification can stop it in time."""
-    from scheduler import operations
+    from scheduler import job_changes
 
     with psycopg.connect(db_url) as conn:
         job_id = enqueue(forever, connection=conn)
@@ -349,7 +349,7 @@ def test_cancel_stops_a_running_async_handler_at_once(db, db_url):
 
     async def cancelled(c):
         if await _count(c, "state = 'running' AND cancel_requested_at IS NULL") == 1:
-            await operations.cancel(c, Store("scheduler"), job_id)
+            await job_changes.cancel(c, Store("scheduler"), job_id)
         return await _count(c, "state = 'cancelled'") == 1
 
     asyncio.run(_run_worker_until(db_url, cancelled, timeout=5, lease_s=30))

@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.config import load_config_text
 from scheduler.errors import ConfigError, ConfigIssue
-from scheduler.flow import QueueLimits
+from scheduler.queue_limits import QueueLimits
 
 BASE = "schedules: []\n"
 
