@@ -2,7 +2,9 @@
 for a schedule given at runtime (:func:`scheduler.config.check_schedule`): its fields against
 :class:`~scheduler.config_models.ScheduleConfig` (strict types, reasons that say how to fix
 them), exactly one of ``cron`` / ``every``, duplicate names and keys, its ``task`` and
-``on_alert`` registered, its ``args`` JSON values that fit the task's signature. Every problem
+``on_alert`` registered, its ``args`` JSON values bound as the API binds a call
+(:meth:`~scheduler.binding.ArgumentBinding.bind`: a ``JobContext`` parameter is no argument,
+annotations are checked in pydantic strict mode, a misspelt name gets a did-you-mean). Every problem
 is collected as a :class:`~scheduler.errors.ConfigIssue` with its line, and raised at once as
 one :class:`~scheduler.errors.ConfigError` (:mod:`scheduler.config` checks the rest of a file).
 """
@@ -10,7 +12,6 @@ one :class:`~scheduler.errors.ConfigError` (:mod:`scheduler.config` checks the r
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from .config_models import (
     ScheduleConfig,
 )
 from .config_yaml import LineMapping, LineSequence, line_of, short
-from .errors import ConfigError, ConfigIssue
+from .errors import ConfigError, ConfigIssue, TaskArgumentsError
 from .limits import check_schedule_name, check_task_name, storable_text
 
 
@@ -132,11 +133,12 @@ class ScheduleChecker:
                 self.issue(line, schedule, _dotted(loc) or None, self.reason(error))
             return None
         if self.import_tasks and model.task in registered:
-            func = registered[model.task].func
+            spec = registered[model.task]
             try:
-                inspect.signature(func).bind(**model.args)
-            except TypeError as exc:
-                reason = f"args do not fit {model.task}{inspect.signature(func)}: {exc}"
+                spec.bind((), model.args)  # as the API binds a call: the same rules and words
+            except TaskArgumentsError as exc:
+                detail = str(exc).removeprefix(f"task {spec.name!r}: ")
+                reason = f"args do not fit {model.task}: {detail}"
                 self.issue(item.key_lines.get("args", item_line), schedule, "args", reason)
         return model
 

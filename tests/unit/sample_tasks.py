@@ -1,5 +1,6 @@
 """Tasks registered by the config tests (imported by dotted name ``tests.unit.sample_tasks``)."""
 
+from scheduler import JobContext
 from scheduler.tasks import task
 
 
@@ -16,3 +17,8 @@ async def ping() -> None:
 @task(name="sample.anything")
 def anything(**kwargs: object) -> None:
     """A task that accepts any keyword arguments."""
+
+
+@task(name="sample.with_context")
+def with_context(ctx: JobContext, order_id: int) -> None:
+    """A task whose first parameter is the job's context (not one of the job's arguments)."""

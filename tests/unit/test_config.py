@@ -393,6 +393,22 @@ def test_args_must_fit_the_task_signature() -> None:
     assert "colour" in issues[0].reason
 
 
+def test_args_are_checked_as_the_api_binds_them() -> None:
+    # the schedules file binds args with the task's own binder: the JobContext parameter is
+    # not an argument, annotations are checked strictly, a misspelt name gets a did-you-mean
+    issues = issues_of("""\
+        imports: [tests.unit.sample_tasks]
+        schedules:
+          - {name: a, cron: "@daily", task: sample.with_context, args: {order_id: 42}}
+          - {name: b, cron: "@daily", task: sample.with_context, args: {order_id: "42"}}
+          - {name: c, cron: "@daily", task: sample.with_context, args: {order_idd: 42}}
+        """)
+    assert where(issues) == [(4, "b", "args"), (5, "c", "args")]
+    assert "order_id" in issues[0].reason and "valid integer" in issues[0].reason
+    assert "did you mean 'order_id'?" in issues[1].reason
+    assert "ctx" not in issues[1].reason
+
+
 def test_yaml_syntax_error_reports_its_line() -> None:
     issues = issues_of("""\
         schedules:
