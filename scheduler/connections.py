@@ -3,8 +3,9 @@ sync or async; an ORM's connection or session is turned into its psycopg connect
 :mod:`scheduler.adapters`), or, when it passes none, a small pool on the default database URL
 that commits at once.
 
-The default URL is the one the service set (:func:`set_default_database_url`, so handlers can
-enqueue follow-up jobs, also on the embedded server), else ``SCHEDULER_DATABASE_URL``, else
+The default URL is the one set by :func:`set_default_database_url`, else the URL of the replica
+running in this process (so handlers can enqueue follow-up jobs, also on the embedded server;
+dropped when the replica stops), else ``SCHEDULER_DATABASE_URL``, else
 the embedded server the CLI uses (``<SCHEDULER_EMBEDDED_DIR>/pgdata``, default
 ``./.scheduler``: started or reused when that directory exists). Its first use makes one
 connection with a connect timeout, so a malformed, unreachable or silent URL fails at once
@@ -61,16 +62,16 @@ _async_pools: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 _prepare: dict[str, int | None] = {}  # URL -> prepare_threshold (asked once per URL)
 _default_url: str | None = None
+_replica_urls: list[str] = []  # of the replicas running in this process, oldest first
 # a statement prepared on a server session the client does not own (an unseen pooler):
 # raised before the statement runs, so running it again unprepared writes nothing twice
 _NOT_PREPARED = (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement)
 
 
 def set_default_database_url(url: str | None) -> None:
-    """Make ``url`` the database of ``schedule_at(connection=None)`` in this process.
-
-    The service calls this when it starts (so handlers can enqueue follow-up jobs even with
-    the embedded server); otherwise ``SCHEDULER_DATABASE_URL`` is used.
+    """Make ``url`` the database of ``schedule_at(connection=None)`` in this process (``None``:
+    drop it). It comes before the URL of a replica running in this process and before
+    ``SCHEDULER_DATABASE_URL``.
 
     Raises:
         InvalidArgumentError: ``url`` is neither a string nor ``None``.
@@ -79,6 +80,19 @@ def set_default_database_url(url: str | None) -> None:
     if url is not None and not isinstance(url, str):
         raise InvalidArgumentError(f"url must be a string or None, not {type(url).__name__}")
     _default_url = url
+
+
+def replica_running(url: str) -> None:
+    """A replica on ``url`` started in this process: calls without a connection use its
+    database (unless :func:`set_default_database_url` named one) until :func:`replica_stopped`.
+    """
+    _replica_urls.append(url)
+
+
+def replica_stopped(url: str) -> None:
+    """The replica of :func:`replica_running` stopped; another still running keeps its URL."""
+    if url in _replica_urls:
+        _replica_urls.remove(url)
 
 
 def _unavailable(
@@ -118,8 +132,9 @@ def _prepare_threshold(conninfo: str, settings: Settings) -> int | None:
 
 
 def default_database_url(settings: Settings) -> tuple[str, str]:
-    """The database of calls without a connection, and where its URL came from: the URL the
-    service set, else ``SCHEDULER_DATABASE_URL``, else the embedded server under
+    """The database of calls without a connection, and where its URL came from: the URL of
+    :func:`set_default_database_url`, else the newest running replica's in this process, else
+    ``SCHEDULER_DATABASE_URL``, else the embedded server under
     ``settings.embedded_dir`` when its data directory exists (the one ``scheduler migrate``
     / ``scheduler run`` made there; started if it is not running). Blocks while it starts.
 
@@ -128,6 +143,8 @@ def default_database_url(settings: Settings) -> tuple[str, str]:
     """
     if _default_url:
         return _default_url, "set_default_database_url"
+    if _replica_urls:
+        return _replica_urls[-1], "the replica running in this process"
     if settings.database_url:
         return settings.database_url, "SCHEDULER_DATABASE_URL"
     root = Path(settings.embedded_dir).expanduser().resolve()

@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import __version__, alerts, health, maintenance, metrics, probes
 from .config import SchedulesConfig
-from .connections import set_default_database_url
+from .connections import replica_running, replica_stopped
 from .errors import MigrationPrivilegeError, ReplicaFailedError
 from .leader import KEEPALIVES, LeaderElector
 from .leadership import Leadership
@@ -225,7 +225,13 @@ class Replica(Leadership):
             ReplicaFailedError: a loop crashed too often (after a graceful stop of the
                 rest); ``/healthz`` answered 503 meanwhile. The process should exit non-zero.
         """
-        set_default_database_url(self.url)
+        replica_running(self.url)  # handlers' calls without a connection: this database
+        try:
+            await self._run(stop)
+        finally:
+            replica_stopped(self.url)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self._check_pooler()
         await self.pool.open(wait=True, timeout=30)
         await self._apply_queue_limits()  # before the worker reads which queues have limits

@@ -135,6 +135,29 @@ def test_leaving_the_block_lets_running_jobs_finish(db: psycopg.Connection, db_u
     assert _states(db, "test_embedding.slow") == ["succeeded"]
 
 
+def test_calls_without_a_connection_use_a_running_replicas_database_until_it_stops(
+    db: psycopg.Connection, db_url: str, tmp_path: Any
+) -> None:
+    """A replica's URL is the default database only while it runs (it used to stay set for
+    the rest of the process); two replicas overlap, and the first to stop leaves the other's."""
+    from scheduler.connections import default_database_url
+    from scheduler.errors import DatabaseNotConfiguredError
+
+    nowhere = Settings(database_url=None, embedded_dir=str(tmp_path / "nowhere"))
+    source = "the replica running in this process"
+
+    async def scenario() -> None:
+        async with scheduler.embedding.replica(_settings(db_url), role="worker"):
+            assert default_database_url(nowhere) == (db_url, source)
+            async with scheduler.embedding.replica(_settings(db_url), role="worker"):
+                assert default_database_url(nowhere) == (db_url, source)
+            assert default_database_url(nowhere) == (db_url, source)  # the other still runs
+        with pytest.raises(DatabaseNotConfiguredError):
+            default_database_url(nowhere)
+
+    asyncio.run(scenario())
+
+
 def test_an_unreachable_database_fails_at_start_up_with_a_redacted_message() -> None:
     url = "postgresql://app:s3cret@127.0.0.1:1/orders?connect_timeout=2"
 
