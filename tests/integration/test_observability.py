@@ -55,6 +55,8 @@ def structlog_unconfigured() -> Iterator[None]:
     yield
     if was:
         structlog.configure(**saved)
+    else:  # a test here configured it (on its captured stderr, closed after the test)
+        structlog.reset_defaults()
 
 
 @pytest.fixture
