@@ -9,8 +9,11 @@ accepts, besides ``None`` (the default database, committed at once):
 ======================================  =========  ==============================================
 passed                                  calls      run on
 ======================================  =========  ==============================================
-``psycopg.Connection``                  sync       itself, in its transaction (as is)
-``psycopg.AsyncConnection``             ``*_async``  itself, in its transaction (as is)
+``psycopg.Connection``                  sync       itself, in its transaction (as is; with
+                                                   another ``row_factory`` than ``tuple_row``,
+                                                   such as ``dict_row``, the statements' own
+                                                   cursors read tuples, the factory unchanged)
+``psycopg.AsyncConnection``             ``*_async``  the same
 SQLAlchemy 2 ``Connection``             sync       its psycopg connection, after ``begin()``
                                                    when it has no transaction yet (what its
                                                    autobegin would do at its next statement)
@@ -343,13 +346,20 @@ class PlainAsyncConnection:
         return await cursor.execute(query, params, prepare=prepare)
 
 
+def _own_rows(connection: Any) -> bool:
+    """Whether ``connection`` (``None`` or a psycopg connection) gives the tuple rows the
+    statements read; an application's ``dict_row`` connection does not."""
+    return getattr(connection, "row_factory", tuple_row) is tuple_row
+
+
 def sync_connection(connection: Any) -> Any:
-    """What a sync call runs on: ``connection`` itself for ``None`` or a psycopg connection,
-    else (an ORM's) a :class:`PlainConnection` over its psycopg connection, in its
-    transaction. Raises InvalidArgumentError as :func:`check`."""
+    """What a sync call runs on: ``connection`` itself for ``None`` or a psycopg connection
+    with tuple rows, else (another ``row_factory``, or an ORM's) a :class:`PlainConnection`
+    over its psycopg connection, in its transaction. Raises InvalidArgumentError as
+    :func:`check`."""
     orm = orm_of(connection)
     if orm is None:
-        return connection
+        return connection if _own_rows(connection) else PlainConnection(connection)
     raw = sqlalchemy_sync(connection) if orm == "sqlalchemy" else django_sync(connection)
     return PlainConnection(raw)
 
@@ -359,7 +369,7 @@ async def async_connection(connection: Any) -> Any:
     InvalidArgumentError)."""
     orm = orm_of(connection)
     if orm is None:
-        return connection
+        return connection if _own_rows(connection) else PlainAsyncConnection(connection)
     if orm == "django":
         _django_check(connection, True)
     return PlainAsyncConnection(await sqlalchemy_async(connection))
