@@ -9,7 +9,7 @@
 Task modules are imported as for ``scheduler tasks list`` (:func:`.tasks.import_task_modules`).
 ``enqueue`` checks every input before it connects (one line naming the input and the reason,
 exit 2, nothing inserted), checks the database like the other operator commands (unreachable
-or not migrated: exit 1), then inserts through the public :func:`scheduler.jobs.schedule_at`.
+or not migrated: exit 1), then inserts as :func:`scheduler.jobs.enqueue_result` does.
 With task modules imported, an unregistered TASK is refused with the closest registered names
 and ``--args`` are bound against the handler's signature
 (:class:`~scheduler.errors.TaskArgumentsError`, exit 2) before connecting; without, neither
@@ -24,15 +24,16 @@ import difflib
 import json
 import logging
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from .. import enqueueing, limits, operations, preparation, tasks
 from ..arguments import args_json
 from ..connections import close_default_pools, set_default_database_url
 from ..errors import InvalidArgumentError, TaskArgumentsError
+from ..job_inserts import Enqueued
 from .common import cell, int_in, resolve_database_url, settings_from
-from .tasks import _import_options, import_task_modules
+from .tasks import add_import_options, import_task_modules
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
                bool: "boolean", type(None): "null"}  # fmt: skip
@@ -81,20 +82,28 @@ def parse_args_json(text: str | None) -> dict[str, Any]:
     return value
 
 
-def parse_run_at(at: str | None, delay: str | None, now: datetime) -> datetime | None:
-    """The job's due time: ``--at`` (an ISO 8601 instant with ``Z`` or an offset), ``now``
-    plus ``--in`` (a duration, see :func:`scheduler.operations.parse_duration`), or ``None``
-    (due now, by the database clock) when both are ``None``.
+def parse_delay(delay: str | None) -> float:
+    """``--in``: a duration (see :func:`scheduler.operations.parse_duration`) in seconds, ``0``
+    when ``None``; counted from the database's clock at the insert, as ``schedule_in`` does.
 
     Raises:
-        InvalidArgumentError: ``--at`` is not ISO 8601 or has no offset (the message shows
-            how to add one); ``--in`` is not a positive duration of at most 100 years.
+        InvalidArgumentError: not a positive duration of at most 100 years.
     """
-    if delay is not None:
-        try:
-            return now + timedelta(seconds=operations.parse_duration(delay))
-        except ValueError as exc:
-            raise InvalidArgumentError(f"--in {exc}") from None
+    if delay is None:
+        return 0.0
+    try:
+        return operations.parse_duration(delay)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"--in {exc}") from None
+
+
+def parse_run_at(at: str | None) -> datetime | None:
+    """``--at``: an ISO 8601 instant with ``Z`` or an offset, or ``None`` (due now, by the
+    database clock).
+
+    Raises:
+        InvalidArgumentError: not ISO 8601, or no offset (the message shows how to add one).
+    """
     if at is None:
         return None
     try:
@@ -147,7 +156,7 @@ async def _nothing(conn: Any, store: Any) -> None:
     return None
 
 
-def cmd_enqueue(args: argparse.Namespace) -> int:
+def _check_names(args: argparse.Namespace) -> None:
     limits.check_task_name(args.task, "TASK")
     if args.queue is not None:
         limits.check_queue(args.queue, "--queue")
@@ -155,15 +164,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         limits.check_idempotency_key(args.idempotency_key, "--idempotency-key")
     if args.concurrency_key is not None:
         limits.check_concurrency_key(args.concurrency_key, "--concurrency-key")
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    _check_names(args)
     job_args = parse_args_json(args.args)
     unique_for_s = unique_option(args)
-    delay_s = 0.0  # --in counts from the database's clock, as schedule_in does
-    if args.delay is not None:
-        try:
-            delay_s = operations.parse_duration(args.delay)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"--in {exc}") from None
-    run_at = parse_run_at(args.at, None, datetime.now(UTC))
+    delay_s = parse_delay(args.delay)
+    run_at = parse_run_at(args.at)
     settings = settings_from(args)
     check_task_known(args.task, import_task_modules(args))
     spec = tasks.registered_tasks().get(args.task)
@@ -186,6 +194,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         done = enqueueing.insert_result(job, None)
     finally:
         close_default_pools()
+    return _report(args, url, settings, done, run_at)
+
+
+def _report(
+    args: argparse.Namespace, url: str, settings: Any, done: Enqueued, run_at: datetime | None
+) -> int:
+    """Print the job's id (or, with ``--json``, its stored row), and a note on stderr when an
+    idempotency key's holder was returned instead of a new job."""
     job_id = done.id
     if not done.created:
         what = "its arguments were replaced" if done.replaced else "nothing was inserted"
@@ -269,5 +285,5 @@ def add_parsers(sub: Any) -> None:
         help="when the key is held: return the job's id (default), replace a pending job's "
         "args/due time/priority, or raise (exit 1)",
     )
-    _import_options(p)
+    add_import_options(p)
     p.set_defaults(func=cmd_enqueue)

@@ -169,7 +169,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 # ---- parsers ---------------------------------------------------------------------------------
 
 
-def _import_options(p: argparse.ArgumentParser) -> None:
+def add_import_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML schedules file whose `imports` are imported")
     p.add_argument(
         "--import",
@@ -189,5 +189,5 @@ def add_parsers(sub: Any) -> None:
     q = tsub.add_parser(
         "list", help="every registered task: policies ('(default)': the service's), signature"
     )
-    _import_options(q)
+    add_import_options(q)
     p.set_defaults(func=cmd_tasks)
