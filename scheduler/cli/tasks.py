@@ -170,6 +170,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def add_import_options(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--import MODULE``: the task modules ``tasks list`` and
+    ``enqueue`` import (see :func:`import_task_modules`)."""
     p.add_argument("--config", help="YAML schedules file whose `imports` are imported")
     p.add_argument(
         "--import",
