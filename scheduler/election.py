@@ -145,6 +145,8 @@ class ElectionStatements:
         return await cur.fetchone()
 
     async def current_leader(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
+        """The ``leader`` row (holder, term, heartbeat...) as a dict, or ``None`` before any
+        election."""
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(self.q["leader_current"])
         return await cur.fetchone()

@@ -65,7 +65,7 @@ def inline_runner() -> InlineRunner | None:
 
 def insert(job: Prepared, connection: SyncConnection | None) -> int:
     """Insert a prepared job on ``connection`` (joining its transaction) or on the default
-    pool (committed at once); returns its id. Errors as :func:`schedule_at`."""
+    pool (committed at once); returns its id. Errors as :func:`scheduler.jobs.schedule_at`."""
     return insert_result(job, connection).id
 
 

@@ -16,7 +16,7 @@ lock-free ``claim_jobs``, which does not look at them: it pays nothing for flow 
 
 When a new limit binds: a worker reads which of its queues have limits at start, when a
 NOTIFY on ``<schema>.limits`` reaches it (sent at the commit of :func:`set_queue_limits` /
-:func:`apply_settings_limits`), and at every safety poll (``poll_interval_s``; the only way
+:func:`~scheduler.queue_limits.apply_settings_limits`), and at every safety poll (``poll_interval_s``; the only way
 for a replica behind a transaction pooler, which cannot LISTEN). A new limit is enforced by
 a worker from the claims that start after the notification reaches it (without LISTEN: its
 next safety poll, at most ``poll_interval_s`` later); a claim already under way, or one of a
@@ -82,7 +82,7 @@ class LimitedQueues:
 
     Read before the first claim, again before the first claim after a NOTIFY on
     ``<schema>.limits`` (:meth:`on_notify`; :func:`set_queue_limits` and
-    :func:`apply_settings_limits` send it at their commit), and before the first claim at
+    :func:`~scheduler.queue_limits.apply_settings_limits` send it at their commit), and before the first claim at
     least ``refresh_s`` seconds (the safety poll) after the previous read: so a new limit is
     enforced by this worker from the claims that start after its notification reaches it, or
     at most ``refresh_s`` later (no LISTEN behind a transaction pooler, or a notification

@@ -4,7 +4,7 @@
 ``127.0.0.1``, so nothing is exposed beyond the host unless configured):
 
 * ``GET /metrics``: the registry of :mod:`scheduler.metrics`, plus the queue gauges read from
-  the database here (at most once per ``CACHE_S``); or, when the metrics are exposed in
+  the database here (at most once per :data:`scheduler.probes.CACHE_S`); or, when the metrics are exposed in
   another registry (``SCHEDULER_METRICS_REGISTRY=default``,
   :func:`scheduler.metrics.use_registry`), that registry, where the replica registers its
   :class:`~scheduler.probes.QueueGauges`.
@@ -168,7 +168,7 @@ class HealthServer:
 
     def not_ready(self) -> str | None:
         """``None`` when healthy, the database answers and is fully migrated, else why not
-        (one line). Blocks up to about 4 s on a slow database; reuses answers ``CACHE_S``."""
+        (one line). Blocks up to about 4 s on a slow database; reuses answers ``probes.CACHE_S``."""
         problem = self.unhealthy()
         if problem is None:
             missing, problem = self._db.read("readiness", self._pending)

@@ -30,11 +30,16 @@ from .settings import Settings, get_settings
 TaskRef = TaskSpec | Callable[..., Any] | str
 """What the enqueue calls accept as a task: a ``@task`` handle, its function, or a name."""
 OnConflict = Literal["return", "replace", "raise"]
-"""What an enqueue does when its ``idempotency_key`` is held (see :func:`schedule_at`)."""
+"""What an enqueue does when its ``idempotency_key`` is held (see :func:`scheduler.jobs.schedule_at`)."""
 ON_CONFLICT = ("return", "replace", "raise")
 
 
 def check_run_at(run_at: datetime | None, what: str = "run_at") -> None:
+    """Refuse a due time that is not ``None`` or a timezone-aware ``datetime``.
+
+    Raises:
+        InvalidArgumentError: another type, or a naive datetime; ``what`` names the input.
+    """
     if run_at is not None:
         if not isinstance(run_at, datetime):
             raise InvalidArgumentError(
@@ -176,7 +181,7 @@ def prepare(
     """Check one job before any SQL: the task (:func:`scheduler.registry.resolve`), the
     arguments (bound against the handler's signature when the task is registered here, else
     only checked as JSON), ``run_at``, the options and the headers
-    (:func:`scheduler.tracing.check_headers`). Errors as :func:`schedule_at`."""
+    (:func:`scheduler.tracing.check_headers`). Errors as :func:`scheduler.jobs.schedule_at`."""
     settings = get_settings()
     check_run_at(run_at)
     spec = resolve(task)

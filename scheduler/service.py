@@ -136,7 +136,7 @@ class Replica(Leadership):
         )
 
     async def _apply_queue_limits(self) -> None:
-        """``SCHEDULER_QUEUE_LIMITS`` into the ``queues`` table (:func:`scheduler.flow.
+        """``SCHEDULER_QUEUE_LIMITS`` into the ``queues`` table (:func:`scheduler.queue_limits.
         apply_settings_limits`: nothing is written when it already holds them). A role that
         may not write it, or a failed write, logs one warning: the replica runs on with the
         limits the table holds."""

@@ -193,6 +193,7 @@ class Store(MigrationStatements, InsertStatements, ElectionStatements):
         return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def database_now(self, conn: psycopg.AsyncConnection[Any]) -> datetime:
+        """The database's clock (``now()``: the start of its transaction), timezone-aware."""
         cur = await conn.execute(self.q["database_now"])
         row = await cur.fetchone()
         assert row is not None
