@@ -93,7 +93,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(issue, file=sys.stderr)
         print(f"{len(exc.issues)} error(s) in {args.config}", file=sys.stderr)
         return 1
-    print(f"{args.config}: {len(config.schedules)} schedule(s) OK")
+    queues = f" and {len(config.queues)} queue limit(s)" if config.queues else ""
+    print(f"{args.config}: {len(config.schedules)} schedule(s){queues} OK")
     return 0
 
 

@@ -37,6 +37,11 @@ def test_check_reports_valid_and_invalid_files(tmp_path, run_cli):
     good = _write(tmp_path, SCHEDULES)
     result = run_cli("check", str(good))
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{good}: 1 schedule(s) OK"
+    limited = tmp_path / "limited.yaml"
+    limited.write_text(SCHEDULES + "queues:\n  smtp: {rate: 100, per_s: 60}\n")
+    result = run_cli("check", str(limited))
+    assert result.stdout.strip() == f"{limited}: 1 schedule(s) and 1 queue limit(s) OK"
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "imports: [tests.acceptance.app_tasks]\n"
