@@ -193,7 +193,11 @@ class HealthServer:
 
     async def _main(self) -> None:
         self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
-        server = await asyncio.start_server(self._connection, sock=self._sock, limit=HEAD_LIMIT)
+        # backlog: a burst of MAX_CONNECTIONS is queued by the kernel at once; with asyncio's
+        # default (100) a busy loop left the rest to SYN retransmits (1, 2, 4 s late)
+        server = await asyncio.start_server(
+            self._connection, sock=self._sock, limit=HEAD_LIMIT, backlog=MAX_CONNECTIONS
+        )
         self._started.set()
         await self._stopping.wait()
         server.close()  # connections under way are cancelled by asyncio.run

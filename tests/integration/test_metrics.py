@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -169,6 +170,16 @@ def test_connections_beyond_the_cap_are_answered_503_at_once(db_url):
             for sock in idle:
                 sock.close()
         wait_until(lambda: _get(server.port, "/healthz")[0] == 200, timeout=10)
+
+
+def test_the_listen_backlog_holds_a_burst_of_max_connections(db_url):
+    """asyncio's default backlog (100) made a burst of 256 connections on a busy loop wait for
+    SYN retransmits (1-2 s, then 4 s), so the test above missed its 503 in CI; ``ss`` shows a
+    listening socket's backlog as its Send-Q."""
+    with _serving(db_url) as server:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True,
+                             text=True, check=True).stdout.split()  # fmt: skip
+    assert out[0] == "LISTEN" and int(out[2]) >= health.MAX_CONNECTIONS, out
 
 
 _OTHER_SESSIONS = (
